@@ -1,0 +1,54 @@
+# presence: every target uses the repository's own .venv (made by `make install`).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RECOVERY ?= recovery
+WORKERS ?= 2
+
+.PHONY: install test test-unit demo stack-up stack-down stack-status run run-bounded \
+        recovery-init recovery-reset bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+stack-up:
+	@bash stack/stack.sh up
+
+stack-down:
+	@bash stack/stack.sh down
+
+stack-status:
+	@bash stack/stack.sh status
+
+# The whole suite: unit, dataflow and (against the local stack) integration tests.
+test: install stack-up
+	$(PY) -m pytest -q
+
+# Fast tests only: no Kafka or MongoDB needed.
+test-unit: install
+	$(PY) -m pytest -q -m 'not stack'
+
+recovery-init: install
+	@if ls $(RECOVERY)/*.sqlite3 >/dev/null 2>&1; then echo "$(RECOVERY)/ already initialised"; \
+	else $(PY) -m bytewax.recovery $(RECOVERY) 4; fi
+
+recovery-reset:
+	rm -f $(RECOVERY)/*.sqlite3
+
+# Live: runs until stopped (Ctrl-C); resumes from $(RECOVERY)/.
+run: install recovery-init
+	$(PY) -m bytewax.run dataflow -w $(WORKERS) -r $(RECOVERY) -s 5 -b 0
+
+# Bounded: reads to the current end of every partition, writes every row, exits.
+run-bounded: install recovery-init
+	PRESENCE_STOP_AT_END=1 $(PY) -m bytewax.run dataflow -w $(WORKERS) -r $(RECOVERY) -s 5 -b 0
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis demo-output

@@ -1,0 +1,217 @@
+"""The dataflow: the path of a ping from Kafka to MongoDB.
+
+::
+
+    pings (one PartitionBatch per Kafka read; parse, judge too-late, group)
+      |-- dead_letters -------------------------------> dead_letters
+      |-- split_by_shard -> panes (per driver shard) --\\
+      |-- marks ---------------------------------------+-> rows (row book)
+                                                            |-- report rows -> report_summary
+                                                            \\-- status -----> pipeline_status
+
+Step ids are part of the recovery state: renaming one silently drops its
+state, so they are constants here and tested.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import Sink
+
+from presence.partition import PartitionBatch
+from presence.pings import format_instant
+from presence.rows import Row, RowBook
+from presence.shard import ShardReport, ShardState
+from presence.windows import WindowSpec
+
+log = logging.getLogger("presence.flow")
+
+BOOK_KEY = "rows"
+"""The single key of the row book (rows are few; the panes carry the load)."""
+
+STEP_IDS = (
+    "pings",
+    "dead_letters",
+    "write_dead_letters",
+    "split_by_shard",
+    "panes",
+    "reports",
+    "marks",
+    "to_book",
+    "rows",
+    "unkey",
+    "split_output",
+    "write_rows",
+    "write_status",
+)
+
+
+@dataclass(frozen=True)
+class Sinks:
+    rows: Sink
+    dead_letters: Sink
+    status: Sink
+
+
+class PaneLogic(StatefulBatchLogic):
+    """The pane step for one driver shard: a thin shell over :class:`ShardState`."""
+
+    def __init__(self, spec: WindowSpec, resume: dict | None, clock: Callable[[], float]):
+        self.state = ShardState(spec, resume)
+        self.clock = clock
+
+    def on_batch(self, parts: list) -> tuple[list[ShardReport], bool]:
+        for part in parts:
+            self.state.apply(part)
+        report = self.state.report(self.clock())
+        return ([report] if report else []), self.RETAIN
+
+    def on_eof(self) -> tuple[list[ShardReport], bool]:
+        # Keep the state: a later bounded run goes on from it.
+        report = self.state.report(self.clock(), final=True)
+        return ([report] if report else []), self.RETAIN
+
+    def snapshot(self) -> dict:
+        return self.state.snapshot()
+
+
+class BookLogic(StatefulBatchLogic):
+    """The row step: a thin shell over :class:`RowBook`, plus status and progress."""
+
+    def __init__(
+        self,
+        spec: WindowSpec,
+        resume: dict | None,
+        clock: Callable[[], float],
+        progress_seconds: float,
+    ):
+        self.book = RowBook(spec, resume)
+        self.clock = clock
+        self.progress_seconds = progress_seconds
+        self.status_seconds = min(1.0, progress_seconds)
+        now = clock()
+        self._next_status = now
+        self._next_progress = now + progress_seconds
+        self._last_progress = (now, self.book.totals().valid)
+
+    def on_batch(self, items: list) -> tuple[list, bool]:
+        book = self.book
+        for kind, shard, payload in items:
+            if kind == "report":
+                book.add_report(shard, payload)
+            else:
+                book.add_mark(payload)
+        out: list[Any] = book.take_rows()
+        out += self._status_if_due()
+        return out, self.RETAIN
+
+    def on_notify(self) -> tuple[list, bool]:
+        return self._status_if_due(), self.RETAIN
+
+    def on_eof(self) -> tuple[list, bool]:
+        out: list[Any] = self.book.take_rows(final=True)
+        out.append(self._status())
+        self._progress(final=True)
+        return out, self.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        return datetime.now(timezone.utc) + timedelta(
+            seconds=max(0.0, self._next_status - self.clock())
+        )
+
+    def snapshot(self) -> dict:
+        return self.book.snapshot()
+
+    def _status(self) -> tuple:
+        return (tuple(self.book.marks.values()), self.book.totals())
+
+    def _status_if_due(self) -> list:
+        now = self.clock()
+        out = []
+        if now >= self._next_status:
+            self._next_status = now + self.status_seconds
+            out.append(self._status())
+        if now >= self._next_progress:
+            self._next_progress = now + self.progress_seconds
+            self._progress()
+        return out
+
+    def _progress(self, final: bool = False) -> None:
+        now = self.clock()
+        totals = self.book.totals()
+        then, valid_then = self._last_progress
+        rate = (totals.valid - valid_then) / max(now - then, 1e-9)
+        self._last_progress = (now, totals.valid)
+        watermark = totals.watermark
+        shown = (
+            format_instant(watermark)
+            if watermark not in (float("inf"), float("-inf"))
+            else "none yet"
+        )
+        log.info(
+            "%s | %d pings counted (%.0f/s) | %d rows written | %d dead letters "
+            "(%d too late) | %d corrected late | watermark %s",
+            "done" if final else "progress",
+            totals.valid, rate, totals.rows_written, totals.invalid + totals.too_late,
+            totals.too_late, totals.corrected_late, shown,
+        )
+
+
+def _book_items_from_reports(item: tuple[str, ShardReport]) -> tuple[str, tuple]:
+    shard, report = item
+    return BOOK_KEY, ("report", shard, report)
+
+
+def _book_items_from_batch(batch: PartitionBatch) -> tuple[str, tuple]:
+    return BOOK_KEY, ("mark", None, batch.mark)
+
+
+def _dead_letters(batch: PartitionBatch) -> Iterable:
+    return batch.dead_letters
+
+
+def _shard_parts(batch: PartitionBatch) -> Iterable:
+    return batch.shard_parts()
+
+
+def _is_row(item: Any) -> bool:
+    return isinstance(item, Row)
+
+
+def build_flow(
+    spec: WindowSpec,
+    source: Source,
+    sinks: Sinks,
+    clock: Callable[[], float] = time.time,
+    progress_seconds: float = 10.0,
+    name: str = "presence",
+) -> Dataflow:
+    flow = Dataflow(name)
+    batches = op.input("pings", flow, source)
+
+    dead = op.flat_map("dead_letters", batches, _dead_letters)
+    op.output("write_dead_letters", dead, sinks.dead_letters)
+
+    parts = op.flat_map("split_by_shard", batches, _shard_parts)
+    reports = op.stateful_batch(
+        "panes", parts, lambda resume: PaneLogic(spec, resume, clock)
+    )
+    report_items = op.map("reports", reports, _book_items_from_reports)
+    mark_items = op.map("marks", batches, _book_items_from_batch)
+    book_items = op.merge("to_book", report_items, mark_items)
+    book_out = op.stateful_batch(
+        "rows", book_items, lambda resume: BookLogic(spec, resume, clock, progress_seconds)
+    )
+    split = op.branch("split_output", op.key_rm("unkey", book_out), _is_row)
+    op.output("write_rows", split.trues, sinks.rows)
+    op.output("write_status", split.falses, sinks.status)
+    return flow

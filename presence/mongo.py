@@ -1,0 +1,255 @@
+"""MongoDB output: idempotent bulk writes of rows, dead letters and status.
+
+Delivery is at least once (a resumed dataflow replays its last epoch), so
+every write can be repeated without harm:
+
+- ``report_summary``: one upsert per row; counts, revision and ``updatedAt``
+  go through ``$max``, so a replayed older result never lowers them;
+- ``dead_letters``: ``$setOnInsert`` keyed by ``topic:partition:offset``;
+- ``pipeline_status``: counters and offsets through ``$max``.
+
+All writes of a batch go in one unordered ``bulk_write``. A connection
+failure is retried with exponential backoff (a WARNING per retry) until the
+server is back; nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Callable, Iterable, TypeVar
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from pymongo import MongoClient, UpdateOne
+from pymongo.database import Database
+from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure
+
+from presence.partition import DeadLetter, PartitionMark
+from presence.rows import Row, Totals
+from presence.settings import Settings, redact_uri
+
+log = logging.getLogger("presence.mongo")
+row_log = logging.getLogger("presence.rows")
+
+REPORTS = "report_summary"
+DEAD_LETTERS = "dead_letters"
+STATUS = "pipeline_status"
+
+T = TypeVar("T")
+
+RETRYABLE = (AutoReconnect, ConnectionFailure)
+
+
+def utc(epoch_seconds: float) -> datetime:
+    return datetime.fromtimestamp(epoch_seconds, timezone.utc)
+
+
+def connect(uri: str) -> MongoClient:
+    return MongoClient(
+        uri,
+        serverSelectionTimeoutMS=5000,
+        connectTimeoutMS=5000,
+        socketTimeoutMS=60000,
+        appname="presence",
+        tz_aware=True,
+    )
+
+
+def with_retry(
+    what: str,
+    action: Callable[[], T],
+    first_wait: float = 0.5,
+    max_wait: float = 15.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``action`` until it succeeds, backing off on connection failures."""
+    wait = first_wait
+    attempt = 1
+    while True:
+        try:
+            return action()
+        except RETRYABLE as exc:
+            log.warning(
+                "MongoDB unavailable while %s (attempt %d): %s; retrying in %.1f s",
+                what, attempt, type(exc).__name__, wait,
+            )
+            sleep(wait)
+            wait = min(max_wait, wait * 2)
+            attempt += 1
+
+
+def ensure_indexes(db: Database) -> None:
+    db[REPORTS].create_index("timeBucket", unique=True, name="timeBucket_unique")
+    db[DEAD_LETTERS].create_index("reason", name="reason")
+
+
+def row_update(row: Row, now: datetime) -> UpdateOne:
+    time_bucket = row.time_bucket
+    return UpdateOne(
+        {"_id": time_bucket},
+        {
+            "$set": {
+                "timeBucket": time_bucket,
+                "windowStart": utc(row.window_start),
+                "windowEnd": utc(row.window_end),
+            },
+            "$max": {
+                "driversOnlineCount": row.online,
+                "driversAvailableCount": row.available,
+                "revision": row.revision,
+                "updatedAt": now,
+            },
+        },
+        upsert=True,
+    )
+
+
+def dead_letter_insert(letter: DeadLetter) -> UpdateOne:
+    return UpdateOne(
+        {"_id": letter.id},
+        {
+            "$setOnInsert": {
+                "topic": letter.topic,
+                "partition": letter.partition,
+                "offset": letter.offset,
+                "reason": letter.reason,
+                "detail": letter.detail,
+                "raw": letter.raw,
+                "receivedAt": utc(letter.received_at),
+            }
+        },
+        upsert=True,
+    )
+
+
+def status_updates(
+    marks: Iterable[PartitionMark], totals: Totals, now: datetime
+) -> list[UpdateOne]:
+    updates = []
+    for mark in marks:
+        updates.append(
+            UpdateOne(
+                {"_id": mark.key},
+                {
+                    "$set": {
+                        "kind": "partition",
+                        "topic": mark.topic,
+                        "partition": mark.partition,
+                        "state": mark.state,
+                        "gaps": [
+                            {"from": start, "to": end, "lost": end - start}
+                            for start, end in mark.gaps
+                        ],
+                        "updatedAt": now,
+                    },
+                    "$max": {
+                        "nextOffset": mark.next_offset,
+                        "valid": mark.valid,
+                        "invalid": mark.invalid,
+                        "tooLate": mark.too_late,
+                        **_time_field("maxEventTime", mark.max_event),
+                    },
+                },
+                upsert=True,
+            )
+        )
+    updates.append(
+        UpdateOne(
+            {"_id": "totals"},
+            {
+                "$set": {"kind": "totals", "updatedAt": now},
+                "$max": {
+                    "valid": totals.valid,
+                    "invalid": totals.invalid,
+                    "correctedLate": totals.corrected_late,
+                    "tooLate": totals.too_late,
+                    "deadLetters": totals.invalid + totals.too_late,
+                    "rowsWritten": totals.rows_written,
+                    **_time_field("watermark", totals.watermark),
+                },
+            },
+            upsert=True,
+        )
+    )
+    return updates
+
+
+def _time_field(name: str, epoch_seconds: float) -> dict:
+    if epoch_seconds in (float("inf"), float("-inf")):
+        return {}
+    return {name: utc(epoch_seconds)}
+
+
+class _MongoPartition(StatelessSinkPartition):
+    def __init__(self, settings: Settings, collection: str, write: Callable) -> None:
+        self.settings = settings
+        self.client = connect(settings.mongo_uri)
+        self.db = self.client[settings.mongo_db]
+        self.collection = self.db[collection]
+        self.write = write
+        with_retry(
+            f"creating indexes at {redact_uri(settings.mongo_uri)}",
+            lambda: ensure_indexes(self.db),
+        )
+
+    def write_batch(self, items: list) -> None:
+        if items:
+            self.write(self, items)
+
+    def bulk(self, what: str, updates: list[UpdateOne]) -> None:
+        if not updates:
+            return
+
+        def attempt() -> None:
+            try:
+                self.collection.bulk_write(updates, ordered=False)
+            except OperationFailure as exc:
+                # An upsert racing another writer of the same _id: retrying
+                # applies it as an update.
+                if getattr(exc, "code", None) == 11000 or "E11000" in str(exc):
+                    self.collection.bulk_write(updates, ordered=False)
+                else:
+                    raise
+
+        with_retry(what, attempt)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _write_rows(part: _MongoPartition, rows: list[Row]) -> None:
+    now = datetime.now(timezone.utc)
+    part.bulk(f"writing {len(rows)} rows", [row_update(r, now) for r in rows])
+    if part.settings.log_rows:
+        for row in rows:
+            row_log.info(row.log_line())
+
+
+def _write_dead_letters(part: _MongoPartition, letters: list[DeadLetter]) -> None:
+    part.bulk(
+        f"writing {len(letters)} dead letters", [dead_letter_insert(d) for d in letters]
+    )
+
+
+def _write_status(part: _MongoPartition, items: list) -> None:
+    now = datetime.now(timezone.utc)
+    marks, totals = items[-1]  # the latest status says it all
+    part.bulk("writing pipeline status", status_updates(marks, totals, now))
+
+
+class MongoSink(DynamicSink):
+    """One of the three outputs, chosen by ``collection``."""
+
+    WRITERS = {
+        REPORTS: _write_rows,
+        DEAD_LETTERS: _write_dead_letters,
+        STATUS: _write_status,
+    }
+
+    def __init__(self, settings: Settings, collection: str) -> None:
+        self.settings = settings
+        self.collection = collection
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _MongoPartition:
+        return _MongoPartition(self.settings, self.collection, self.WRITERS[self.collection])

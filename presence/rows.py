@@ -1,0 +1,145 @@
+"""The row book: adds the shards' partial counts up into report rows.
+
+A row is written once every shard's watermark has passed its interval's end
+(so every shard has reported its part), and rewritten, with ``revision + 1``,
+whenever a late ping changes its counts afterwards. At the end of a bounded
+run every pending row is written whatever the watermark. The book also keeps
+the partitions' latest marks, for ``pipeline_status`` and progress lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from presence.partition import NO_EVENT, PartitionMark
+from presence.pings import format_instant
+from presence.shard import ShardReport
+from presence.windows import WindowSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One ``report_summary`` document."""
+
+    bucket: int
+    window_start: int
+    window_end: int
+    online: int
+    available: int
+    revision: int
+
+    @property
+    def time_bucket(self) -> str:
+        return format_instant(self.bucket)
+
+    def log_line(self) -> str:
+        return (
+            f"bucket {self.time_bucket} | online {self.online} | "
+            f"available {self.available} | revision {self.revision}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Pipeline-wide counters, for ``pipeline_status`` and progress lines."""
+
+    valid: int
+    invalid: int
+    corrected_late: int
+    too_late: int
+    watermark: float
+    rows_written: int
+
+
+class RowBook:
+    """Sums of shard partials per row, revisions, and what was written."""
+
+    def __init__(self, spec: WindowSpec, resume: dict | None = None) -> None:
+        self.spec = spec
+        resume = resume or {}
+        self.watermarks: dict[str, float] = dict(resume.get("watermarks", {}))
+        self.oldest: dict[str, float] = dict(resume.get("oldest", {}))
+        self.late: dict[str, int] = dict(resume.get("late", {}))
+        self.partials: dict[int, dict[str, tuple[int, int]]] = {
+            row: dict(parts) for row, parts in resume.get("partials", {}).items()
+        }
+        self.written: dict[int, tuple[int, int, int]] = dict(resume.get("written", {}))
+        self.pending: set[int] = set(resume.get("pending", ()))
+        self.marks: dict[str, PartitionMark] = dict(resume.get("marks", {}))
+        self.rows_written: int = resume.get("rows_written", 0)
+
+    def snapshot(self) -> dict:
+        return {
+            "watermarks": dict(self.watermarks),
+            "oldest": dict(self.oldest),
+            "late": dict(self.late),
+            "partials": {row: dict(parts) for row, parts in self.partials.items()},
+            "written": dict(self.written),
+            "pending": tuple(self.pending),
+            "marks": dict(self.marks),
+            "rows_written": self.rows_written,
+        }
+
+    def add_report(self, shard: str, report: ShardReport) -> None:
+        self.watermarks[shard] = max(self.watermarks.get(shard, NO_EVENT), report.watermark)
+        self.oldest[shard] = max(self.oldest.get(shard, NO_EVENT), report.oldest_countable)
+        self.late[shard] = max(self.late.get(shard, 0), report.corrected_late)
+        for row, counts in report.partials.items():
+            self.partials.setdefault(row, {})[shard] = counts
+            self.pending.add(row)
+
+    def add_mark(self, mark: PartitionMark) -> None:
+        self.marks[mark.key] = mark
+
+    @property
+    def watermark(self) -> float:
+        """Least shard watermark: rows ending at or before it are complete."""
+        if len(self.watermarks) < self.spec.shards:
+            return NO_EVENT
+        return min(self.watermarks.values())
+
+    def take_rows(self, final: bool = False) -> list[Row]:
+        """Rows to (re)write now, oldest first; ``final`` takes every pending row."""
+        spec = self.spec
+        watermark = self.watermark
+        ready = sorted(r for r in self.pending if final or spec.row_end(r) <= watermark)
+        rows = []
+        for row in ready:
+            parts = self.partials[row].values()
+            online = sum(p[0] for p in parts)
+            available = sum(p[1] for p in parts)
+            before = self.written.get(row)
+            if online == 0 or (before and before[:2] == (online, available)):
+                continue
+            revision = before[2] + 1 if before else 1
+            self.written[row] = (online, available, revision)
+            rows.append(
+                Row(row, spec.row_start(row), spec.row_end(row), online, available, revision)
+            )
+        self.pending.difference_update(ready)
+        self.rows_written += len(rows)
+        self._forget_final_rows()
+        return rows
+
+    def _forget_final_rows(self) -> None:
+        """Rows before the oldest countable bucket can never change again."""
+        if len(self.oldest) < self.spec.shards:
+            return
+        oldest = min(self.oldest.values())
+        if oldest == NO_EVENT:
+            return
+        cutoff = self.spec.bucket_of(oldest)
+        for row in [r for r in self.written if r < cutoff and r not in self.pending]:
+            del self.written[row]
+            self.partials.pop(row, None)
+
+    def totals(self) -> Totals:
+        marks = self.marks.values()
+        return Totals(
+            valid=sum(m.valid for m in marks),
+            invalid=sum(m.invalid for m in marks),
+            corrected_late=sum(self.late.values()),
+            too_late=sum(m.too_late for m in marks),
+            watermark=self.watermark,
+            rows_written=self.rows_written,
+        )

@@ -1,0 +1,108 @@
+"""One driver shard: its panes, its view of the watermark, its partial rows.
+
+Drivers are split over :data:`presence.windows.SHARDS` shards by a stable
+hash, so a shard's drivers are disjoint from every other shard's and a row's
+distinct counts are the *sum* of the shards' partial counts. Each shard
+receives every partition's marks, keeps the dataflow watermark as it sees it,
+and reports the partial counts of the rows that changed once they are closed
+(their interval ended before the watermark), or all of them at the end of a
+bounded run. :mod:`presence.rows` adds the reports up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from presence.panes import ShardPanes
+from presence.partition import NO_EVENT, PartitionMark, ShardPart
+from presence.watermark import dataflow_watermark, oldest_countable
+from presence.windows import WindowSpec
+
+
+@dataclass(frozen=True, slots=True)
+class ShardReport:
+    """What a shard tells the row book."""
+
+    watermark: float
+    """The dataflow watermark as this shard sees it: rows ending at or
+    before it are complete in this shard."""
+    oldest_countable: float
+    partials: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """``{row: (online, available)}`` of this shard's drivers, for changed rows."""
+    corrected_late: int = 0
+    """Pings counted after their row had closed (cumulative)."""
+
+
+class ShardState:
+    """State of one driver shard, updated by :class:`ShardPart` items."""
+
+    def __init__(self, spec: WindowSpec, resume: dict | None = None) -> None:
+        self.spec = spec
+        if resume:
+            self.panes = ShardPanes.restore(spec, resume["panes"])
+            self.marks: dict[str, PartitionMark] = dict(resume["marks"])
+            self.watermark: float = resume["watermark"]
+            self.oldest: float = resume["oldest"]
+            self.dirty: set[int] = set(resume["dirty"])
+            self.corrected_late: int = resume["corrected_late"]
+            self.ignored: int = resume.get("ignored", 0)
+        else:
+            self.panes = ShardPanes(spec)
+            self.marks = {}
+            self.watermark = NO_EVENT
+            self.oldest = NO_EVENT
+            self.dirty = set()
+            self.corrected_late = 0
+            self.ignored = 0
+        self._last_sent: tuple | None = None
+
+    def snapshot(self) -> dict:
+        return {
+            "panes": self.panes.snapshot(),
+            "marks": dict(self.marks),
+            "watermark": self.watermark,
+            "oldest": self.oldest,
+            "dirty": tuple(self.dirty),
+            "corrected_late": self.corrected_late,
+            "ignored": self.ignored,
+        }
+
+    def apply(self, part: ShardPart) -> None:
+        """Add one partition batch's share (its drivers and its mark)."""
+        self.marks[part.mark.key] = part.mark
+        spec = self.spec
+        oldest_pane = spec.oldest_kept_pane(self.oldest)
+        for pane, (online, available, pings) in part.buckets.items():
+            if pane < oldest_pane:
+                # Only possible for a partition that had no watermark when
+                # state was dropped (a new partition): counting would
+                # rewrite rows from incomplete panes.
+                self.ignored += pings
+                continue
+            if self.panes.add(pane, online, available):
+                self.dirty.update(spec.rows_of_pane(pane))
+            if spec.row_end(pane) <= self.watermark:
+                self.corrected_late += pings
+
+    def report(self, now: float, final: bool = False) -> ShardReport | None:
+        """Closed changed rows, or every changed row if ``final``; None if nothing new."""
+        spec = self.spec
+        watermark = max(self.watermark, dataflow_watermark(self.marks.values(), now, spec))
+        self.watermark = watermark
+        if final:
+            closed = list(self.dirty)
+        else:
+            closed = [r for r in self.dirty if spec.row_end(r) <= watermark]
+        partials = {row: self.panes.row_counts(row) for row in closed}
+        self.dirty.difference_update(closed)
+
+        oldest = oldest_countable(self.marks.values(), spec)
+        if oldest > self.oldest:
+            self.oldest = oldest
+            self.panes.drop_before(spec.oldest_kept_pane(oldest))
+
+        summary = (watermark, self.oldest, self.corrected_late)
+        if not partials and not final and summary == self._last_sent:
+            return None
+        self._last_sent = summary
+        return ShardReport(watermark, self.oldest, partials, self.corrected_late)

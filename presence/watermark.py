@@ -1,0 +1,58 @@
+"""The dataflow watermark, from what every partition last said (SPEC "Time").
+
+Each partition's watermark is its greatest valid event time minus
+``allowed_lateness``. The dataflow watermark is the least of them over the
+*live* partitions: an idle one (no valid ping for ``idle`` seconds) or an
+ended one (bounded mode) is left out. When none is live, event time is taken
+to go on with the wall clock from the freshest partition, so that closed rows
+are still written in a quiet live run.
+
+Until every partition of the topic has been heard from, the watermark is
+``-inf``: a partition not yet read may hold the oldest pings.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from presence.partition import ENDED, IDLE, LIVE, NO_EVENT, PartitionMark
+from presence.windows import WindowSpec
+
+
+def _complete(marks: list[PartitionMark]) -> bool:
+    return bool(marks) and len(marks) >= max(m.partitions for m in marks)
+
+
+def dataflow_watermark(
+    marks: Iterable[PartitionMark], now: float, spec: WindowSpec
+) -> float:
+    marks = list(marks)
+    if not _complete(marks):
+        return NO_EVENT
+    live = [m.max_event for m in marks if m.state == LIVE]
+    if live:
+        return min(live) - spec.lateness
+    quiet = [
+        m.max_event + max(0.0, now - m.read_at)
+        for m in marks
+        if m.state == IDLE and m.max_event > NO_EVENT
+    ]
+    quiet += [m.max_event for m in marks if m.state == ENDED and m.max_event > NO_EVENT]
+    return max(quiet) - spec.lateness if quiet else NO_EVENT
+
+
+def oldest_countable(marks: Iterable[PartitionMark], spec: WindowSpec) -> float:
+    """The oldest event time any partition may still count (state before it may go).
+
+    A ping is too late when older than its own partition's watermark minus
+    the correction horizon, so the least of those over all partitions (idle
+    and ended ones included: they may wake up) bounds what can still arrive.
+    Partitions that never had a valid ping have no watermark and are left out.
+    """
+    marks = list(marks)
+    if not _complete(marks):
+        return NO_EVENT
+    seen = [m.max_event for m in marks if m.max_event > NO_EVENT]
+    if not seen:
+        return NO_EVENT
+    return min(seen) - spec.lateness - spec.horizon

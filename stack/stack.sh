@@ -1,0 +1,475 @@
+#!/usr/bin/env bash
+# Local service stack for presence: Apache Kafka (KRaft, single node) and
+# FerretDB v1 (MongoDB wire protocol over SQLite). No Docker needed.
+#
+#   bash stack/stack.sh up       start both (fetch/build on first use), wait until ready
+#   bash stack/stack.sh down     stop both (SIGTERM, then SIGKILL), idempotent
+#   bash stack/stack.sh status   one line per service; exit 0 only if both are up
+#   bash stack/stack.sh reset    down, then wipe the runtime state (topics, databases, logs)
+#   bash stack/stack.sh build    only fetch the Kafka jars and build the FerretDB binary
+#   bash stack/stack.sh logs [kafka|ferretdb]   last lines of the logs
+#
+# Environment (all optional):
+#   PRESENCE_CACHE                  downloads/builds     (default ~/.cache/presence)
+#   PRESENCE_STACK_STATE            data, logs, pids     (default ~/.cache/presence/state)
+#   PRESENCE_KAFKA_PORT             Kafka listener       (default 9092)
+#   PRESENCE_KAFKA_CONTROLLER_PORT  KRaft controller     (default 9093)
+#   PRESENCE_MONGO_PORT             FerretDB             (default 27017)
+#   PRESENCE_STACK_FRESH=1          `up` wipes the state first (like `reset` + `up`)
+#   PRESENCE_STACK_TIMEOUT          seconds `up` waits for readiness (default 90)
+#   PRESENCE_STACK_STOP_TIMEOUT     seconds `down` waits before SIGKILL (default 30)
+#   PRESENCE_KAFKA_HEAP_OPTS        JVM heap flags       (default "-Xms256m -Xmx1g")
+#   PRESENCE_PYTHON                 a Python with confluent_kafka for the readiness probe
+set -euo pipefail
+
+STACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(dirname "$STACK_DIR")"
+HOME_DIR="${HOME:-$(cd ~ && pwd)}"
+
+CACHE="${PRESENCE_CACHE:-$HOME_DIR/.cache/presence}"
+STATE="${PRESENCE_STACK_STATE:-$HOME_DIR/.cache/presence/state}"
+HOST=127.0.0.1
+KAFKA_PORT="${PRESENCE_KAFKA_PORT:-9092}"
+CONTROLLER_PORT="${PRESENCE_KAFKA_CONTROLLER_PORT:-9093}"
+MONGO_PORT="${PRESENCE_MONGO_PORT:-27017}"
+TIMEOUT="${PRESENCE_STACK_TIMEOUT:-90}"
+STOP_TIMEOUT="${PRESENCE_STACK_STOP_TIMEOUT:-30}"
+KAFKA_HEAP_OPTS="${PRESENCE_KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
+JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
+
+LIBS="$CACHE/kafka-libs"
+FDB_BIN="$CACHE/bin/presence-ferretdb"
+
+LOG_DIR="$STATE/logs"
+RUN_DIR="$STATE/run"
+KAFKA_DIR="$STATE/kafka"
+KAFKA_DATA="$KAFKA_DIR/data"
+KAFKA_CONF="$KAFKA_DIR/server.properties"
+KAFKA_PID="$RUN_DIR/kafka.pid"
+KAFKA_LOG="$LOG_DIR/kafka.log"    # log4j2 (broker)
+KAFKA_OUT="$LOG_DIR/kafka.out"    # JVM stdout/stderr (crashes, OOM)
+FDB_DATA="$STATE/ferretdb"
+FDB_PID="$RUN_DIR/ferretdb.pid"
+FDB_LOG="$LOG_DIR/ferretdb.log"
+
+# Fixed strings found in each process's command line: they tie a process to
+# this state directory, so `down` also finds one whose pid file was lost.
+KAFKA_MARK="kafka.Kafka $KAFKA_CONF"
+FDB_MARK="-sqlite-dir $FDB_DATA"
+
+say() { printf 'stack: %s\n' "$*"; }
+warn() { printf 'stack: %s\n' "$*" >&2; }
+die() { printf 'stack: ERROR: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+  sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+}
+
+# ---------------------------------------------------------------- helpers
+
+hash_files() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+port_open() { # host port
+  timeout 2 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null
+}
+
+# True if pid runs (not a zombie) and its command line contains the mark.
+pid_is_ours() { # pid mark
+  local pid="$1" mark="$2" st cmd
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  [[ -r "/proc/$pid/stat" ]] || return 1
+  st="$(sed -E 's/^.*\) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+  [[ -n "$st" && "$st" != Z && "$st" != X ]] || return 1
+  cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  [[ "$cmd" == *"$mark"* ]]
+}
+
+# Pids of live processes whose command line contains the mark (pid file first).
+find_pids() { # pidfile mark
+  local pidfile="$1" mark="$2" pid re out=()
+  if [[ -f "$pidfile" ]]; then
+    pid="$(tr -dc '0-9' <"$pidfile")"
+    if pid_is_ours "$pid" "$mark"; then out+=("$pid"); fi
+  fi
+  re="$(printf '%s' "$mark" | sed 's/[][\.*^$+?(){}|]/\\&/g')"
+  for pid in $(pgrep -f -- "$re" || true); do
+    [[ " ${out[*]:-} " == *" $pid "* ]] && continue
+    if pid_is_ours "$pid" "$mark"; then out+=("$pid"); fi
+  done
+  echo "${out[*]:-}"
+}
+
+main_pid() { # pidfile mark -> the service's pid, or nothing
+  local pid p
+  if [[ -f "$1" ]]; then
+    pid="$(tr -dc '0-9' <"$1")"
+    if pid_is_ours "$pid" "$2"; then echo "$pid"; return 0; fi
+  fi
+  p="$(find_pids "$1" "$2")"
+  echo "${p%% *}"
+}
+
+port_owner() { # port -> "users:(...)" text from ss, if any
+  ss -ltnpH "sport = :$1" 2>/dev/null | sed -E 's/.*(users:.*)/\1/' | head -n1 || true
+}
+
+show_log() { # file [lines]
+  local f="$1" n="${2:-20}"
+  if [[ -s "$f" ]]; then
+    echo "----- last $n lines of $f -----"
+    tail -n "$n" "$f"
+    echo "-----"
+  fi
+  return 0
+}
+
+take_lock() {
+  mkdir -p "$STATE"
+  exec 9>"$STATE/.lock"
+  flock -w 600 9 || die "another stack.sh holds $STATE/.lock"
+}
+
+# ---------------------------------------------------------------- build / fetch
+
+ensure_kafka_libs() {
+  local pom="$STACK_DIR/kafka/pom.xml" want tmp
+  want="$(hash_files "$pom")"
+  if [[ -f "$LIBS/.stamp" && "$(cat "$LIBS/.stamp")" == "$want" ]] &&
+    compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then
+    return 0
+  fi
+  command -v mvn >/dev/null || die "mvn not found (needed once to fetch the Kafka jars from Maven Central)"
+  mkdir -p "$CACHE"
+  tmp="$CACHE/kafka-libs.tmp.$$"
+  rm -rf "$tmp"
+  say "fetching Kafka jars from Maven Central into $LIBS (first time only; log: $CACHE/mvn.log)..."
+  if ! mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$tmp" >"$CACHE/mvn.log" 2>&1; then
+    rm -rf "$tmp"
+    show_log "$CACHE/mvn.log" 30 >&2
+    die "maven could not fetch the Kafka jars (log: $CACHE/mvn.log)"
+  fi
+  echo "$want" >"$tmp/.stamp"
+  rm -rf "$LIBS"
+  mv "$tmp" "$LIBS"
+}
+
+ensure_ferretdb_bin() {
+  local src="$STACK_DIR/ferretdb" want tmp
+  want="$(hash_files "$src/go.mod" "$src/go.sum" "$src"/*.go)"
+  if [[ -x "$FDB_BIN" && -f "$FDB_BIN.stamp" && "$(cat "$FDB_BIN.stamp")" == "$want" ]]; then
+    return 0
+  fi
+  command -v go >/dev/null || die "go not found (needed once to build $FDB_BIN)"
+  mkdir -p "$CACHE/bin"
+  tmp="$FDB_BIN.tmp.$$"
+  say "building FerretDB v1 (SQLite) into $FDB_BIN (first time only; log: $CACHE/go-build.log)..."
+  if ! (cd "$src" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -o "$tmp" .) \
+    >"$CACHE/go-build.log" 2>&1; then
+    rm -f "$tmp"
+    show_log "$CACHE/go-build.log" 30 >&2
+    die "go build of stack/ferretdb failed (log: $CACHE/go-build.log)"
+  fi
+  mv "$tmp" "$FDB_BIN"
+  echo "$want" >"$FDB_BIN.stamp"
+}
+
+# ---------------------------------------------------------------- start
+
+# setsid: own session, so the service outlives the shell that started it and a
+# Ctrl-C in that terminal does not reach it. The wrapper writes its own pid,
+# then execs the service, so the pid file holds the service's real pid.
+launch() { # pidfile logfile cmd...
+  local pidfile="$1" logfile="$2" what="$3"
+  shift 2
+  rm -f "$pidfile"
+  setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" \
+    </dev/null >>"$logfile" 2>&1 &
+  local i
+  for i in $(seq 1 50); do
+    [[ -s "$pidfile" ]] && return 0
+    sleep 0.1
+  done
+  die "could not start $what (no pid file $pidfile)"
+}
+
+check_port_free() { # name port
+  if port_open "$HOST" "$2"; then
+    die "$1: port $HOST:$2 is already in use by another process $(port_owner "$2") - stop it or set the PRESENCE_*_PORT variables"
+  fi
+}
+
+start_kafka() {
+  local pid cid
+  pid="$(main_pid "$KAFKA_PID" "$KAFKA_MARK")"
+  if [[ -n "$pid" ]]; then
+    echo "$pid" >"$KAFKA_PID"
+    say "kafka: already running (pid $pid) on $HOST:$KAFKA_PORT"
+    return 0
+  fi
+  check_port_free kafka "$KAFKA_PORT"
+  check_port_free kafka-controller "$CONTROLLER_PORT"
+  mkdir -p "$KAFKA_DATA" "$LOG_DIR" "$RUN_DIR"
+
+  sed -e "s|@KAFKA_HOST@|$HOST|g" -e "s|@KAFKA_PORT@|$KAFKA_PORT|g" \
+    -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@DATA_DIR@|$KAFKA_DATA|g" \
+    "$STACK_DIR/kafka/server.properties.in" >"$KAFKA_CONF"
+  cp "$STACK_DIR/kafka/log4j2.properties" "$KAFKA_DIR/log4j2.properties"
+
+  local jvm=(-Dkafka.logs.dir="$LOG_DIR" -Dlog4j2.configurationFile="file:$KAFKA_DIR/log4j2.properties"
+    -Djava.awt.headless=true -cp "$LIBS/*")
+
+  # Format the storage once (KRaft needs a cluster id and a bootstrap checkpoint).
+  if [[ ! -f "$KAFKA_DATA/meta.properties" ]]; then
+    cid="$("$JAVA" "${jvm[@]}" kafka.tools.StorageTool random-uuid 2>>"$KAFKA_OUT" | tail -n1)"
+    [[ -n "$cid" ]] || die "kafka: could not make a cluster id (see $KAFKA_OUT)"
+    say "kafka: formatting $KAFKA_DATA (cluster id $cid)"
+    if ! "$JAVA" "${jvm[@]}" kafka.tools.StorageTool format --standalone -t "$cid" -c "$KAFKA_CONF" \
+      >>"$KAFKA_OUT" 2>&1; then
+      show_log "$KAFKA_OUT" >&2
+      die "kafka: storage format failed (log: $KAFKA_OUT)"
+    fi
+    echo "$HOST:$CONTROLLER_PORT" >"$KAFKA_DIR/formatted-controller"
+  fi
+  # The standalone format records the controller's address in the metadata log.
+  if [[ -f "$KAFKA_DIR/formatted-controller" &&
+    "$(cat "$KAFKA_DIR/formatted-controller")" != "$HOST:$CONTROLLER_PORT" ]]; then
+    die "kafka: data in $KAFKA_DATA was formatted for controller $(cat "$KAFKA_DIR/formatted-controller"), not $HOST:$CONTROLLER_PORT; run 'bash stack/stack.sh reset' (wipes topics)"
+  fi
+
+  echo "=== stack.sh up $(date -u +%FT%TZ) ===" >>"$KAFKA_OUT"
+  # shellcheck disable=SC2086  # heap opts are deliberately word-split
+  launch "$KAFKA_PID" "$KAFKA_OUT" "$JAVA" $KAFKA_HEAP_OPTS \
+    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+    -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError \
+    "${jvm[@]}" kafka.Kafka "$KAFKA_CONF"
+  say "kafka: started (pid $(cat "$KAFKA_PID")) on $HOST:$KAFKA_PORT, log $KAFKA_LOG"
+}
+
+start_ferretdb() {
+  local pid
+  pid="$(main_pid "$FDB_PID" "$FDB_MARK")"
+  if [[ -n "$pid" ]]; then
+    echo "$pid" >"$FDB_PID"
+    say "ferretdb: already running (pid $pid) on $HOST:$MONGO_PORT"
+    return 0
+  fi
+  check_port_free ferretdb "$MONGO_PORT"
+  mkdir -p "$FDB_DATA" "$LOG_DIR" "$RUN_DIR"
+  echo "=== stack.sh up $(date -u +%FT%TZ) ===" >>"$FDB_LOG"
+  launch "$FDB_PID" "$FDB_LOG" "$FDB_BIN" -listen-addr "$HOST:$MONGO_PORT" -sqlite-dir "$FDB_DATA"
+  say "ferretdb: started (pid $(cat "$FDB_PID")) on $HOST:$MONGO_PORT, log $FDB_LOG"
+}
+
+# ---------------------------------------------------------------- readiness
+
+PROBE_PY=""
+find_probe_python() {
+  local c
+  for c in "${PRESENCE_PYTHON:-}" "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" \
+    "$REPO_DIR/.venv/bin/python" python3; do
+    [[ -n "$c" ]] || continue
+    command -v "$c" >/dev/null 2>&1 || continue
+    if "$c" -c 'import confluent_kafka' >/dev/null 2>&1; then
+      PROBE_PY="$c"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# One metadata request through librdkafka; exit 0 if the broker lists itself.
+kafka_metadata_py() {
+  timeout 10 "$PROBE_PY" - "$HOST:$KAFKA_PORT" <<'EOF' >/dev/null 2>&1
+import sys
+from confluent_kafka.admin import AdminClient
+md = AdminClient({"bootstrap.servers": sys.argv[1], "log_level": 0}).list_topics(timeout=5)
+sys.exit(0 if md.brokers else 1)
+EOF
+}
+
+# Same through Kafka's own Java client (no Python needed); waits up to $1 s.
+kafka_metadata_java() {
+  timeout $(($1 + 15)) "$JAVA" -Xmx128m -Dlog4j2.level=OFF -cp "$LIBS/*" \
+    "$STACK_DIR/kafka/KafkaProbe.java" "$HOST:$KAFKA_PORT" "$1" >/dev/null 2>>"$LOG_DIR/kafka-probe.log"
+}
+
+fail_start() { # name why log...
+  local name="$1" why="$2" f
+  shift 2
+  {
+    printf 'stack: ERROR: %s did not become ready: %s\n' "$name" "$why"
+    for f in "$@"; do
+      echo "stack: log: $f"
+      show_log "$f" 20
+    done
+  } >&2
+  if [[ "$name" == kafka ]]; then
+    stop_service kafka "$KAFKA_PID" "$KAFKA_MARK" >&2
+  else
+    stop_service ferretdb "$FDB_PID" "$FDB_MARK" >&2
+  fi
+  exit 1
+}
+
+wait_ready() {
+  local deadline=$((SECONDS + TIMEOUT)) kafka_port=0 kafka_meta=0 fdb=0 probe=port
+  if find_probe_python; then probe=python; else probe=java; fi
+  while :; do
+    if ((fdb == 0)); then
+      [[ -n "$(main_pid "$FDB_PID" "$FDB_MARK")" ]] || fail_start ferretdb "the process exited" "$FDB_LOG"
+      if port_open "$HOST" "$MONGO_PORT"; then fdb=1; fi
+    fi
+    if ((kafka_meta == 0)); then
+      [[ -n "$(main_pid "$KAFKA_PID" "$KAFKA_MARK")" ]] ||
+        fail_start kafka "the process exited" "$KAFKA_LOG" "$KAFKA_OUT"
+      if ((kafka_port == 0)) && port_open "$HOST" "$KAFKA_PORT"; then kafka_port=1; fi
+      if ((kafka_port == 1)); then
+        if [[ "$probe" == python ]]; then
+          if kafka_metadata_py; then kafka_meta=1; fi
+        else
+          local left=$((deadline - SECONDS))
+          ((left > 0)) || left=1
+          if kafka_metadata_java "$left"; then kafka_meta=1; fi
+        fi
+      fi
+    fi
+    ((fdb == 1 && kafka_meta == 1)) && break
+    if ((SECONDS >= deadline)); then
+      if ((fdb == 0)); then
+        fail_start ferretdb "port $HOST:$MONGO_PORT not open after ${TIMEOUT}s" "$FDB_LOG"
+      fi
+      if ((kafka_port == 0)); then
+        fail_start kafka "port $HOST:$KAFKA_PORT not open after ${TIMEOUT}s" "$KAFKA_LOG" "$KAFKA_OUT"
+      fi
+      fail_start kafka "no answer to a metadata request ($probe probe) after ${TIMEOUT}s" "$KAFKA_LOG" "$KAFKA_OUT"
+    fi
+    sleep 0.5
+  done
+  say "ready: kafka $HOST:$KAFKA_PORT (metadata ok, $probe probe), mongodb://$HOST:$MONGO_PORT (FerretDB)"
+}
+
+# ---------------------------------------------------------------- stop
+
+stop_service() { # name pidfile mark
+  local name="$1" pidfile="$2" mark="$3" pids p i left
+  pids="$(find_pids "$pidfile" "$mark")"
+  if [[ -z "$pids" ]]; then
+    rm -f "$pidfile"
+    say "$name: not running"
+    return 0
+  fi
+  say "$name: stopping (pid $pids)"
+  for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
+  for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+    left=""
+    for p in $pids; do pid_is_ours "$p" "$mark" && left+=" $p"; done
+    [[ -z "$left" ]] && break
+    sleep 0.1
+  done
+  if [[ -n "$left" ]]; then
+    warn "$name: still running after ${STOP_TIMEOUT}s, sending SIGKILL to$left"
+    for p in $left; do
+      kill -KILL -- "-$p" 2>/dev/null || true # its process group (setsid made it a leader)
+      kill -KILL "$p" 2>/dev/null || true
+    done
+    for ((i = 0; i < 50; i++)); do
+      left=""
+      for p in $pids; do pid_is_ours "$p" "$mark" && left+=" $p"; done
+      [[ -z "$left" ]] && break
+      sleep 0.1
+    done
+    [[ -z "$left" ]] || die "$name: could not stop pid$left"
+  fi
+  rm -f "$pidfile"
+  say "$name: stopped"
+}
+
+wipe_state() {
+  [[ -n "$STATE" && "$STATE" != / && "$STATE" != "$HOME_DIR" ]] || die "refusing to wipe STATE=$STATE"
+  rm -rf "$KAFKA_DIR" "$FDB_DATA" "$LOG_DIR" "$RUN_DIR"
+  say "wiped runtime state in $STATE (topics, databases, logs)"
+}
+
+# ---------------------------------------------------------------- commands
+
+cmd_build() {
+  ensure_kafka_libs
+  ensure_ferretdb_bin
+  say "cache ready: $LIBS, $FDB_BIN"
+}
+
+cmd_up() {
+  take_lock
+  if [[ "${PRESENCE_STACK_FRESH:-0}" == 1 ]]; then
+    stop_service kafka "$KAFKA_PID" "$KAFKA_MARK"
+    stop_service ferretdb "$FDB_PID" "$FDB_MARK"
+    wipe_state
+  fi
+  ensure_kafka_libs
+  ensure_ferretdb_bin
+  # Check every port before starting anything, so a clash starts nothing.
+  if [[ -z "$(main_pid "$FDB_PID" "$FDB_MARK")" ]]; then check_port_free ferretdb "$MONGO_PORT"; fi
+  if [[ -z "$(main_pid "$KAFKA_PID" "$KAFKA_MARK")" ]]; then
+    check_port_free kafka "$KAFKA_PORT"
+    check_port_free kafka-controller "$CONTROLLER_PORT"
+  fi
+  start_ferretdb
+  start_kafka
+  wait_ready
+}
+
+cmd_down() {
+  take_lock
+  stop_service kafka "$KAFKA_PID" "$KAFKA_MARK"
+  stop_service ferretdb "$FDB_PID" "$FDB_MARK"
+}
+
+cmd_reset() {
+  cmd_down
+  wipe_state
+}
+
+status_line() { # name pidfile mark port log
+  local name="$1" pidfile="$2" mark="$3" port="$4" log="$5" pid
+  pid="$(main_pid "$pidfile" "$mark")"
+  if [[ -n "$pid" ]] && port_open "$HOST" "$port"; then
+    printf '%-9s up        pid %-7s %s:%-5s log %s\n' "$name" "$pid" "$HOST" "$port" "$log"
+    return 0
+  elif [[ -n "$pid" ]]; then
+    printf '%-9s starting  pid %-7s %s:%-5s (port not open yet) log %s\n' "$name" "$pid" "$HOST" "$port" "$log"
+  elif port_open "$HOST" "$port"; then
+    printf '%-9s down      port %s:%s is used by another process %s\n' "$name" "$HOST" "$port" "$(port_owner "$port")"
+  else
+    printf '%-9s down      %s:%-5s log %s\n' "$name" "$HOST" "$port" "$log"
+  fi
+  return 1
+}
+
+cmd_status() {
+  local rc=0
+  status_line kafka "$KAFKA_PID" "$KAFKA_MARK" "$KAFKA_PORT" "$KAFKA_LOG" || rc=1
+  status_line ferretdb "$FDB_PID" "$FDB_MARK" "$MONGO_PORT" "$FDB_LOG" || rc=1
+  echo "state: $STATE   cache: $CACHE"
+  return "$rc"
+}
+
+cmd_logs() {
+  case "${1:-all}" in
+  kafka) show_log "$KAFKA_LOG" 50; show_log "$KAFKA_OUT" 20 ;;
+  ferretdb | mongo) show_log "$FDB_LOG" 50 ;;
+  all) show_log "$KAFKA_LOG" 30; show_log "$KAFKA_OUT" 10; show_log "$FDB_LOG" 30 ;;
+  *) die "logs: unknown service '$1' (kafka, ferretdb)" ;;
+  esac
+}
+
+case "${1:-}" in
+up) cmd_up ;;
+down) cmd_down ;;
+status) cmd_status ;;
+reset) cmd_reset ;;
+build) cmd_build ;;
+logs) shift; cmd_logs "$@" ;;
+-h | --help | help) usage ;;
+*) usage >&2; exit 2 ;;
+esac
