@@ -1,0 +1,355 @@
+"""The ``presence`` command: simulate pings, read reports, chart them, serve them.
+
+Settings come from the ``PRESENCE_*`` environment variables (see
+:mod:`presence.settings`). A bad argument is a usage error (exit 2); a
+runtime failure, such as MongoDB or Kafka being unreachable, is one line on
+stderr and exit 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from presence.settings import Settings, SettingsError, load_settings
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class PresenceGroup(click.Group):
+    """Turns any runtime error of a subcommand into one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except Exception as exc:  # noqa: BLE001 - the whole point: no traceback
+            if os.environ.get("PRESENCE_DEBUG"):
+                raise
+            raise click.ClickException(_one_line(exc)) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    from presence.reports import StoreUnavailable, TimeError
+    from presence.simulate import KafkaError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (SettingsError, StoreUnavailable, KafkaError, TimeError)):
+        return text
+    try:
+        from pymongo.errors import PyMongoError
+
+        if isinstance(exc, PyMongoError):
+            return f"MongoDB failed: {type(exc).__name__}: {text[:200]}"
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, OSError):
+        return text
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+def settings_from_env(**overrides: Any) -> Settings:
+    """The ``PRESENCE_*`` settings, with command-line values on top."""
+    settings = load_settings()
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if not changes:
+        return settings
+    try:
+        return Settings.model_validate({**settings.model_dump(), **changes})
+    except Exception as exc:  # pydantic ValidationError: say which option
+        first = exc.errors(include_url=False)[0] if hasattr(exc, "errors") else {}
+        field = (first.get("loc") or ("value",))[0]
+        message = str(first.get("msg", exc)).removeprefix("Value error, ")
+        raise click.BadParameter(message, param_hint=f"--{str(field).replace('_', '-')}")
+
+
+class TimeType(click.ParamType):
+    """ISO-8601 (no offset = UTC) or epoch seconds; the value stays text."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from presence.reports import TimeError, parse_time
+
+        try:
+            parse_time(str(value), param.name if param else "time")
+        except TimeError as exc:
+            self.fail(str(exc).split(": ", 1)[-1], param, ctx)
+        return str(value)
+
+
+TIME = TimeType()
+
+
+def range_options(func):
+    func = click.option(
+        "--to", "end", type=TIME, default=None,
+        help="Last bucket start to include: ISO-8601 (UTC if no offset) or epoch seconds.",
+    )(func)
+    func = click.option(
+        "--from", "start", type=TIME, default=None,
+        help="First bucket start to include: ISO-8601 (UTC if no offset) or epoch seconds.",
+    )(func)
+    return func
+
+
+def _time_range(start: str | None, end: str | None):
+    from presence.reports import TimeError, parse_range
+
+    try:
+        return parse_range(start, end)
+    except TimeError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+@click.group(cls=PresenceGroup, context_settings=CONTEXT)
+@click.version_option(package_name="presence", prog_name="presence")
+def cli() -> None:
+    """presence: drivers online and available, per time bucket.
+
+    Settings come from PRESENCE_* environment variables (PRESENCE_KAFKA_BROKERS,
+    PRESENCE_TOPIC, PRESENCE_MONGO_URI, PRESENCE_MONGO_DB, ...). The dataflow
+    itself runs with `python -m bytewax.run dataflow`.
+    """
+
+
+# ------------------------------------------------------------------ simulate
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--drivers", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="How many drivers to simulate.")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=10,
+              show_default=True, help="Simulated minutes of pings.")
+@click.option("--start", type=TIME, default=None,
+              help="Event time of the first simulated instant (ISO-8601 or epoch seconds). "
+                   "Default: with --fast, the current minute minus --minutes; else now.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="PINGS_PER_S",
+              help="Replay in real time, at most this many pings per second.")
+@click.option("--fast", is_flag=True,
+              help="Produce as fast as Kafka takes them (historical event times from --start).")
+@click.option("--late-fraction", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Fraction of valid pings sent 1 to 10 minutes after their event time.")
+@click.option("--bad-fraction", type=click.FloatRange(0, 1), default=0.005, show_default=True,
+              help="Fraction of malformed pings (invalid JSON, missing or bad fields, too large).")
+@click.option("--partitions", type=click.IntRange(min=1, max=10_000), default=4,
+              show_default=True, help="Partitions of the topic if it has to be created.")
+@click.option("--seed", type=int, default=None,
+              help="Random seed: the same seed gives the same pings. Default: a random one.")
+@click.option("--topic", default=None, help="Kafka topic. Default: PRESENCE_TOPIC.")
+@click.option("--recreate-topic", is_flag=True,
+              help="Delete the topic first (all its pings) and create it anew.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar (default: when stderr is a terminal).")
+def simulate(drivers: int, minutes: float, start: str | None, rate: float | None, fast: bool,
+             late_fraction: float, bad_fraction: float, partitions: int, seed: int | None,
+             topic: str | None, recreate_topic: bool, progress: bool | None) -> None:
+    """Produce realistic driver pings to Kafka (SPEC input format).
+
+    Drivers log on and off, go on and off duty and ping every 20 to 40 s while
+    online. Messages are keyed by driver id; one driver stays on one partition.
+    Creates the topic if it is missing. Prints a one-line summary at the end.
+    """
+    import random
+
+    from confluent_kafka import Producer
+
+    from presence.reports import parse_time
+    from presence.simulate import (
+        SimConfig, default_start, ensure_topic, generate, produce, producer_config,
+    )
+
+    if rate is not None and fast:
+        raise click.UsageError("--rate and --fast are mutually exclusive")
+    if late_fraction + bad_fraction > 1:
+        raise click.UsageError("--late-fraction plus --bad-fraction must not exceed 1")
+    settings = settings_from_env(topic=topic)
+    first = parse_time(start) if start is not None else default_start(fast, minutes)
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    count, created = ensure_topic(settings.kafka_brokers, settings.topic, partitions,
+                                  recreate=recreate_topic, extra=settings.kafka_extra)
+    if not created and count != partitions:
+        click.echo(f"topic {settings.topic} exists with {count} partitions; using them", err=True)
+    config = SimConfig(drivers=drivers, minutes=minutes, start=first,
+                       late_fraction=late_fraction, bad_fraction=bad_fraction,
+                       partitions=count, seed=seed)
+    producer = Producer(producer_config(settings.kafka_brokers, settings.kafka_extra))
+    show = sys.stderr.isatty() if progress is None else progress
+    bar = None
+    callback = None
+    if show:
+        from tqdm import tqdm
+
+        bar = tqdm(total=round(minutes * 60), unit="sim-s", file=sys.stderr,
+                   desc=f"simulate -> {settings.topic}", dynamic_ncols=True, leave=False)
+
+        def callback(done: float, sent: int) -> None:
+            value = min(bar.total, max(0, int(done)))
+            if value > bar.n:
+                bar.update(value - bar.n)
+            bar.set_postfix_str(f"{sent:,} pings", refresh=False)
+
+    mode = "fast" if fast else (f"real time, at most {rate:g}/s" if rate else "real time")
+    click.echo(f"simulating {drivers:,} drivers for {minutes:g} min ({mode}), seed {seed}", err=True)
+    try:
+        summary = produce(generate(config), settings.topic, producer, config.start,
+                          fast=fast, rate=rate, progress=callback)
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(summary.line())
+
+
+# ------------------------------------------------------------------ report
+
+
+@cli.command(context_settings=CONTEXT)
+@range_options
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
+              show_default=True, help="Output format.")
+def report(start: str | None, end: str | None, fmt: str) -> None:
+    """Print the report rows (report_summary), one per time bucket.
+
+    JSON is a list of {"time", "online", "available", "revision"}.
+    """
+    from presence.reports import load_rows
+
+    time_range = _time_range(start, end)
+    settings = settings_from_env()
+    rows = load_rows(settings, time_range)
+    out = click.get_text_stream("stdout")
+    if fmt == "json":
+        out.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
+    elif fmt == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["time", "online", "available", "revision"])
+        for r in rows:
+            writer.writerow([r.time, r.online, r.available, r.revision])
+    else:
+        out.write(format_table(rows))
+        if not rows:
+            click.echo(f"no rows {time_range.describe()} in database {settings.mongo_db}",
+                       err=True)
+
+
+def format_table(rows) -> str:
+    """One line per bucket, like the console lines of the job presence replaces."""
+    if not rows:
+        return ""
+    online_w = max(6, *(len(f"{r.online:,}") for r in rows))
+    avail_w = max(9, *(len(f"{r.available:,}") for r in rows))
+    lines = [
+        f"{'time bucket (UTC)':<19} | {'online':>{online_w}} | {'available':>{avail_w}} | revision",
+        f"{'-' * 19}-+-{'-' * online_w}-+-{'-' * avail_w}-+---------",
+    ]
+    corrected = 0
+    for r in rows:
+        mark = "  (late-corrected)" if r.revision > 1 else ""
+        corrected += r.revision > 1
+        lines.append(
+            f"{r.time:<19} | {r.online:>{online_w},} | {r.available:>{avail_w},} | {r.revision:>8}{mark}"
+        )
+    lines.append(f"{len(rows):,} buckets, {corrected:,} corrected by late pings")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ plot
+
+
+@cli.command(context_settings=CONTEXT)
+@range_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              required=True, help="Output file: .png or .svg.")
+@click.option("--title", default="Available vs Online drivers", show_default=True,
+              help="Chart title.")
+def plot(start: str | None, end: str | None, output: Path, title: str) -> None:
+    """Draw the "Available vs Online drivers" line chart to a PNG or SVG file."""
+    suffix = output.suffix.lower()
+    if suffix not in (".png", ".svg"):
+        raise click.BadParameter("the file name must end in .png or .svg",
+                                 param_hint="'-o' / '--output'")
+    from presence.plot import render_chart
+    from presence.reports import load_rows
+
+    time_range = _time_range(start, end)
+    settings = settings_from_env()
+    rows = load_rows(settings, time_range)
+    if not rows:
+        raise click.ClickException(
+            f"no report rows {time_range.describe()} in database {settings.mongo_db}; "
+            "nothing to plot"
+        )
+    if output.parent and not output.parent.exists():
+        output.parent.mkdir(parents=True, exist_ok=True)
+    render_chart(rows, output, title=title)
+    corrected = sum(r.revision > 1 for r in rows)
+    click.echo(f"wrote {output} ({len(rows):,} buckets, {corrected:,} late-corrected)")
+
+
+# ------------------------------------------------------------------ serve
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Port to listen on.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True, help="Server log level.")
+def serve(host: str, port: int, log_level: str) -> None:
+    """Serve the reports API and the live dashboard.
+
+    GET / (dashboard), /reports?from=&to=, /status, /metrics, /healthz.
+    """
+    import uvicorn
+
+    from presence.api import create_app
+
+    settings = settings_from_env()
+    app = create_app(settings)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"dashboard: http://{shown}:{port}/  (database {settings.mongo_db}, "
+               f"topic {settings.topic}); Ctrl-C stops", err=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+# ------------------------------------------------------------------ stack
+
+
+def stack_script() -> Path:
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        script = base / "stack" / "stack.sh"
+        if script.is_file():
+            return script
+    raise click.ClickException(
+        "stack/stack.sh not found: run this from the presence repository"
+    )
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("action", type=click.Choice(["up", "down", "status"]))
+def stack(action: str) -> None:
+    """Start, stop or show the local Kafka + MongoDB-compatible stack (stack/stack.sh)."""
+    script = stack_script()
+    code = subprocess.call(["bash", str(script), action])
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    cli(prog_name="presence")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,446 @@
+"""A driver-ping simulator: realistic pings in the SPEC's input format.
+
+:func:`generate` is pure and deterministic for a seed (no I/O, no clock):
+it yields :class:`SimPing` values in the order they are to be sent. Drivers
+log on and off, switch on and off duty, and ping every 20 to 40 seconds while
+online. A fraction of the pings is sent late (1 to 10 minutes after its event
+time, well inside the correction horizon) and a fraction is malformed,
+covering the SPEC's rejection reasons. The formats vary as the SPEC allows:
+``driver_id`` mostly an integer, sometimes the same id as a string;
+``timestamp`` mostly epoch seconds, some epoch milliseconds, fractional
+seconds and ISO-8601 strings; ``on_duty`` mostly 0/1, some true/false.
+
+:func:`produce` is the thin Kafka part: it sends the pings keyed by driver id,
+each driver always to the same partition, either as fast as Kafka takes them
+or paced in real time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable, Iterator, NamedTuple
+
+import orjson
+
+PING_INTERVAL = (20.0, 40.0)
+"""Seconds between two pings of an online driver (uniform)."""
+MEAN_ONLINE_S = 60 * 60.0
+MEAN_OFFLINE_S = 30 * 60.0
+MEAN_ON_DUTY_S = 15 * 60.0
+MEAN_OFF_DUTY_S = 4 * 60.0
+START_ONLINE_P = 2 / 3
+LATE_DELAY = (60.0, 600.0)
+"""How far behind a late ping is sent (seconds after its event time)."""
+
+OK, LATE, BAD = "ok", "late", "bad"
+
+
+class SimPing(NamedTuple):
+    send_time: float
+    """Simulated time at which the ping is sent (ordering key)."""
+    event_time: float
+    driver: int
+    partition: int
+    key: bytes
+    value: bytes
+    kind: str
+    """``ok``, ``late`` (valid but sent minutes after its event time) or ``bad``."""
+    reason: str | None = None
+    """For ``bad`` pings: the SPEC reason the dataflow should give."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    drivers: int
+    minutes: float
+    start: float
+    """Epoch seconds of the first simulated instant."""
+    late_fraction: float = 0.0
+    bad_fraction: float = 0.0
+    partitions: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.drivers < 1:
+            raise ValueError("drivers must be at least 1")
+        if not self.minutes > 0:
+            raise ValueError("minutes must be positive")
+        if not 0 <= self.late_fraction <= 1 or not 0 <= self.bad_fraction <= 1:
+            raise ValueError("fractions must be between 0 and 1")
+        if self.late_fraction + self.bad_fraction > 1:
+            raise ValueError("late and bad fractions add up to more than 1")
+        if self.partitions < 1:
+            raise ValueError("partitions must be at least 1")
+
+    @property
+    def end(self) -> float:
+        return self.start + self.minutes * 60.0
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition of a driver's key: stable, so one driver stays on one partition."""
+    return zlib.crc32(key) % partitions
+
+
+def iso(epoch: float, offset: bool, millis: bool) -> str:
+    moment = datetime.fromtimestamp(epoch, timezone.utc)
+    text = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    if millis:
+        text += f".{int(moment.microsecond / 1000):03d}"
+    return text + ("Z" if offset else "")
+
+
+def encode_ping(rng: random.Random, driver: int, t: float, duty: bool) -> bytes:
+    """One valid ping value, in one of the formats the SPEC accepts."""
+    r = rng.random()
+    if r < 0.86:
+        stamp = str(int(t))
+    elif r < 0.91:
+        stamp = str(int(t * 1000))  # epoch milliseconds
+    elif r < 0.95:
+        stamp = f"{t:.3f}"
+    elif r < 0.98:
+        stamp = f'"{iso(t, True, False)}"'
+    else:
+        stamp = f'"{iso(t, False, True)}"'  # no offset = UTC
+    ident = f'"{driver}"' if rng.random() < 0.1 else str(driver)
+    if rng.random() < 0.1:
+        on_duty = "true" if duty else "false"
+    else:
+        on_duty = "1" if duty else "0"
+    return f'{{"driver_id":{ident},"timestamp":{stamp},"on_duty":{on_duty}}}'.encode()
+
+
+def _fields(driver: int, t: float, duty: bool) -> dict:
+    return {"driver_id": driver, "timestamp": int(t), "on_duty": int(duty)}
+
+
+def _drop(name: str) -> Callable:
+    def make(driver: int, t: float, duty: bool) -> bytes:
+        obj = _fields(driver, t, duty)
+        del obj[name]
+        return orjson.dumps(obj)
+
+    return make
+
+
+def _with(name: str, value: object) -> Callable:
+    def make(driver: int, t: float, duty: bool) -> bytes:
+        obj = _fields(driver, t, duty)
+        obj[name] = value
+        return orjson.dumps(obj)
+
+    return make
+
+
+MALFORMED: tuple[tuple[str, Callable[[int, float, bool], bytes]], ...] = (
+    ("invalid_json", lambda d, t, u: orjson.dumps(_fields(d, t, u))[:-7]),  # truncated
+    ("invalid_json", lambda d, t, u: b"driver=%d ts=%d" % (d, int(t))),
+    ("invalid_json", lambda d, t, u: orjson.dumps([d, int(t), int(u)])),
+    ("invalid_json", lambda d, t, u: b"\xff\xfe\x00garbage"),
+    ("missing_field", _drop("driver_id")),
+    ("missing_field", _drop("timestamp")),
+    ("missing_field", _drop("on_duty")),
+    ("invalid_field", _with("on_duty", "yes")),
+    ("invalid_field", _with("on_duty", 2)),
+    ("invalid_field", _with("driver_id", -7)),
+    ("invalid_field", _with("driver_id", True)),
+    ("invalid_field", _with("timestamp", "yesterday")),
+    ("invalid_field", _with("timestamp", 946_684_799)),  # before 2000
+    ("too_large", _with("note", "x" * (65 * 1024))),
+)
+"""Malformed-ping makers and the reason the dataflow should give for each."""
+
+
+@dataclass
+class _Driver:
+    __slots__ = ("ident", "key", "partition", "online", "duty", "session_end", "duty_until")
+    ident: int
+    key: bytes
+    partition: int
+    online: bool
+    duty: bool
+    session_end: float
+    duty_until: float
+
+
+def generate(config: SimConfig) -> Iterator[SimPing]:
+    """The pings of the simulation, in send order; deterministic for a seed."""
+    rng = random.Random(config.seed)
+    random_ = rng.random
+    uniform = rng.uniform
+    expo = rng.expovariate
+    start, end = config.start, config.end
+    late_p = config.late_fraction
+    bad_p = late_p + config.bad_fraction
+    low, high = PING_INTERVAL
+
+    drivers: list[_Driver] = []
+    due: list[tuple[float, int]] = []  # (next event time, driver index)
+    for index in range(config.drivers):
+        ident = index + 1
+        key = str(ident).encode()
+        d = _Driver(ident, key, partition_of(key, config.partitions), False, False, 0.0, 0.0)
+        drivers.append(d)
+        if random_() < START_ONLINE_P:
+            d.online = True
+            d.session_end = start + expo(1 / MEAN_ONLINE_S)
+            d.duty = random_() < MEAN_ON_DUTY_S / (MEAN_ON_DUTY_S + MEAN_OFF_DUTY_S)
+            d.duty_until = start + expo(1 / (MEAN_ON_DUTY_S if d.duty else MEAN_OFF_DUTY_S))
+            due.append((start + uniform(0, high), index))
+        else:
+            due.append((start + expo(1 / MEAN_OFFLINE_S), index))
+    heapq.heapify(due)
+
+    late: list[tuple[float, int, SimPing]] = []  # (send time, seq, ping)
+    seq = 0
+    heappop, heappush = heapq.heappop, heapq.heappush
+
+    while due:
+        t, index = due[0]
+        if t >= end:
+            break
+        d = drivers[index]
+        if not d.online:
+            d.online = True
+            d.session_end = t + expo(1 / MEAN_ONLINE_S)
+            d.duty = random_() < 0.5
+            d.duty_until = t + expo(1 / (MEAN_ON_DUTY_S if d.duty else MEAN_OFF_DUTY_S))
+        elif t >= d.session_end:
+            d.online = False
+            heapq.heapreplace(due, (t + expo(1 / MEAN_OFFLINE_S), index))
+            continue
+        while t >= d.duty_until:
+            d.duty = not d.duty
+            d.duty_until += expo(1 / (MEAN_ON_DUTY_S if d.duty else MEAN_OFF_DUTY_S))
+        heapq.heapreplace(due, (t + uniform(low, high), index))
+
+        while late and late[0][0] <= t:
+            yield heappop(late)[2]
+
+        r = random_()
+        if r >= bad_p:
+            yield SimPing(t, t, d.ident, d.partition, d.key,
+                          encode_ping(rng, d.ident, t, d.duty), OK)
+        elif r < late_p:
+            ping = SimPing(t + uniform(*LATE_DELAY), t, d.ident, d.partition, d.key,
+                           encode_ping(rng, d.ident, t, d.duty), LATE)
+            seq += 1
+            heappush(late, (ping.send_time, seq, ping))
+        else:
+            reason, make = MALFORMED[int(random_() * len(MALFORMED))]
+            yield SimPing(t, t, d.ident, d.partition, d.key, make(d.ident, t, d.duty), BAD, reason)
+
+    # Late pings due after the end go out at the end, oldest first.
+    while late:
+        _, _, ping = heappop(late)
+        yield ping._replace(send_time=min(ping.send_time, end))
+
+
+# ------------------------------------------------------------------ Kafka
+
+
+@dataclass
+class Summary:
+    topic: str
+    sent: int = 0
+    late: int = 0
+    malformed: int = 0
+    failed: int = 0
+    per_partition: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    first_event: float | None = None
+    last_event: float | None = None
+
+    def line(self) -> str:
+        rate = self.sent / self.seconds if self.seconds > 0 else 0.0
+        parts = ", ".join(f"{p}: {n:,}" for p, n in sorted(self.per_partition.items()))
+        span = ""
+        if self.first_event is not None and self.last_event is not None:
+            span = (f" | events {iso(self.first_event, True, False)}"
+                    f" .. {iso(self.last_event, True, False)}")
+        failed = f", {self.failed:,} FAILED" if self.failed else ""
+        return (
+            f"sent {self.sent:,} pings to {self.topic} in {self.seconds:.1f} s "
+            f"({rate:,.0f}/s): {self.late:,} late, {self.malformed:,} malformed{failed}"
+            f" | per partition {parts or '-'}{span}"
+        )
+
+
+def producer_config(brokers: str, extra: dict | None = None) -> dict:
+    config = {
+        "bootstrap.servers": brokers,
+        "linger.ms": 50,
+        "batch.size": 1_000_000,
+        "compression.type": "lz4",
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "delivery.report.only.error": True,
+        "message.timeout.ms": 60_000,
+        "socket.connection.setup.timeout.ms": 5_000,
+    }
+    config.update(extra or {})
+    return config
+
+
+class KafkaError(RuntimeError):
+    """Kafka could not be reached or refused a request (one-line message)."""
+
+
+def ensure_topic(
+    brokers: str, topic: str, partitions: int, recreate: bool = False,
+    extra: dict | None = None, timeout: float = 30.0,
+) -> tuple[int, bool]:
+    """Create ``topic`` if missing; returns (its partition count, whether created).
+
+    With ``recreate`` an existing topic is deleted first (its pings are gone).
+    """
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": brokers,
+                         "socket.connection.setup.timeout.ms": 5000, **(extra or {})})
+
+    def existing() -> int | None:
+        try:
+            meta = admin.list_topics(timeout=10)
+        except KafkaException as exc:
+            raise KafkaError(f"cannot reach Kafka at {brokers}: {_kafka_text(exc)}") from None
+        info = meta.topics.get(topic)
+        if info is None or info.error is not None:
+            return None
+        return len(info.partitions)
+
+    count = existing()
+    if count is not None and recreate:
+        try:
+            admin.delete_topics([topic], operation_timeout=timeout)[topic].result(timeout)
+        except KafkaException as exc:
+            raise KafkaError(f"cannot delete topic {topic!r}: {_kafka_text(exc)}") from None
+        count = None
+    if count is not None:
+        return count, False
+    deadline = time.monotonic() + timeout
+    while True:
+        future = admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=-1)],
+            operation_timeout=timeout,
+        )[topic]
+        try:
+            future.result(timeout)
+            break
+        except KafkaException as exc:
+            text = _kafka_text(exc)
+            name = exc.args[0].name() if exc.args and hasattr(exc.args[0], "name") else ""
+            if name == "TOPIC_ALREADY_EXISTS" and not recreate:
+                return existing() or partitions, False
+            # A deleted topic takes a moment to go: retry while it is marked for deletion.
+            if name == "TOPIC_ALREADY_EXISTS" or "marked for deletion" in text:
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+            raise KafkaError(f"cannot create topic {topic!r}: {text}") from None
+    # Wait until the metadata shows it, so producing does not race the creation.
+    while time.monotonic() < deadline:
+        if existing() == partitions:
+            break
+        time.sleep(0.2)
+    return partitions, True
+
+
+def _kafka_text(exc: Exception) -> str:
+    err = exc.args[0] if exc.args else exc
+    return err.str() if hasattr(err, "str") else str(err)
+
+
+def produce(
+    pings: Iterator[SimPing],
+    topic: str,
+    producer,
+    start: float,
+    fast: bool = True,
+    rate: float | None = None,
+    progress: Callable[[float, int], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Summary:
+    """Send ``pings`` with ``producer`` (a confluent-kafka Producer).
+
+    ``fast``: as fast as Kafka takes them. Otherwise paced in real time: a
+    ping is sent when the wall clock has advanced as far past the start of the
+    run as its send time is past ``start`` (and, with ``rate``, no faster than
+    ``rate`` pings per second). ``progress(simulated seconds done, sent)``
+    is called every few thousand pings.
+    """
+    summary = Summary(topic)
+    failures: list[str] = []
+
+    def on_error(err, msg) -> None:  # only errors are reported (delivery.report.only.error)
+        if err is not None:
+            summary.failed += 1
+            if len(failures) < 3:
+                failures.append(err.str())
+
+    counts = summary.per_partition
+    send = producer.produce
+    poll = producer.poll
+    began = clock()
+    first = last = None
+    late = malformed = sent = 0
+    min_gap = 1.0 / rate if rate else 0.0
+    next_allowed = began
+    for ping in pings:
+        if not fast:
+            due = began + (ping.send_time - start)
+            if rate:
+                due = max(due, next_allowed)
+                next_allowed = due + min_gap
+            wait = due - clock()
+            if wait > 0.002:
+                poll(0)
+                sleep(wait)
+        while True:
+            try:
+                send(topic, ping.value, ping.key, ping.partition, on_delivery=on_error)
+                break
+            except BufferError:
+                poll(0.05)
+        sent += 1
+        counts[ping.partition] = counts.get(ping.partition, 0) + 1
+        kind = ping.kind
+        if kind is LATE:
+            late += 1
+        elif kind is BAD:
+            malformed += 1
+        event = ping.event_time
+        if first is None or event < first:
+            first = event
+        if last is None or event > last:
+            last = event
+        if not sent & 0xFFF:
+            poll(0)
+            if progress is not None:
+                progress(ping.send_time - start, sent)
+    remaining = producer.flush(60)
+    summary.failed += remaining
+    summary.sent, summary.late, summary.malformed = sent - summary.failed, late, malformed
+    summary.first_event, summary.last_event = first, last
+    summary.seconds = clock() - began
+    if summary.failed:
+        why = "; ".join(dict.fromkeys(failures)) or "not delivered in time"
+        raise KafkaError(f"{summary.failed:,} of {sent:,} pings were not delivered: {why}")
+    return summary
+
+
+def default_start(fast: bool, minutes: float, now: float | None = None) -> float:
+    """Fast runs end at the current minute; real-time runs start now."""
+    now = time.time() if now is None else now
+    if fast:
+        return math.floor(now / 60) * 60 - minutes * 60
+    return now

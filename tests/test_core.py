@@ -1,0 +1,174 @@
+"""Direct tests of the pure core: windows, panes, watermarks, shards, the row book."""
+
+from __future__ import annotations
+
+import pickle
+
+import orjson
+
+from presence.panes import ShardPanes
+from presence.partition import ENDED, IDLE, LIVE, NO_EVENT, PartitionMark, PartitionReader
+from presence.watermark import dataflow_watermark, oldest_countable
+from presence.windows import WindowSpec
+from tests.core_sim import Core
+from tests.oracle import P
+
+T0 = 1_514_779_200  # 2018-01-01 04:00:00
+NOW = 1_800_000_000.0
+SPEC = WindowSpec(bucket=60, window=300, lateness=30, horizon=3600, idle=10, shards=4)
+
+
+def mark(partition=0, partitions=1, max_event=T0, state=LIVE, read_at=NOW) -> PartitionMark:
+    return PartitionMark("t", partition, partitions, max_event, read_at, state, 0)
+
+
+# --- windows -------------------------------------------------------------
+
+def test_row_interval_is_the_n_minutes_ending_with_its_bucket() -> None:
+    assert SPEC.row_start(T0) == T0 + 60 - 300 and SPEC.row_end(T0) == T0 + 60
+    assert list(SPEC.panes_of_row(T0)) == [T0 - 240, T0 - 180, T0 - 120, T0 - 60, T0]
+    assert list(SPEC.rows_of_pane(T0)) == [T0, T0 + 60, T0 + 120, T0 + 180, T0 + 240]
+    plain = WindowSpec(bucket=60, window=60)
+    assert list(plain.rows_of_pane(T0)) == [T0] and list(plain.panes_of_row(T0)) == [T0]
+
+
+def test_buckets_align_to_the_epoch() -> None:
+    assert SPEC.bucket_of(T0 + 59.999) == T0 and SPEC.bucket_of(T0 + 60) == T0 + 60
+
+
+# --- panes ---------------------------------------------------------------
+
+def test_panes_count_distinct_drivers_over_the_window() -> None:
+    panes = ShardPanes(SPEC)
+    assert panes.add(T0, {"a", "b"}, {"a"})
+    assert not panes.add(T0, {"a"}, {"a"})  # nothing new
+    assert panes.add(T0 + 60, {"b", "c"}, {"c"})
+    assert panes.row_counts(T0 + 60) == (3, 2)
+    assert panes.row_counts(T0 + 300) == (2, 1)  # T0's pane is out of this row
+    assert panes.row_counts(T0 + 360) == (0, 0)
+
+
+def test_dropping_and_compacting_keeps_counts_exact() -> None:
+    panes = ShardPanes(SPEC)
+    for i in range(40):
+        panes.add(T0 + 60 * i, {f"d{i}-{k}" for k in range(100)}, {f"d{i}-{k}" for k in range(0, 100, 3)})
+    before = panes.row_counts(T0 + 60 * 39)
+    panes.drop_before(T0 + 60 * 35)
+    assert len(panes.index) == 500  # renumbered: only drivers still in a pane
+    assert panes.row_counts(T0 + 60 * 39) == before == (500, 170)
+    again = ShardPanes.restore(SPEC, pickle.loads(pickle.dumps(panes.snapshot())))
+    assert again.row_counts(T0 + 60 * 39) == before
+    assert again.add(T0 + 60 * 39, {"new"}, set())
+    assert again.row_counts(T0 + 60 * 39) == (501, 170)
+
+
+# --- watermarks ------------------------------------------------------------
+
+def test_watermark_is_least_live_partition_minus_lateness() -> None:
+    marks = [mark(0, 3, T0 + 100), mark(1, 3, T0 + 50), mark(2, 3, T0 + 900)]
+    assert dataflow_watermark(marks, NOW, SPEC) == T0 + 50 - 30
+
+
+def test_watermark_waits_for_every_partition() -> None:
+    assert dataflow_watermark([mark(0, 2, T0)], NOW, SPEC) == NO_EVENT
+    assert dataflow_watermark([mark(0, 2, T0), mark(1, 2, NO_EVENT)], NOW, SPEC) == NO_EVENT
+
+
+def test_idle_and_ended_partitions_are_left_out() -> None:
+    marks = [mark(0, 3, T0 + 100), mark(1, 3, T0, state=IDLE), mark(2, 3, T0 - 999, state=ENDED)]
+    assert dataflow_watermark(marks, NOW, SPEC) == T0 + 100 - 30
+
+
+def test_quiet_dataflow_watermark_goes_on_with_the_wall_clock() -> None:
+    marks = [mark(0, 2, T0 + 100, IDLE, read_at=NOW - 12), mark(1, 2, T0 + 40, IDLE, read_at=NOW - 50)]
+    assert dataflow_watermark(marks, NOW, SPEC) == T0 + 100 + 12 - 30
+
+
+def test_oldest_countable_uses_every_partition_with_a_watermark() -> None:
+    marks = [mark(0, 3, T0 + 100), mark(1, 3, T0, state=IDLE), mark(2, 3, NO_EVENT)]
+    assert oldest_countable(marks, SPEC) == T0 - 30 - 3600
+
+
+# --- partitions ---------------------------------------------------------------
+
+def values(*pings: P) -> list[tuple[int, bytes]]:
+    return [(i, orjson.dumps(p.value())) for i, p in enumerate(pings)]
+
+
+def test_too_late_is_judged_against_its_own_partition() -> None:
+    reader = PartitionReader("t", 0, 2, SPEC, NOW)
+    batch = reader.read(values(P(1, T0 + 7200, True), P(2, T0 + 7200 - 30 - 3600 - 1, True),
+                               P(3, T0 + 7200 - 30 - 3600 + 1, True)), NOW)
+    assert [(d.offset, d.reason) for d in batch.dead_letters] == [(1, "too_late")]
+    assert (reader.valid, reader.too_late, reader.next_offset) == (2, 1, 3)
+    # The same ping on another partition that has not run ahead counts.
+    other = PartitionReader("t", 1, 2, SPEC, NOW)
+    assert not other.read(values(P(2, T0 + 7200 - 30 - 3600 - 1, True)), NOW).dead_letters
+
+
+def test_dead_letter_ids_make_replays_idempotent() -> None:
+    reader = PartitionReader("pings", 2, 3, SPEC, NOW, {"next_offset": 40})
+    batch = reader.read([(40, b"nope"), (41, b'{"a": 1}')], NOW)
+    assert [(d.id, d.reason) for d in batch.dead_letters] == [
+        ("pings:2:40", "invalid_json"), ("pings:2:41", "missing_field")]
+    assert batch.dead_letters[0].raw == "nope"
+
+
+def test_partition_state_survives_a_snapshot() -> None:
+    reader = PartitionReader("t", 0, 1, SPEC, NOW)
+    reader.read(values(P(1, T0, True)), NOW)
+    reader.note_gap(5, 9)
+    again = PartitionReader("t", 0, 1, SPEC, NOW, pickle.loads(pickle.dumps(reader.snapshot())))
+    assert again.snapshot() == reader.snapshot()
+    assert again.mark(NOW).gaps == ((5, 9),)
+
+
+def test_partition_goes_idle_without_valid_pings() -> None:
+    reader = PartitionReader("t", 0, 1, SPEC, NOW)
+    assert reader.mark(NOW + 9).state == LIVE
+    assert reader.mark(NOW + 10).state == IDLE
+    assert reader.mark(NOW, ended=True).state == ENDED
+
+
+# --- shards and the row book -----------------------------------------------------
+
+def test_rows_are_written_once_the_watermark_passes_and_corrected_when_late() -> None:
+    spec = WindowSpec(bucket=60, window=120, lateness=0, horizon=3600, shards=2)
+    msgs = [P(1, T0 + 10, True), P(2, T0 + 20, False), P(1, T0 + 70, True), P(3, T0 + 200, True)]
+    core = Core(spec, [msgs + [P(4, T0 + 30, True), P(4, T0 + 31, True)]], NOW)
+    core.read(0, 2, bounded=False)
+    assert core.store.rows == {}  # T0's interval has not ended in event time
+    core.read(0, 2, bounded=False)  # watermark T0 + 200: rows up to T0 + 120 close
+    assert core.store.rows == {
+        T0: {"online": 2, "available": 1, "revision": 1},
+        T0 + 60: {"online": 2, "available": 1, "revision": 1},
+        T0 + 120: {"online": 1, "available": 1, "revision": 1},
+    }
+    core.read(0, 1, bounded=False)  # a late ping of a new driver at T0 + 30
+    assert core.store.rows[T0] == {"online": 3, "available": 2, "revision": 2}
+    assert core.store.rows[T0 + 60] == {"online": 3, "available": 2, "revision": 2}
+    assert core.store.rows[T0 + 120]["revision"] == 1  # driver 4 is not in its interval
+    core.read(0, 1, bounded=False)  # the same driver again: nothing changes
+    assert core.store.rows[T0]["revision"] == 2
+    assert core.book.totals().corrected_late == 2
+    core.finish()
+    assert core.store.rows[T0 + 180] == {"online": 1, "available": 1, "revision": 1}
+
+
+def test_state_older_than_the_horizon_is_dropped() -> None:
+    spec = WindowSpec(bucket=60, window=300, lateness=30, horizon=600, shards=2)
+    hours = [P(d, T0 + 20 * i, True) for i in range(3 * 180) for d in (i % 7, 100 + i % 11)]
+    core = Core(spec, [hours], NOW)
+    while not core.done(0):
+        core.read(0, 50, bounded=False)
+    kept = [len(s.panes.online) for s in core.shards.values()]
+    # horizon + lateness + window + one batch: about 20 panes, not 180.
+    assert max(kept) <= (600 + 30 + 300) // 60 + 3, kept
+    assert len(core.book.written) <= (600 + 30) // 60 + 3
+
+
+def test_a_row_never_exists_without_a_ping_in_its_interval() -> None:
+    core = Core(SPEC, [[P(1, T0 + 5, True), P(1, T0 + 3600, True)]], NOW)
+    core.read(0, 2)
+    core.finish()
+    assert sorted(core.store.rows) == [T0 + 60 * i for i in range(5)] + [T0 + 3600 + 60 * i for i in range(5)]

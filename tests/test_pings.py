@@ -1,0 +1,107 @@
+"""Ping parsing and validation (SPEC "Input")."""
+
+from __future__ import annotations
+
+import pytest
+
+from presence.pings import Ping, Rejection, format_instant, parse_ping, raw_text
+
+NOW = 1_800_000_000.0
+LATEST = NOW + 300
+
+
+def parse(value: bytes | str | None) -> object:
+    if isinstance(value, str):
+        value = value.encode()
+    return parse_ping(value, LATEST)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ('{"driver_id": 1042, "timestamp": 1514779230, "on_duty": 1}', Ping("1042", 1514779230.0, True)),
+        ('{"driver_id": "1042", "timestamp": 1514779230.5, "on_duty": 0}', Ping("1042", 1514779230.5, False)),
+        ('{"driver_id": "d-7", "timestamp": 1514779230123, "on_duty": true}', Ping("d-7", 1514779230.123, True)),
+        ('{"driver_id": 0, "timestamp": "2018-01-01T04:00:30", "on_duty": false}', Ping("0", 1514779230.0, False)),
+        ('{"driver_id": 5, "timestamp": "2018-01-01T04:00:30Z", "on_duty": 1}', Ping("5", 1514779230.0, True)),
+        ('{"driver_id": 5, "timestamp": "2018-01-01T05:00:30+01:00", "on_duty": 1}', Ping("5", 1514779230.0, True)),
+        ('{"driver_id": 5, "timestamp": "2018-01-01 04:00:30.250", "on_duty": 1}', Ping("5", 1514779230.25, True)),
+        ('{"driver_id": 5, "timestamp": 1514779230, "on_duty": 1, "lat": 1.5, "extra": [1]}', Ping("5", 1514779230.0, True)),
+        ('{"driver_id": "' + "x" * 128 + '", "timestamp": 1514779230, "on_duty": 1}', Ping("x" * 128, 1514779230.0, True)),
+    ],
+)
+def test_accepted_shapes(value: str, expected: Ping) -> None:
+    assert parse(value) == expected
+
+
+def test_int_and_string_driver_ids_are_the_same_driver() -> None:
+    a = parse('{"driver_id": 42, "timestamp": 1514779230, "on_duty": 1}')
+    b = parse('{"driver_id": "42", "timestamp": 1514779230, "on_duty": 1}')
+    assert a.driver_id == b.driver_id == "42"
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (b"x" * (64 * 1024 + 1), "too_large"),
+        (b'{"driver_id": 1, "timestamp": 1514779230, "on_duty": 1, "pad": "' + b"x" * 65536 + b'"}', "too_large"),
+        (None, "invalid_json"),
+        (b"", "invalid_json"),
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe{}", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'"a string"', "invalid_json"),
+        (b"42", "invalid_json"),
+        (b'{"timestamp": 1514779230, "on_duty": 1}', "missing_field"),
+        (b'{"driver_id": 1, "on_duty": 1}', "missing_field"),
+        (b'{"driver_id": 1, "timestamp": 1514779230}', "missing_field"),
+        (b"{}", "missing_field"),
+        (b'{"driver_id": true, "timestamp": 1514779230, "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": -1, "timestamp": 1514779230, "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": "", "timestamp": 1514779230, "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": "' + b"x" * 129 + b'", "timestamp": 1514779230, "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": 1.5, "timestamp": 1514779230, "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": null, "timestamp": 1514779230, "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": [1], "timestamp": 1514779230, "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": "1514779230", "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": "yesterday", "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": true, "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": null, "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": 946684799, "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": "1999-12-31T23:59:59Z", "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": -5, "on_duty": 1}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": 1e400, "on_duty": 1}', "invalid_json"),
+        (b'{"driver_id": 1, "timestamp": 1514779230, "on_duty": 2}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": 1514779230, "on_duty": "true"}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": 1514779230, "on_duty": 1.0}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": 1514779230, "on_duty": null}', "invalid_field"),
+        (b'{"driver_id": 1, "timestamp": 1800000301, "on_duty": 1}', "future_timestamp"),
+        (b'{"driver_id": 1, "timestamp": 1800000301000, "on_duty": 1}', "future_timestamp"),
+    ],
+)
+def test_rejections(value: bytes | None, reason: str) -> None:
+    result = parse(value)
+    assert isinstance(result, Rejection), result
+    assert result.reason == reason
+    assert result.detail
+
+
+def test_first_failing_check_wins() -> None:
+    # Missing on_duty AND a bad driver id: missing_field comes first.
+    assert parse(b'{"driver_id": -1, "timestamp": 1}').reason == "missing_field"
+    # Bad driver id AND a future timestamp: invalid_field comes first.
+    assert parse(b'{"driver_id": -1, "timestamp": 1900000000, "on_duty": 1}').reason == "invalid_field"
+
+
+def test_future_skew_boundary() -> None:
+    assert isinstance(parse_ping(b'{"driver_id": 1, "timestamp": 1800000300, "on_duty": 1}', LATEST), Ping)
+
+
+def test_raw_text_keeps_at_most_4_kib_as_text() -> None:
+    assert raw_text(b"\xffabc") == "\ufffdabc"
+    assert len(raw_text(b"y" * 10_000)) == 4096
+    assert raw_text(None) == ""
+
+
+def test_format_instant_is_utc() -> None:
+    assert format_instant(1514779200) == "2018-01-01 04:00:00"
