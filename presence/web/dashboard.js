@@ -1,0 +1,288 @@
+/* presence dashboard: the Available-vs-Online chart and the pipeline status,
+ * refreshed every few seconds without reloading the page. No build step and
+ * no network access beyond this server: uPlot ships in /static/vendor. */
+(function () {
+  "use strict";
+
+  const PRESETS = { "15m": 900, "1h": 3600, "6h": 21600, "24h": 86400, "7d": 604800 };
+  const COLORS = { online: "#1f77b4", available: "#2ca02c", corrected: "#d62728" };
+  const $ = (id) => document.getElementById(id);
+  const params = new URLSearchParams(window.location.search);
+
+  const state = {
+    preset: "1h",
+    from: null, // custom range, epoch seconds
+    to: null,
+    live: params.get("live") !== "0",
+    every: Math.max(1, Number(params.get("refresh")) || 5),
+    timer: null,
+    chart: null,
+    latest: null,
+  };
+
+  // Initial range from the URL: ?range=1h|all|..., or ?from=&to= (ISO or epoch).
+  if (params.has("from") || params.has("to")) {
+    state.preset = "custom";
+    state.from = parseTime(params.get("from"));
+    state.to = parseTime(params.get("to"));
+  } else if (params.get("range") && (params.get("range") in PRESETS || params.get("range") === "all")) {
+    state.preset = params.get("range");
+  }
+
+  function parseTime(text) {
+    if (!text) return null;
+    if (/^\d+(\.\d+)?$/.test(text)) return Number(text);
+    const iso = /[zZ]|[+-]\d\d:?\d\d$/.test(text) ? text : text + "Z";
+    const ms = Date.parse(iso);
+    return Number.isNaN(ms) ? null : ms / 1000;
+  }
+
+  function toInput(epoch) { // datetime-local value, in UTC
+    return epoch == null ? "" : new Date(epoch * 1000).toISOString().slice(0, 16);
+  }
+
+  function fromInput(value) {
+    return value ? Date.parse(value + ":00Z") / 1000 : null;
+  }
+
+  function isoZ(epoch) {
+    return new Date(epoch * 1000).toISOString().replace(".000Z", "Z");
+  }
+
+  function rangeQuery() {
+    const q = new URLSearchParams({ revision: "true" });
+    if (state.preset in PRESETS) {
+      q.set("from", isoZ(Math.floor(Date.now() / 1000) - PRESETS[state.preset]));
+    } else if (state.preset === "custom") {
+      if (state.from != null) q.set("from", isoZ(state.from));
+      if (state.to != null) q.set("to", isoZ(state.to));
+    }
+    return q;
+  }
+
+  function fmt(n) {
+    return n == null ? "–" : Number(n).toLocaleString("en-US");
+  }
+
+  function epochOfBucket(text) { // "YYYY-MM-DD HH:MM:SS", UTC
+    return Date.parse(text.replace(" ", "T") + "Z") / 1000;
+  }
+
+  // ------------------------------------------------------------ chart
+
+  function chartWidth() {
+    return Math.max(320, $("chart").clientWidth || 800);
+  }
+
+  function makeChart(data) {
+    const opts = {
+      width: chartWidth(),
+      height: 380,
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
+      scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, Math.ceil(max * 1.1))] } },
+      axes: [
+        { label: "Time (UTC)", labelSize: 24 },
+        { label: "Drivers", labelSize: 30, size: 60, values: (u, vals) => vals.map(fmt) },
+      ],
+      series: [
+        { label: "Time (UTC)", value: "{YYYY}-{MM}-{DD} {HH}:{mm}" },
+        { label: "Online", stroke: COLORS.online, width: 2, value: (u, v) => fmt(v) },
+        { label: "Available", stroke: COLORS.available, width: 2, value: (u, v) => fmt(v) },
+        {
+          label: "Late-corrected (revision > 1)",
+          stroke: COLORS.corrected,
+          width: 2,
+          paths: () => null,
+          points: { show: true, size: 10, width: 2, stroke: COLORS.corrected, fill: "rgba(0,0,0,0)" },
+          value: (u, v) => (v == null ? "–" : "revised"),
+        },
+      ],
+      legend: { live: true },
+    };
+    return new uPlot(opts, data, $("chart"));
+  }
+
+  function renderReports(rows) {
+    const xs = [], online = [], available = [], corrected = [];
+    let revised = 0;
+    for (const r of rows) {
+      xs.push(epochOfBucket(r.time));
+      online.push(r.online);
+      available.push(r.available);
+      const late = (r.revision || 1) > 1;
+      corrected.push(late ? r.online : null);
+      if (late) revised += 1;
+    }
+    const data = [xs, online, available, corrected];
+    if (!state.chart) {
+      state.chart = makeChart(data);
+    } else {
+      state.chart.setData(data);
+    }
+    const el = $("chart");
+    el.dataset.points = String(rows.length);
+    el.dataset.corrected = String(revised);
+    el.dataset.state = "ready";
+    $("empty").hidden = rows.length > 0;
+    if (rows.length) {
+      const last = rows[rows.length - 1];
+      $("summary").textContent =
+        `${fmt(rows.length)} buckets from ${rows[0].time} to ${last.time} UTC · ` +
+        `latest: ${fmt(last.online)} online, ${fmt(last.available)} available · ` +
+        `${fmt(revised)} corrected by late pings`;
+    } else {
+      $("summary").textContent = "";
+      $("latest-hint").textContent = state.latest ? `The newest row is ${state.latest} UTC.` : "";
+    }
+    window.presence.points = rows.length;
+  }
+
+  // ------------------------------------------------------------ status
+
+  function fact(name, value, cls) {
+    const div = document.createElement("div");
+    const dt = document.createElement("dt");
+    const dd = document.createElement("dd");
+    dt.textContent = name;
+    dd.textContent = value;
+    if (cls) dd.className = cls;
+    div.append(dt, dd);
+    return div;
+  }
+
+  function cells(tr, values) {
+    for (const v of values) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.appendChild(td);
+    }
+  }
+
+  function renderStatus(s) {
+    state.latest = s.reports && s.reports.last;
+    const t = s.totals || {};
+    const k = s.kafka || {};
+    const facts = $("facts");
+    facts.replaceChildren(
+      fact("watermark (UTC)", s.watermark ? s.watermark.replace("T", " ").replace("Z", "") : "–"),
+      fact("Kafka", k.reachable ? `reachable, lag ${fmt(k.lag)}` : "unreachable", k.reachable ? "good" : "bad"),
+      fact("valid pings", fmt(t.valid)),
+      fact("invalid pings", fmt(t.invalid)),
+      fact("corrected late", fmt(t.correctedLate)),
+      fact("too late", fmt(t.tooLate)),
+      fact("rows written", fmt(t.rowsWritten)),
+      fact("report rows", s.reports ? fmt(s.reports.count) : "–"),
+      fact("retention gaps", s.gaps ? `${fmt(s.gaps.count)} (${fmt(s.gaps.lostOffsets)} offsets lost)` : "–",
+           s.gaps && s.gaps.count ? "bad" : null),
+      fact("dead letters", s.deadLetters ? fmt(s.deadLetters.total) : "–"),
+    );
+    if (!k.reachable && k.error) facts.appendChild(fact("Kafka error", k.error, "bad"));
+
+    const body = $("partitions").querySelector("tbody");
+    body.replaceChildren();
+    for (const p of s.partitions || []) {
+      const tr = document.createElement("tr");
+      const gaps = (p.gaps || []).map((g) => `${g.from}–${g.to} (${g.lost})`).join(", ") || "none";
+      cells(tr, [`${p.topic}:${p.partition}`, p.state || "–", fmt(p.nextOffset), fmt(p.highWatermark),
+                 fmt(p.lag), fmt(p.valid), fmt(p.invalid), fmt(p.tooLate), gaps]);
+      body.appendChild(tr);
+    }
+    const dl = $("dead-letters").querySelector("tbody");
+    dl.replaceChildren();
+    const reasons = (s.deadLetters && s.deadLetters.byReason) || {};
+    for (const [reason, count] of Object.entries(reasons)) {
+      const tr = document.createElement("tr");
+      cells(tr, [reason, fmt(count)]);
+      dl.appendChild(tr);
+    }
+    if (!Object.keys(reasons).length) {
+      const tr = document.createElement("tr");
+      cells(tr, ["none", "0"]);
+      dl.appendChild(tr);
+    }
+  }
+
+  // ------------------------------------------------------------ refresh
+
+  async function getJson(url) {
+    const res = await fetch(url, { cache: "no-store" });
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) throw new Error(body.error || `${url}: HTTP ${res.status}`);
+    return body;
+  }
+
+  async function refresh() {
+    clearTimeout(state.timer);
+    const errors = [];
+    const [reports, status] = await Promise.allSettled([
+      getJson("/reports?" + rangeQuery().toString()),
+      getJson("/status"),
+    ]);
+    if (status.status === "fulfilled") {
+      renderStatus(status.value);
+      $("status-error").hidden = true;
+    } else {
+      errors.push(status.reason.message);
+      $("status-error").textContent = status.reason.message;
+      $("status-error").hidden = false;
+    }
+    if (reports.status === "fulfilled") {
+      renderReports(reports.value);
+    } else {
+      errors.push(reports.reason.message);
+    }
+    window.presence.updates += 1;
+    $("updated").textContent = errors.length
+      ? `error: ${errors[0]}`
+      : `updated ${new Date().toISOString().slice(11, 19)} UTC`;
+    $("updated").className = errors.length ? "error" : "muted";
+    if (state.live) state.timer = setTimeout(refresh, state.every * 1000);
+  }
+
+  function syncControls() {
+    $("preset").value = state.preset;
+    const custom = state.preset === "custom";
+    $("from").disabled = $("to").disabled = !custom;
+    if (custom) {
+      $("from").value = toInput(state.from);
+      $("to").value = toInput(state.to);
+    }
+    $("live").checked = state.live;
+    $("every").textContent = String(state.every);
+  }
+
+  $("preset").addEventListener("change", () => {
+    state.preset = $("preset").value;
+    if (state.preset === "custom" && state.from == null && state.chart) {
+      const xs = state.chart.data[0];
+      if (xs.length) { state.from = xs[0]; state.to = xs[xs.length - 1]; }
+    }
+    syncControls();
+    if (state.preset !== "custom") refresh();
+  });
+  $("range").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    if (state.preset === "custom") {
+      state.from = fromInput($("from").value);
+      state.to = fromInput($("to").value);
+    }
+    refresh();
+  });
+  $("live").addEventListener("change", () => {
+    state.live = $("live").checked;
+    if (state.live) refresh(); else clearTimeout(state.timer);
+  });
+  $("show-all").addEventListener("click", () => {
+    state.preset = "all";
+    syncControls();
+    refresh();
+  });
+  window.addEventListener("resize", () => {
+    if (state.chart) state.chart.setSize({ width: chartWidth(), height: 380 });
+  });
+
+  window.presence = { state, points: 0, updates: 0, refresh };
+  Object.defineProperty(window.presence, "chart", { get: () => state.chart });
+  syncControls();
+  refresh();
+})();

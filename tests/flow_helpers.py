@@ -1,0 +1,78 @@
+"""Run presence's real bytewax flow over an in-memory topic, collecting outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.testing import TestingSink, cluster_main, run_main
+
+from presence.flow import Sinks, build_flow
+from presence.memory import MemoryTopic
+from presence.source import PingSource
+from presence.windows import WindowSpec
+from tests.oracle import P
+
+
+@dataclass
+class Outputs:
+    rows: list = field(default_factory=list)
+    dead: list = field(default_factory=list)
+    status: list = field(default_factory=list)
+
+    def final_rows(self) -> dict[int, tuple[int, int]]:
+        """What MongoDB holds after the $max upserts of every row written."""
+        best: dict[int, list[int]] = {}
+        for row in self.rows:
+            doc = best.setdefault(row.bucket, [0, 0])
+            doc[0] = max(doc[0], row.online)
+            doc[1] = max(doc[1], row.available)
+        return {b: (d[0], d[1]) for b, d in best.items()}
+
+    def revisions(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for row in self.rows:
+            out[row.bucket] = max(out.get(row.bucket, 0), row.revision)
+        return out
+
+    def dead_ids(self) -> dict[str, str]:
+        return {d.id: d.reason for d in self.dead}
+
+
+def memory_topic(partitions: list[list[object]], name: str = "pings") -> MemoryTopic:
+    topic = MemoryTopic(name, len(partitions))
+    for p, messages in enumerate(partitions):
+        for m in messages:
+            topic.append(p, m.value() if isinstance(m, P) else m)
+    return topic
+
+
+def run_flow(
+    topic: MemoryTopic,
+    spec: WindowSpec,
+    out: Outputs | None = None,
+    workers: int = 1,
+    recovery: Path | None = None,
+    batch_size: int = 7,
+    epoch: timedelta | None = None,
+) -> Outputs:
+    out = out or Outputs()
+    source = PingSource(topic.name, len(topic.partitions), topic.feed, spec, bounded=True,
+                        batch_size=batch_size)
+    flow = build_flow(spec, source, Sinks(TestingSink(out.rows), TestingSink(out.dead),
+                                          TestingSink(out.status)))
+    config = RecoveryConfig(str(recovery)) if recovery else None
+    if workers == 1:
+        run_main(flow, recovery_config=config, epoch_interval=epoch)
+    else:
+        cluster_main(flow, [], 0, worker_count_per_proc=workers, recovery_config=config,
+                     epoch_interval=epoch)
+    return out
+
+
+def init_recovery(path: Path, partitions: int = 2) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    init_db_dir(path, partitions)
+    return path
