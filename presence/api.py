@@ -53,6 +53,8 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0) -> 
 
     app = FastAPI(
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI loads from a CDN; the schema stays at /openapi.json
+        redoc_url=None,
         title="presence",
         description="Drivers online and available per time bucket.",
         version="0.1.0",

@@ -112,7 +112,7 @@ def _time_range(start: str | None, end: str | None):
         raise click.UsageError(str(exc)) from None
 
 
-@click.group(cls=PresenceGroup, context_settings=CONTEXT)
+@click.group(name="presence", cls=PresenceGroup, context_settings=CONTEXT)
 @click.version_option(package_name="presence", prog_name="presence")
 def cli() -> None:
     """presence: drivers online and available, per time bucket.
@@ -229,7 +229,7 @@ def report(start: str | None, end: str | None, fmt: str) -> None:
     time_range = _time_range(start, end)
     settings = settings_from_env()
     rows = load_rows(settings, time_range)
-    out = click.get_text_stream("stdout")
+    out = sys.stdout
     if fmt == "json":
         out.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
     elif fmt == "csv":

@@ -304,12 +304,15 @@ def ensure_topic(
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": brokers,
+    # Quiet: an unreachable broker is reported once, as our own error, not logged
+    # by librdkafka every few milliseconds.
+    admin = AdminClient({"bootstrap.servers": brokers, "log_level": 0,
+                         "error_cb": lambda err: None,
                          "socket.connection.setup.timeout.ms": 5000, **(extra or {})})
 
     def existing() -> int | None:
         try:
-            meta = admin.list_topics(timeout=10)
+            meta = admin.list_topics(timeout=6)
         except KafkaException as exc:
             raise KafkaError(f"cannot reach Kafka at {brokers}: {_kafka_text(exc)}") from None
         info = meta.topics.get(topic)

@@ -123,10 +123,12 @@ show_log() { # file [lines]
   return 0
 }
 
+# Serialises up/down/reset. The services must not inherit fd 9 (see launch),
+# or they would hold the lock for their whole life.
 take_lock() {
   mkdir -p "$STATE"
-  exec 9>"$STATE/.lock"
-  flock -w 600 9 || die "another stack.sh holds $STATE/.lock"
+  exec 9>"$STATE/stack.lock"
+  flock -w 300 9 || die "another stack.sh has held $STATE/stack.lock for 5 minutes"
 }
 
 # ---------------------------------------------------------------- build / fetch
@@ -184,7 +186,7 @@ launch() { # pidfile logfile cmd...
   shift 2
   rm -f "$pidfile"
   setsid nohup bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" \
-    </dev/null >>"$logfile" 2>&1 &
+    </dev/null >>"$logfile" 2>&1 9>&- &
   local i
   for i in $(seq 1 50); do
     [[ -s "$pidfile" ]] && return 0

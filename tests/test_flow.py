@@ -19,30 +19,10 @@ from presence.source import PingSource
 from presence.windows import WindowSpec
 from tests.flow_helpers import Outputs, init_recovery, memory_topic, run_flow
 from tests.oracle import P, oracle
+from tests.streams import stream
 
-T0 = 1_514_779_200.0
+from tests.streams import T0
 SPEC = WindowSpec(bucket=60, window=300, lateness=30, horizon=1800, idle=10)
-
-
-def stream(seed: int, partitions: int = 3, per_partition: int = 400) -> list[list[object]]:
-    """Partitions of unequal length and pace, with late, too-late, duplicate and bad pings."""
-    rng = random.Random(seed)
-    out = []
-    for p in range(partitions):
-        clock = T0 + rng.randint(0, 300)
-        msgs: list[object] = []
-        for _ in range(per_partition * (p + 1) // 2):
-            clock += rng.uniform(0, 6)
-            roll = rng.random()
-            if roll < 0.03:
-                msgs.append(rng.choice([b"{oops", b'{"driver_id": 1}', b'{"driver_id": -3, "timestamp": 1514779230, "on_duty": 1}']))
-            elif roll < 0.05 and msgs:
-                msgs.append(rng.choice(msgs))  # duplicate delivery
-            else:
-                shift = -rng.uniform(60, 600) if roll < 0.10 else (-rng.uniform(1900, 4000) if roll < 0.12 else 0)
-                msgs.append(P(rng.randrange(150), round(clock + shift, 3), rng.random() < 0.7))
-        out.append(msgs)
-    return out
 
 
 def expected(partitions):

@@ -74,6 +74,21 @@
     return Math.max(320, $("chart").clientWidth || 800);
   }
 
+  function pad(n) { return String(n).padStart(2, "0"); }
+
+  // 24-hour UTC tick labels; the date under the first tick and at each new day.
+  function timeTicks(u, splits) {
+    let day = null;
+    return splits.map((ts) => {
+      const d = new Date(ts * 1000);
+      const hm = `${pad(d.getUTCHours())}:${pad(d.getUTCMinutes())}`;
+      const date = d.toISOString().slice(0, 10);
+      const label = date !== day ? `${hm}\n${date}` : hm;
+      day = date;
+      return label;
+    });
+  }
+
   function makeChart(data) {
     const opts = {
       width: chartWidth(),
@@ -81,7 +96,7 @@
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
       scales: { x: { time: true }, y: { range: (u, min, max) => [0, Math.max(1, Math.ceil(max * 1.1))] } },
       axes: [
-        { label: "Time (UTC)", labelSize: 24 },
+        { label: "Time (UTC)", labelSize: 24, size: 56, values: timeTicks },
         { label: "Drivers", labelSize: 30, size: 60, values: (u, vals) => vals.map(fmt) },
       ],
       series: [
@@ -164,7 +179,8 @@
     const k = s.kafka || {};
     const facts = $("facts");
     facts.replaceChildren(
-      fact("watermark (UTC)", s.watermark ? s.watermark.replace("T", " ").replace("Z", "") : "–"),
+      fact("topic", k.topic || "–"),
+      fact("watermark (UTC)", s.watermark ? s.watermark.replace("T", " ").slice(0, 19) : "–"),
       fact("Kafka", k.reachable ? `reachable, lag ${fmt(k.lag)}` : "unreachable", k.reachable ? "good" : "bad"),
       fact("valid pings", fmt(t.valid)),
       fact("invalid pings", fmt(t.invalid)),
@@ -183,7 +199,7 @@
     for (const p of s.partitions || []) {
       const tr = document.createElement("tr");
       const gaps = (p.gaps || []).map((g) => `${g.from}–${g.to} (${g.lost})`).join(", ") || "none";
-      cells(tr, [`${p.topic}:${p.partition}`, p.state || "–", fmt(p.nextOffset), fmt(p.highWatermark),
+      cells(tr, [p.topic === (s.kafka || {}).topic ? String(p.partition) : `${p.topic}:${p.partition}`, p.state || "–", fmt(p.nextOffset), fmt(p.highWatermark),
                  fmt(p.lag), fmt(p.valid), fmt(p.invalid), fmt(p.tooLate), gaps]);
       body.appendChild(tr);
     }
@@ -281,7 +297,7 @@
     if (state.chart) state.chart.setSize({ width: chartWidth(), height: 380 });
   });
 
-  window.presence = { state, points: 0, updates: 0, refresh };
+  window.presence = { state, points: 0, updates: 0, refresh, timeTicks };
   Object.defineProperty(window.presence, "chart", { get: () => state.chart });
   syncControls();
   refresh();

@@ -1,0 +1,127 @@
+"""Helpers for tests against the real Kafka and MongoDB-compatible servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import orjson
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tests.oracle import P
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def create_topic(brokers: str, name: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": brokers})
+    futures = admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=30)
+    for future in futures.values():
+        future.result(timeout=60)
+    # Wait until the metadata shows every partition (a condition, not a sleep).
+    wait_for(lambda: len(admin.list_topics(name, timeout=10).topics[name].partitions) == partitions,
+             f"topic {name} to have {partitions} partitions")
+
+
+def delete_topic(brokers: str, name: str) -> None:
+    admin = AdminClient({"bootstrap.servers": brokers})
+    for future in admin.delete_topics([name], operation_timeout=30).values():
+        try:
+            future.result(timeout=60)
+        except Exception:  # noqa: BLE001 - cleanup only
+            pass
+
+
+def produce(brokers: str, topic: str, partitions: list[list[object]]) -> None:
+    """Each partition's messages, in order, to that partition."""
+    producer = Producer({"bootstrap.servers": brokers, "linger.ms": 20, "acks": "all",
+                         "enable.idempotence": True, "compression.type": "lz4",
+                         "message.max.bytes": 2_000_000})
+    for p, messages in enumerate(partitions):
+        for m in messages:
+            value = orjson.dumps(m.value()) if isinstance(m, P) else m
+            while True:
+                try:
+                    producer.produce(topic, value=value, partition=p)
+                    break
+                except BufferError:
+                    producer.poll(0.5)  # queue full: let deliveries complete
+            producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 120.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def dataflow_env(brokers: str, mongo_uri: str, topic: str, db: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    env.update({
+        "PRESENCE_KAFKA_BROKERS": brokers,
+        "PRESENCE_TOPIC": topic,
+        "PRESENCE_MONGO_URI": mongo_uri,
+        "PRESENCE_MONGO_DB": db,
+        "PRESENCE_STOP_AT_END": "1",
+        "PRESENCE_LOG_ROWS": "0",
+    })
+    env.update(extra)
+    return env
+
+
+def init_recovery(path: Path, partitions: int = 4) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "bytewax.recovery", str(path), str(partitions)],
+                   check=True, cwd=REPO, capture_output=True)
+    return path
+
+
+def start_dataflow(env: dict[str, str], *args: str, runner: str = "bytewax.run") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", runner, "dataflow", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"dataflow did not finish in {timeout} s:\n{out[-4000:]}")
+    assert proc.returncode == 0, f"dataflow exited {proc.returncode}:\n{out[-4000:]}"
+    return out
+
+
+def run_dataflow(env: dict[str, str], *args: str, runner: str = "bytewax.run", timeout: float = 300) -> str:
+    return finish(start_dataflow(env, *args, runner=runner), timeout)
+
+
+def kill_hard(proc: subprocess.Popen) -> None:
+    """kill -9 the dataflow and every process it started."""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+
+
+def stored_rows(db) -> dict[int, tuple[int, int]]:
+    """report_summary as {bucket start: (online, available)}."""
+    out = {}
+    for doc in db.report_summary.find():
+        start = datetime.strptime(doc["timeBucket"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+        out[int(start.timestamp())] = (doc["driversOnlineCount"], doc["driversAvailableCount"])
+    return out

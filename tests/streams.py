@@ -1,0 +1,47 @@
+"""Random ping streams for dataflow and integration tests (seeded, reproducible)."""
+
+from __future__ import annotations
+
+import random
+
+from tests.oracle import P
+
+T0 = 1_514_779_200.0  # 2018-01-01 04:00:00 UTC
+
+BAD = [
+    b"{oops",                                                        # invalid_json
+    b"[1, 2, 3]",                                                    # invalid_json
+    b'{"driver_id": 1}',                                             # missing_field
+    b'{"driver_id": -3, "timestamp": 1514779230, "on_duty": 1}',     # invalid_field
+    b'{"driver_id": 7, "timestamp": "soon", "on_duty": 1}',          # invalid_field
+    b'{"driver_id": 7, "timestamp": 1514779230, "on_duty": "yes"}',  # invalid_field
+    b'{"driver_id": 7, "timestamp": 4102444800, "on_duty": 1}',      # future_timestamp (2100)
+    b'{"driver_id": 7, "timestamp": 1514779230, "on_duty": 1, "pad": "' + b"x" * 70000 + b'"}',  # too_large
+]
+
+
+def stream(seed: int, partitions: int = 3, per_partition: int = 400, drivers: int = 150,
+           horizon: float = 1800) -> list[list[object]]:
+    """Partitions of unequal length and pace, with late, too-late, duplicate and bad pings."""
+    rng = random.Random(seed)
+    out = []
+    for p in range(partitions):
+        clock = T0 + rng.randint(0, 300)
+        msgs: list[object] = []
+        for _ in range(per_partition * (p + 1) // 2):
+            clock += rng.uniform(0, 6)
+            roll = rng.random()
+            if roll < 0.03:
+                msgs.append(rng.choice(BAD))
+            elif roll < 0.05 and msgs:
+                msgs.append(rng.choice(msgs))  # duplicate delivery
+            else:
+                if roll < 0.10:
+                    shift = -rng.uniform(60, 600)  # late
+                elif roll < 0.12:
+                    shift = -rng.uniform(horizon + 100, horizon + 2200)  # too late
+                else:
+                    shift = 0.0
+                msgs.append(P(rng.randrange(drivers), round(clock + shift, 3), rng.random() < 0.7))
+        out.append(msgs)
+    return out

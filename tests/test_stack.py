@@ -1,0 +1,130 @@
+"""End to end against the real servers: Apache Kafka (KRaft) and a MongoDB-compatible server.
+
+Each test has its own topic and database. The dataflow runs as users run it,
+``python -m bytewax.run dataflow`` in a subprocess, in bounded mode.
+"""
+
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
+from pymongo import MongoClient
+
+from tests.oracle import P, oracle
+from tests.stack_helpers import (
+    create_topic, dataflow_env, delete_topic, finish, init_recovery, kill_hard, produce,
+    run_dataflow, start_dataflow, stored_rows, wait_for,
+)
+from tests.streams import stream
+
+pytestmark = pytest.mark.stack
+
+HORIZON = 3600  # the default PRESENCE_CORRECTION_HORIZON_MINUTES
+
+
+@pytest.fixture
+def topic_and_db(kafka_brokers, mongo_uri, unique_name):
+    client = MongoClient(mongo_uri)
+    yield unique_name, client[unique_name]
+    client.drop_database(unique_name)
+    client.close()
+    delete_topic(kafka_brokers, unique_name)
+
+
+def expected(partitions):
+    return oracle(partitions, 60, 300, 30, HORIZON)
+
+
+def assert_exact(db, topic: str, partitions) -> None:
+    rows, too_late, invalid = expected(partitions)
+    assert stored_rows(db) == rows
+    letters = {d["_id"]: d["reason"] for d in db.dead_letters.find()}
+    assert {k for k, r in letters.items() if r == "too_late"} == {f"{topic}:{p}:{o}" for p, o in too_late}
+    assert {k for k, r in letters.items() if r != "too_late"} == {f"{topic}:{p}:{o}" for p, o in invalid}
+    assert db.dead_letters.count_documents({}) == len(too_late) + len(invalid)
+
+
+def test_end_to_end_two_workers(kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
+    topic, db = topic_and_db
+    partitions = stream(11, partitions=3, per_partition=800, horizon=HORIZON)
+    create_topic(kafka_brokers, topic, 3)
+    produce(kafka_brokers, topic, partitions)
+    # Small reads, so that late pings arrive after their rows were written.
+    env = dataflow_env(kafka_brokers, mongo_uri, topic, topic, PRESENCE_KAFKA_BATCH_SIZE="50")
+    recovery = init_recovery(tmp_path / "recovery")
+    run_dataflow(env, "-w", "2", "-r", str(recovery), "-s", "1", "-b", "0")
+
+    assert_exact(db, topic, partitions)
+    reasons = {d["reason"] for d in db.dead_letters.find()}
+    assert {"invalid_json", "missing_field", "invalid_field", "future_timestamp", "too_large", "too_late"} <= reasons
+    doc = db.report_summary.find_one(sort=[("timeBucket", 1)])
+    assert doc["_id"] == doc["timeBucket"] and doc["revision"] >= 1
+    assert (doc["windowEnd"] - doc["windowStart"]).total_seconds() == 300
+    assert any(d["revision"] > 1 for d in db.report_summary.find()), "late pings must correct rows"
+    totals = db.pipeline_status.find_one({"_id": "totals"})
+    _, too_late, invalid = expected(partitions)
+    assert (totals["tooLate"], totals["invalid"]) == (len(too_late), len(invalid))
+    assert totals["correctedLate"] > 0
+    for p, messages in enumerate(partitions):
+        status = db.pipeline_status.find_one({"_id": f"{topic}:{p}"})
+        assert status["nextOffset"] == len(messages) and status["gaps"] == []
+    assert "timeBucket_unique" in db.report_summary.index_information()
+
+
+def test_kill_9_mid_run_then_restart_is_exact(kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
+    topic, db = topic_and_db
+    partitions = stream(12, partitions=3, per_partition=40_000, drivers=3000, horizon=HORIZON)
+    create_topic(kafka_brokers, topic, 3)
+    produce(kafka_brokers, topic, partitions)
+    total = sum(len(p) for p in partitions)
+    # Small batches and frequent snapshots: the run lasts long enough to be killed in the middle.
+    env = dataflow_env(kafka_brokers, mongo_uri, topic, topic, PRESENCE_KAFKA_BATCH_SIZE="100")
+    recovery = init_recovery(tmp_path / "recovery")
+    args = ("-w", "2", "-r", str(recovery), "-s", "1", "-b", "0")
+
+    proc = start_dataflow(env, *args)
+    wait_for(lambda: (db.pipeline_status.find_one({"_id": "totals"}) or {}).get("valid", 0) > 0,
+             "the first status write")
+    assert proc.poll() is None, "the run ended before it could be killed; make the input larger"
+    kill_hard(proc)
+    done = (db.pipeline_status.find_one({"_id": "totals"}) or {}).get("valid", 0)
+    assert done < total
+
+    run_dataflow(env, *args)
+    assert_exact(db, topic, partitions)
+
+
+def test_two_processes_give_the_same_rows(kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
+    topic, db = topic_and_db
+    partitions = stream(13, partitions=3, per_partition=800, horizon=HORIZON)
+    create_topic(kafka_brokers, topic, 3)
+    produce(kafka_brokers, topic, partitions)
+    env = dataflow_env(kafka_brokers, mongo_uri, topic, topic)
+    run_dataflow(env, "-p", "2", "-w", "1", runner="bytewax.testing")
+    assert_exact(db, topic, partitions)
+
+
+def test_retention_gap_is_detected_recorded_and_skipped(kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
+    topic, db = topic_and_db
+    pings = [P(d % 40, 1_514_779_200 + 3 * d, d % 3 == 0) for d in range(300)]
+    create_topic(kafka_brokers, topic, 1)
+    produce(kafka_brokers, topic, [pings[:100]])
+    env = dataflow_env(kafka_brokers, mongo_uri, topic, topic)
+    recovery = init_recovery(tmp_path / "recovery")
+    args = ("-r", str(recovery), "-s", "1", "-b", "0")
+    run_dataflow(env, *args)
+
+    produce(kafka_brokers, topic, [pings[100:]])
+    admin = AdminClient({"bootstrap.servers": kafka_brokers})
+    for future in admin.delete_records([TopicPartition(topic, 0, 150)]).values():
+        future.result(timeout=60)
+    out = run_dataflow(env, *args)
+
+    assert "offsets 100 to 149 (50 messages) were deleted by retention" in out
+    assert "WARNING" in out
+    status = db.pipeline_status.find_one({"_id": f"{topic}:0"})
+    assert status["gaps"] == [{"from": 100, "to": 150, "lost": 50}]
+    assert status["nextOffset"] == 300
+    rows, _, _ = expected([pings[:100] + pings[150:]])
+    assert stored_rows(db) == rows
