@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 RECOVERY ?= recovery
 WORKERS ?= 2
 
-.PHONY: install test test-unit demo stack-up stack-down stack-status run run-bounded \
+.PHONY: install system-deps test test-unit demo stack-up stack-down stack-status run run-bounded \
         recovery-init recovery-reset bench clean
 
 install: $(STAMP)
@@ -17,6 +17,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
+
+# Debian's chromium, for the dashboard tests (Playwright drives the system browser).
+system-deps:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-liberation; \
+	fi
+
+# The walkthrough: simulate, run the dataflow bounded, report, chart (demo-output/).
+demo: install stack-up
+	@bash scripts/demo.sh
 
 stack-up:
 	@bash stack/stack.sh up
@@ -28,7 +40,7 @@ stack-status:
 	@bash stack/stack.sh status
 
 # The whole suite: unit, dataflow and (against the local stack) integration tests.
-test: install stack-up
+test: install system-deps stack-up
 	$(PY) -m pytest -q
 
 # Fast tests only: no Kafka or MongoDB needed.

@@ -186,6 +186,8 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
                        late_fraction=late_fraction, bad_fraction=bad_fraction,
                        partitions=count, seed=seed)
     producer = Producer(producer_config(settings.kafka_brokers, settings.kafka_extra))
+    mode = "fast" if fast else (f"real time, at most {rate:g}/s" if rate else "real time")
+    click.echo(f"simulating {drivers:,} drivers for {minutes:g} min ({mode}), seed {seed}", err=True)
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
     callback = None
@@ -201,8 +203,6 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
                 bar.update(value - bar.n)
             bar.set_postfix_str(f"{sent:,} pings", refresh=False)
 
-    mode = "fast" if fast else (f"real time, at most {rate:g}/s" if rate else "real time")
-    click.echo(f"simulating {drivers:,} drivers for {minutes:g} min ({mode}), seed {seed}", err=True)
     try:
         summary = produce(generate(config), settings.topic, producer, config.start,
                           fast=fast, rate=rate, progress=callback)

@@ -10,8 +10,10 @@
 # leaves it running (`make stack-down` stops it).
 #
 # Environment (optional): DEMO_DRIVERS (2000), DEMO_MINUTES (30),
-# DEMO_SEED (42), DEMO_WORKERS (2), DEMO_OUT (demo-output), and the usual
-# PRESENCE_KAFKA_BROKERS / PRESENCE_MONGO_URI.
+# DEMO_SEED (42), DEMO_WORKERS (2), DEMO_OUT (demo-output), DEMO_START
+# (ISO-8601 or epoch; default: the last DEMO_MINUTES minutes), DEMO_TOPIC
+# (demo-pings), DEMO_DB (presence_demo), and the usual PRESENCE_KAFKA_BROKERS /
+# PRESENCE_MONGO_URI.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,8 +25,11 @@ MINUTES="${DEMO_MINUTES:-30}"
 SEED="${DEMO_SEED:-42}"
 WORKERS="${DEMO_WORKERS:-2}"
 
-export PRESENCE_TOPIC=demo-pings
-export PRESENCE_MONGO_DB=presence_demo
+START_ARGS=()
+[[ -n "${DEMO_START:-}" ]] && START_ARGS=(--start "$DEMO_START")
+
+export PRESENCE_TOPIC="${DEMO_TOPIC:-demo-pings}"
+export PRESENCE_MONGO_DB="${DEMO_DB:-presence_demo}"
 export PRESENCE_LOG_ROWS="${PRESENCE_LOG_ROWS:-0}"
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -49,7 +54,7 @@ mkdir -p "$OUT/recovery"
 "$PY" -m bytewax.recovery "$OUT/recovery" 4 >/dev/null
 
 step "Simulating $MINUTES minutes of pings for $DRIVERS drivers (topic $PRESENCE_TOPIC recreated)"
-"$PRESENCE" simulate --fast --recreate-topic --partitions 4 --seed "$SEED" \
+"$PRESENCE" simulate --fast --recreate-topic --partitions 4 --seed "$SEED" "${START_ARGS[@]}" \
   --drivers "$DRIVERS" --minutes "$MINUTES" --late-fraction 0.02 --bad-fraction 0.005
 
 step "Running the dataflow, bounded, $WORKERS workers (log: $OUT/dataflow.log)"

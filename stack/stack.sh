@@ -119,6 +119,8 @@ show_log() { # file [lines]
     echo "----- last $n lines of $f -----"
     tail -n "$n" "$f"
     echo "-----"
+  else
+    echo "(no log yet: $f)"
   fi
   return 0
 }
@@ -156,18 +158,37 @@ ensure_kafka_libs() {
   mv "$tmp" "$LIBS"
 }
 
+# The binary is built from stack/ferretdb (main.go, go.mod, go.sum) against a
+# copy of the FerretDB module with stack/ferretdb/patches/*.patch applied; the
+# copy lives in the cache and is wired in with `go build -modfile` (a go.mod
+# with a replace directive), so the repo's go.mod stays plain.
 ensure_ferretdb_bin() {
-  local src="$STACK_DIR/ferretdb" want tmp
-  want="$(hash_files "$src/go.mod" "$src/go.sum" "$src"/*.go)"
+  local src="$STACK_DIR/ferretdb" want tmp b="$CACHE/ferretdb-build" mod p
+  want="$(hash_files "$src/go.mod" "$src/go.sum" "$src"/*.go "$src"/patches/*.patch)"
   if [[ -x "$FDB_BIN" && -f "$FDB_BIN.stamp" && "$(cat "$FDB_BIN.stamp")" == "$want" ]]; then
     return 0
   fi
   command -v go >/dev/null || die "go not found (needed once to build $FDB_BIN)"
+  command -v patch >/dev/null || die "patch not found (apt-get install patch)"
   mkdir -p "$CACHE/bin"
-  tmp="$FDB_BIN.tmp.$$"
   say "building FerretDB v1 (SQLite) into $FDB_BIN (first time only; log: $CACHE/go-build.log)..."
-  if ! (cd "$src" && CGO_ENABLED=0 go build -trimpath -buildvcs=false -o "$tmp" .) \
-    >"$CACHE/go-build.log" 2>&1; then
+  {
+    rm -rf "$b" && mkdir -p "$b" &&
+      (cd "$src" && go mod download github.com/FerretDB/FerretDB) &&
+      mod="$(cd "$src" && go list -m -f '{{.Dir}}' github.com/FerretDB/FerretDB)" &&
+      [[ -n "$mod" && -d "$mod" ]] &&
+      cp -R "$mod" "$b/FerretDB" && chmod -R u+w "$b/FerretDB"
+  } >"$CACHE/go-build.log" 2>&1 || die "could not get the FerretDB module source (log: $CACHE/go-build.log)"
+  for p in "$src"/patches/*.patch; do
+    echo "applying $p" >>"$CACHE/go-build.log"
+    patch -d "$b/FerretDB" -p1 --forward --batch <"$p" >>"$CACHE/go-build.log" 2>&1 ||
+      die "patch $p does not apply to FerretDB (log: $CACHE/go-build.log)"
+  done
+  cp "$src/go.mod" "$src/go.sum" "$b/"
+  printf '\nreplace github.com/FerretDB/FerretDB => %s\n' "$b/FerretDB" >>"$b/go.mod"
+  tmp="$FDB_BIN.tmp.$$"
+  if ! (cd "$src" && CGO_ENABLED=0 go build -modfile="$b/go.mod" -trimpath -buildvcs=false -o "$tmp" .) \
+    >>"$CACHE/go-build.log" 2>&1; then
     rm -f "$tmp"
     show_log "$CACHE/go-build.log" 30 >&2
     die "go build of stack/ferretdb failed (log: $CACHE/go-build.log)"
@@ -251,6 +272,13 @@ start_kafka() {
 start_ferretdb() {
   local pid
   pid="$(main_pid "$FDB_PID" "$FDB_MARK")"
+  # A rebuild replaces the binary file; a process still running the old one
+  # shows "(deleted)" after its exe link. Restart it (takes a second).
+  if [[ -n "$pid" && "$(readlink "/proc/$pid/exe" 2>/dev/null)" == *" (deleted)" ]]; then
+    say "ferretdb: pid $pid runs an older build of $FDB_BIN; restarting it"
+    stop_service ferretdb "$FDB_PID" "$FDB_MARK"
+    pid=""
+  fi
   if [[ -n "$pid" ]]; then
     echo "$pid" >"$FDB_PID"
     say "ferretdb: already running (pid $pid) on $HOST:$MONGO_PORT"
@@ -354,7 +382,7 @@ wait_ready() {
 # ---------------------------------------------------------------- stop
 
 stop_service() { # name pidfile mark
-  local name="$1" pidfile="$2" mark="$3" pids p i left
+  local name="$1" pidfile="$2" mark="$3" pids p i left=""
   pids="$(find_pids "$pidfile" "$mark")"
   if [[ -z "$pids" ]]; then
     rm -f "$pidfile"
@@ -363,6 +391,7 @@ stop_service() { # name pidfile mark
   fi
   say "$name: stopping (pid $pids)"
   for p in $pids; do kill -TERM "$p" 2>/dev/null || true; done
+  left=" $pids"
   for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
     left=""
     for p in $pids; do pid_is_ours "$p" "$mark" && left+=" $p"; done
@@ -383,6 +412,14 @@ stop_service() { # name pidfile mark
     done
     [[ -z "$left" ]] || die "$name: could not stop pid$left"
   fi
+  # The process is dead; give its parent (init) up to 3 s to reap the zombie,
+  # so that `pgrep` right after `down` shows nothing.
+  for ((i = 0; i < 30; i++)); do
+    left=""
+    for p in $pids; do [[ -e "/proc/$p" ]] && left+=" $p"; done
+    [[ -z "$left" ]] && break
+    sleep 0.1
+  done
   rm -f "$pidfile"
   say "$name: stopped"
 }
@@ -396,6 +433,7 @@ wipe_state() {
 # ---------------------------------------------------------------- commands
 
 cmd_build() {
+  take_lock
   ensure_kafka_libs
   ensure_ferretdb_bin
   say "cache ready: $LIBS, $FDB_BIN"

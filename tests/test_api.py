@@ -8,9 +8,7 @@ from fastapi.testclient import TestClient
 from presence.api import create_app, prometheus_text
 from presence.reports import TimeError, TimeRange, parse_range, parse_time
 from presence.settings import load_settings
-from tests._cli_fixtures import (  # noqa: F401  (fixtures, until conftest has them)
-    kafka_brokers, mongo_uri, seed_database, unique_name,
-)
+from tests.known_docs import seed_database
 
 DOWN = "mongodb://127.0.0.1:1"
 NO_KAFKA = "127.0.0.1:1"

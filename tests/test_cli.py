@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from presence.cli import cli, format_table
 from presence.reports import ReportRow
-from tests._cli_fixtures import mongo_uri, seed_database, unique_name  # noqa: F401
+from tests.known_docs import seed_database
 
 PRESENCE = Path(sys.executable).parent / "presence"
 SUBCOMMANDS = ["simulate", "report", "plot", "serve", "stack"]
@@ -269,3 +269,46 @@ def test_stack_status_wraps_the_script(mongo_uri):  # noqa: F811
     result = run_installed(["stack", "status"])
     assert result.returncode == 0, result.stderr
     assert "kafka" in result.stdout and "ferretdb" in result.stdout
+
+
+# ------------------------------------------------------------------ the demo
+
+
+@pytest.mark.stack
+def test_demo_is_repeatable(mongo_uri, kafka_brokers, unique_name, tmp_path):  # noqa: F811
+    """scripts/demo.sh (what `make demo` runs after install and stack-up), twice."""
+    import re
+
+    from confluent_kafka.admin import AdminClient
+    from pymongo import MongoClient
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PRESENCE_MONGO_URI": mongo_uri, "PRESENCE_KAFKA_BROKERS": kafka_brokers,
+           "DEMO_TOPIC": unique_name, "DEMO_DB": unique_name, "DEMO_OUT": str(tmp_path),
+           "DEMO_DRIVERS": "200", "DEMO_MINUTES": "8", "DEMO_START": "2018-01-01T04:00:00Z"}
+    outputs = []
+    try:
+        for _ in range(2):
+            done = subprocess.run(["bash", str(root / "scripts" / "demo.sh")], env=env,
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+            outputs.append(done.stdout)
+            assert (tmp_path / "chart.png").stat().st_size > 10_000
+        for out in outputs:
+            sent = re.search(r"sent ([\d,]+) pings .*?([\d,]+) malformed", out)
+            valid = re.search(r"valid ([\d,]+) \| invalid ([\d,]+)", out)
+            number = lambda text: int(text.replace(",", ""))  # noqa: E731
+            # Every ping counted once: nothing doubled by the second run.
+            assert number(valid[1]) == number(sent[1]) - number(sent[2])
+            assert number(valid[2]) == number(sent[2])
+            assert "2018-01-01 04:00:00 |" in out and "presence serve" in out
+        # Same counts both times (revisions may differ: they depend on read batches).
+        tables = [
+            [line.split(" | ")[:3] for line in
+             o.split("Report (presence report)")[1].split("==>")[0].splitlines() if " | " in line]
+            for o in outputs
+        ]
+        assert len(tables[0]) > 8 and tables[0] == tables[1]
+    finally:
+        AdminClient({"bootstrap.servers": kafka_brokers}).delete_topics([unique_name])
+        MongoClient(mongo_uri).drop_database(unique_name)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from presence.settings import load_settings
-from tests._cli_fixtures import BASE, known_rows, mongo_uri, seed_database, unique_name  # noqa: F401
+from tests.known_docs import BASE, known_rows, seed_database
 
 CHROMIUM = os.environ.get("PRESENCE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -75,7 +75,8 @@ def server(mongo_uri, unique_name):  # noqa: F811
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 950})
+    context = browser.new_context(viewport={"width": 1400, "height": 950},
+                                  timezone_id="Asia/Kolkata")  # the page must show UTC anyway
     page = context.new_page()
     page.outside = []
     page.errors = []

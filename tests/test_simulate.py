@@ -12,7 +12,6 @@ from presence.simulate import (
     BAD, LATE, LATE_DELAY, MALFORMED, OK, PING_INTERVAL, SimConfig, default_start, generate,
     partition_of, produce,
 )
-from tests._cli_fixtures import kafka_brokers, unique_name  # noqa: F401  (until conftest has them)
 
 START = 1_514_779_200.0  # 2018-01-01 04:00:00 UTC
 FAR_FUTURE = 4e9

@@ -1,63 +1,11 @@
-"""Temporary fixtures for the CLI/API/dashboard tests, until tests/conftest.py has them.
-
-``mongo_uri``, ``kafka_brokers``: the local stack's servers; the test is
-skipped when one is unreachable, except under CI (CI=true), where that fails.
-``unique_name``: a fresh lowercase name per test, for a topic or a database.
-"""
+"""Known documents (as the dataflow writes them) for the CLI, API and dashboard tests."""
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
-
-import pytest
-
-MONGO_URI = os.environ.get("PRESENCE_TEST_MONGO_URI", "mongodb://127.0.0.1:27017")
-KAFKA_BROKERS = os.environ.get("PRESENCE_TEST_KAFKA_BROKERS", "127.0.0.1:9092")
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
-def _need(name: str, host: str, port: int) -> None:
-    if _reachable(host, port):
-        return
-    message = f"{name} at {host}:{port} unreachable (make stack-up)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture
-def mongo_uri() -> str:
-    hostport = MONGO_URI.split("://", 1)[1].split("/", 1)[0].split("@")[-1]
-    host, _, port = hostport.partition(":")
-    _need("MongoDB", host, int(port or 27017))
-    return MONGO_URI
-
-
-@pytest.fixture
-def kafka_brokers() -> str:
-    host, _, port = KAFKA_BROKERS.split(",")[0].partition(":")
-    _need("Kafka", host, int(port or 9092))
-    return KAFKA_BROKERS
-
-
-@pytest.fixture
-def unique_name(request) -> str:
-    stem = "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:30]
-    return f"t_{stem}_{uuid.uuid4().hex[:8]}"
-
+from datetime import datetime, timedelta, timezone
 
 # ------------------------------------------------------------------ known documents
 
-from datetime import datetime, timedelta, timezone  # noqa: E402
 
 BASE = datetime(2018, 1, 1, 4, 0, tzinfo=timezone.utc)
 
