@@ -35,6 +35,9 @@ from presence.windows import WindowSpec
 
 log = logging.getLogger("presence.flow")
 
+ROW_FLUSH_SECONDS = 0.5
+"""Rows ready within this long go to MongoDB in one bulk write."""
+
 BOOK_KEY = "rows"
 """The single key of the row book (rows are few; the panes carry the load)."""
 
@@ -100,6 +103,7 @@ class BookLogic(StatefulBatchLogic):
         self.status_seconds = min(1.0, progress_seconds)
         now = clock()
         self._next_status = now
+        self._next_rows = now
         self._next_progress = now + progress_seconds
         self._last_progress = (now, self.book.totals().valid)
 
@@ -110,12 +114,10 @@ class BookLogic(StatefulBatchLogic):
                 book.add_report(shard, payload)
             else:
                 book.add_mark(payload)
-        out: list[Any] = book.take_rows()
-        out += self._status_if_due()
-        return out, self.RETAIN
+        return self._due(), self.RETAIN
 
     def on_notify(self) -> tuple[list, bool]:
-        return self._status_if_due(), self.RETAIN
+        return self._due(), self.RETAIN
 
     def on_eof(self) -> tuple[list, bool]:
         out: list[Any] = self.book.take_rows(final=True)
@@ -124,9 +126,10 @@ class BookLogic(StatefulBatchLogic):
         return out, self.RETAIN
 
     def notify_at(self) -> datetime | None:
-        return datetime.now(timezone.utc) + timedelta(
-            seconds=max(0.0, self._next_status - self.clock())
-        )
+        due = self._next_status
+        if self.book.pending:
+            due = min(due, self._next_rows)
+        return datetime.now(timezone.utc) + timedelta(seconds=max(0.0, due - self.clock()))
 
     def snapshot(self) -> dict:
         return self.book.snapshot()
@@ -134,9 +137,13 @@ class BookLogic(StatefulBatchLogic):
     def _status(self) -> tuple:
         return (tuple(self.book.marks.values()), self.book.totals())
 
-    def _status_if_due(self) -> list:
+    def _due(self) -> list:
+        """Rows (batched over ROW_FLUSH_SECONDS), status and progress when due."""
         now = self.clock()
-        out = []
+        out: list[Any] = []
+        if now >= self._next_rows and self.book.pending:
+            self._next_rows = now + ROW_FLUSH_SECONDS
+            out += self.book.take_rows()
         if now >= self._next_status:
             self._next_status = now + self.status_seconds
             out.append(self._status())

@@ -5,7 +5,8 @@ every write can be repeated without harm:
 
 - ``report_summary``: one upsert per row; counts, revision and ``updatedAt``
   go through ``$max``, so a replayed older result never lowers them;
-- ``dead_letters``: ``$setOnInsert`` keyed by ``topic:partition:offset``;
+- ``dead_letters``: unordered inserts keyed by ``topic:partition:offset``; a
+  replayed one fails as a duplicate key, which is ignored;
 - ``pipeline_status``: counters and offsets through ``$max``.
 
 All writes of a batch go in one unordered ``bulk_write``. A connection
@@ -23,7 +24,7 @@ from typing import Callable, Iterable, TypeVar
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pymongo import MongoClient, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import AutoReconnect, ConnectionFailure, OperationFailure
+from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure
 
 from presence.partition import DeadLetter, PartitionMark
 from presence.rows import Row, Totals
@@ -105,22 +106,17 @@ def row_update(row: Row, now: datetime) -> UpdateOne:
     )
 
 
-def dead_letter_insert(letter: DeadLetter) -> UpdateOne:
-    return UpdateOne(
-        {"_id": letter.id},
-        {
-            "$setOnInsert": {
-                "topic": letter.topic,
-                "partition": letter.partition,
-                "offset": letter.offset,
-                "reason": letter.reason,
-                "detail": letter.detail,
-                "raw": letter.raw,
-                "receivedAt": utc(letter.received_at),
-            }
-        },
-        upsert=True,
-    )
+def dead_letter_doc(letter: DeadLetter) -> dict:
+    return {
+        "_id": letter.id,
+        "topic": letter.topic,
+        "partition": letter.partition,
+        "offset": letter.offset,
+        "reason": letter.reason,
+        "detail": letter.detail,
+        "raw": letter.raw,
+        "receivedAt": utc(letter.received_at),
+    }
 
 
 def status_updates(
@@ -227,9 +223,18 @@ def _write_rows(part: _MongoPartition, rows: list[Row]) -> None:
 
 
 def _write_dead_letters(part: _MongoPartition, letters: list[DeadLetter]) -> None:
-    part.bulk(
-        f"writing {len(letters)} dead letters", [dead_letter_insert(d) for d in letters]
-    )
+    """Plain inserts (cheaper than upserts); a replayed one is a duplicate key, ignored."""
+    docs = [dead_letter_doc(d) for d in letters]
+
+    def attempt() -> None:
+        try:
+            part.collection.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
+            if others:
+                raise
+
+    with_retry(f"writing {len(docs)} dead letters", attempt)
 
 
 def _write_status(part: _MongoPartition, items: list) -> None:

@@ -21,15 +21,18 @@ BAD = [
 
 
 def stream(seed: int, partitions: int = 3, per_partition: int = 400, drivers: int = 150,
-           horizon: float = 1800) -> list[list[object]]:
-    """Partitions of unequal length and pace, with late, too-late, duplicate and bad pings."""
+           horizon: float = 1800, pace: float = 3.0) -> list[list[object]]:
+    """Partitions of unequal length and pace, with late, too-late, duplicate and bad pings.
+
+    ``pace`` is the mean event-time step between two pings of a partition (s).
+    """
     rng = random.Random(seed)
     out = []
     for p in range(partitions):
         clock = T0 + rng.randint(0, 300)
         msgs: list[object] = []
         for _ in range(per_partition * (p + 1) // 2):
-            clock += rng.uniform(0, 6)
+            clock += rng.uniform(0, 2 * pace)
             roll = rng.random()
             if roll < 0.03:
                 msgs.append(rng.choice(BAD))
