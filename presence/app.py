@@ -14,7 +14,7 @@ from functools import partial
 from bytewax.dataflow import Dataflow
 
 from presence.flow import Sinks, build_flow
-from presence.kafka import KafkaFeed, KafkaUnavailable, partition_count
+from presence.kafka import KafkaConfigError, KafkaFeed, KafkaUnavailable, partition_count
 from presence.mongo import DEAD_LETTERS, REPORTS, STATUS, MongoSink
 from presence.settings import Settings, SettingsError, load_settings
 from presence.source import PingSource
@@ -76,6 +76,9 @@ def dataflow_from_env() -> Dataflow:
         )
     try:
         return kafka_mongo_flow(settings)
+    except KafkaConfigError as exc:
+        print(f"presence: bad setting: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except KafkaUnavailable as exc:
         print(f"presence: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

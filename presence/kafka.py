@@ -40,9 +40,21 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+class KafkaConfigError(ValueError):
+    """librdkafka refused the settings (PRESENCE_KAFKA_CONFIG)."""
+
+
+def new_consumer(settings: Settings) -> Consumer:
+    try:
+        return Consumer(consumer_config(settings))
+    except (KafkaException, ValueError, TypeError) as exc:
+        reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        raise KafkaConfigError(f"PRESENCE_KAFKA_CONFIG: librdkafka refused it: {reason}") from None
+
+
 def partition_count(settings: Settings) -> int:
     """How many partitions the topic has; a clear error if it cannot be known."""
-    consumer = Consumer(consumer_config(settings))
+    consumer = new_consumer(settings)
     try:
         meta = consumer.list_topics(settings.topic, timeout=METADATA_TIMEOUT)
     except KafkaException as exc:
@@ -67,7 +79,7 @@ class KafkaFeed:
     def __init__(self, settings: Settings, partition: int) -> None:
         self.topic = settings.topic
         self.partition = partition
-        self.consumer = Consumer(consumer_config(settings))
+        self.consumer = new_consumer(settings)
 
     def offsets(self) -> tuple[int, int]:
         tp = TopicPartition(self.topic, self.partition)

@@ -89,21 +89,26 @@ def init_recovery(path: Path, partitions: int = 4) -> Path:
     return path
 
 
-def start_dataflow(env: dict[str, str], *args: str, runner: str = "bytewax.run") -> subprocess.Popen:
+def start_dataflow(env: dict[str, str], *args: str, runner: str = "bytewax.run",
+                   log: Path | None = None) -> subprocess.Popen:
+    """The dataflow as a user starts it; output piped, or written to ``log`` to watch it live."""
+    out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 - owned by the process
     return subprocess.Popen(
         [sys.executable, "-m", runner, "dataflow", *args],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )
 
 
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+def finish(proc: subprocess.Popen, timeout: float = 300, log: Path | None = None) -> str:
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
+        out = log.read_text() if log else out
         raise AssertionError(f"dataflow did not finish in {timeout} s:\n{out[-4000:]}")
+    out = log.read_text() if log else out
     assert proc.returncode == 0, f"dataflow exited {proc.returncode}:\n{out[-4000:]}"
     return out
 

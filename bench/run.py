@@ -1,0 +1,580 @@
+"""``make bench``: presence side by side with a ceiling, a hand loop, stock Bytewax and Quix.
+
+One run loads a workload into a fresh 3-partition topic, computes the oracle
+rows once, then runs every system one after another over the same topic,
+each writing ``report_summary`` to a database of its own, and compares its
+rows to the oracle. Then a live-latency test and a state-size test. Prints
+one table and writes it, with the machine description, to
+``bench/results/<UTC date-time>.md`` (and ``.json``).
+
+    python -m bench.run                       # the full run (1,000,000 pings)
+    python -m bench.run --pings 50000 --only ceiling,presence-1w --no-latency --no-state
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from bench import workload as wl
+from bench.measure import Measured, run_measured
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+QUIX_PY = REPO / "bench" / ".quix-venv" / "bin" / "python"
+BROKERS = os.environ.get("BENCH_BROKERS", "127.0.0.1:9092")
+MONGO_URI = os.environ.get("BENCH_MONGO_URI", "mongodb://127.0.0.1:27017")
+PY = sys.executable
+
+SYSTEMS = ("ceiling", "handloop", "presence-1w", "presence-2p", "bytewax", "quix")
+
+NOTES = {
+    "ceiling": "confluent-kafka consume(5000) + orjson.loads, nothing else",
+    "handloop": "plain Python: parse, per-bucket sets, unions, upserts; no recovery",
+    "presence-1w": "python -m bytewax.run dataflow (PRESENCE_STOP_AT_END=1)",
+    "presence-2p": "python -m bytewax.testing dataflow -p 2 -w 1",
+    "bytewax": "SlidingWindower + fold_window(sets), ordered=False, wait {wait:g} s",
+    "quix": "quixstreams {quix}: group_by + hopping_window.collect().final(), grace {grace:g} s",
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {datetime.now().strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ environment
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PRESENCE_", "BENCH_", "BYTEWAX_"))}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["BENCH_BROKERS"] = BROKERS
+    env["BENCH_MONGO_URI"] = MONGO_URI
+    return env
+
+
+def presence_env(topic: str, db: str, bounded: bool = True, **extra: str) -> dict[str, str]:
+    env = base_env()
+    env.update({
+        "PRESENCE_KAFKA_BROKERS": BROKERS,
+        "PRESENCE_TOPIC": topic,
+        "PRESENCE_MONGO_URI": MONGO_URI,
+        "PRESENCE_MONGO_DB": db,
+        "PRESENCE_LOG_ROWS": "0",
+    })
+    if bounded:
+        env["PRESENCE_STOP_AT_END"] = "1"
+    env.update(extra)
+    return env
+
+
+def mongo():
+    from pymongo import MongoClient
+
+    return MongoClient(MONGO_URI, tz_aware=True, serverSelectionTimeoutMS=5000)
+
+
+def stored_rows(db: str) -> dict[int, tuple[int, int]]:
+    out = {}
+    for doc in mongo()[db].report_summary.find():
+        start = datetime.strptime(doc["timeBucket"], "%Y-%m-%d %H:%M:%S").replace(
+            tzinfo=timezone.utc)
+        out[int(start.timestamp())] = (doc["driversOnlineCount"], doc["driversAvailableCount"])
+    return out
+
+
+def compare(rows: dict, oracle: dict) -> tuple[bool, str]:
+    if rows == oracle:
+        return True, f"{len(rows)} rows equal"
+    missing = [r for r in oracle if r not in rows]
+    extra = [r for r in rows if r not in oracle]
+    wrong = [r for r in oracle if r in rows and rows[r] != oracle[r]]
+    lost = sum(oracle[r][0] - rows[r][0] for r in wrong)
+    return False, (f"{len(missing)} of {len(oracle)} rows missing, {len(wrong)} wrong "
+                   f"(online short by {lost} in all), {len(extra)} extra")
+
+
+# ------------------------------------------------------------------ systems
+
+def command(system: str, topic: str, db: str, args) -> tuple[list[str], dict]:
+    if system == "ceiling":
+        return [PY, "-m", "bench.peers.ceiling", topic], base_env()
+    if system == "handloop":
+        return [PY, "-m", "bench.peers.handloop", topic, db], base_env()
+    if system == "presence-1w":
+        return [PY, "-m", "bytewax.run", "dataflow"], presence_env(topic, db)
+    if system == "presence-2p":
+        return ([PY, "-m", "bytewax.testing", "dataflow", "-p", "2", "-w", "1"],
+                presence_env(topic, db))
+    if system == "bytewax":
+        env = base_env()
+        env.update(BENCH_TOPIC=topic, BENCH_DB=db,
+                   BENCH_BYTEWAX_WAIT_SECONDS=str(args.bytewax_wait))
+        return [PY, "-m", "bytewax.run", "bench.peers.bytewax_windows:flow"], env
+    if system == "quix":
+        env = base_env()
+        env.update(BENCH_QUIX_GRACE_SECONDS=str(args.quix_grace),
+                   BENCH_QUIX_IDLE_SECONDS=str(args.quix_idle),
+                   BENCH_QUIX_MODE=args.quix_mode)
+        return [str(QUIX_PY), "-m", "bench.peers.quix_windows", topic, db], env
+    raise ValueError(system)
+
+
+def quix_version() -> str:
+    if not QUIX_PY.exists():
+        return "not installed"
+    out = subprocess.run([str(QUIX_PY), "-c", "import quixstreams; print(quixstreams.__version__)"],
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "not installed"
+
+
+def run_system(system: str, topic: str, run_id: str, pings: int, oracle: dict, args) -> dict:
+    db = f"bench_{run_id}_{system.replace('-', '_')}"
+    mongo().drop_database(db)
+    cmd, env = command(system, topic, db, args)
+    log(f"{system}: {' '.join(cmd[1:])}")
+    m = run_measured(cmd, env, str(REPO), timeout=args.timeout)
+    wall = m.wall
+    if system == "quix":
+        wall = max(0.0, wall - args.quix_idle)  # the idle stop is not work
+    result = {
+        "system": system,
+        "wall_s": wall,
+        "cpu_s": m.cpu,
+        "user_s": m.user,
+        "sys_s": m.sys,
+        "peak_rss_mb": m.peak_rss / 2**20,
+        "pings_per_s": pings / wall if wall else 0.0,
+        "pings_per_cpu_s": pings / m.cpu if m.cpu else 0.0,
+        "returncode": m.returncode,
+        "load_before": m.load_before[0],
+        "load_after": m.load_after[0],
+    }
+    if m.returncode != 0:
+        log(f"{system} exited {m.returncode}:\n{m.output[-3000:]}")
+    if system == "ceiling":
+        result["exact"], result["exactness"] = None, "no rows (reads only)"
+    else:
+        result["exact"], result["exactness"] = compare(stored_rows(db), oracle)
+        if not args.keep_dbs:
+            mongo().drop_database(db)
+    log(f"{system}: {wall:.1f} s wall, {m.cpu:.1f} s CPU, "
+        f"{result['pings_per_s']:,.0f} pings/s, {result['pings_per_cpu_s']:,.0f} pings/CPU-s, "
+        f"{result['peak_rss_mb']:.0f} MB, {result['exactness']}")
+    return result
+
+
+# ------------------------------------------------------------------ live latency
+
+def latency_test(args, run_id: str) -> dict:
+    """presence live: steady ``rate`` pings/s for ``seconds``; when each row is written."""
+    topic = f"bench-{run_id}-live"
+    db = f"bench_{run_id}_live"
+    wl.create_topic(BROKERS, topic, 3)
+    client = mongo()
+    client.drop_database(db)
+    bucket, window, lateness, idle = args.latency_bucket, args.latency_window, 30.0, 10.0
+    env = presence_env(topic, db, bounded=False,
+                       PRESENCE_BUCKET_SECONDS=str(bucket),
+                       PRESENCE_WINDOW_MINUTES=str(window // 60))
+    seen: dict[str, tuple[datetime, datetime, int]] = {}
+    stop_poll = threading.Event()
+    coll = client[db].report_summary
+
+    def poll() -> None:
+        while not stop_poll.is_set():
+            now = datetime.now(timezone.utc)
+            for doc in coll.find({}, {"windowEnd": 1, "updatedAt": 1, "revision": 1}):
+                if doc["_id"] not in seen:
+                    written = doc["updatedAt"] if doc.get("revision") == 1 else now
+                    seen[doc["_id"]] = (doc["windowEnd"], written, doc.get("revision"))
+            stop_poll.wait(0.1)
+
+    state: dict = {}
+
+    def drive(proc) -> None:
+        # Wait until the dataflow is up: pipeline_status is written once running.
+        deadline = time.monotonic() + 90
+        while client[db].pipeline_status.count_documents({}) == 0:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("presence did not start")
+            time.sleep(0.2)
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        from confluent_kafka import Producer
+
+        producer = Producer({**wl.producer_config(BROKERS), "linger.ms": 5})
+        rng = np.random.default_rng(11)
+        tick = 0.01
+        per_tick = int(args.latency_rate * tick)
+        began = time.time()
+        sent = 0
+        next_at = began
+        while True:
+            now = time.time()
+            if now - began >= args.latency_seconds:
+                break
+            if now < next_at:
+                time.sleep(next_at - now)
+                continue
+            for p, value in wl.live_values(rng, per_tick, args.drivers, time.time()):
+                while True:
+                    try:
+                        producer.produce(topic, value, partition=p)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            sent += per_tick
+            producer.poll(0)
+            next_at += tick
+        producer.flush(30)
+        state["end"] = time.time()
+        state["sent"] = sent
+        state["rate"] = sent / (state["end"] - began)
+        time.sleep(lateness + idle + 5)
+        stop_poll.set()
+        poller.join()
+        os.killpg(proc.pid, signal.SIGINT)
+
+    holder: dict = {}
+
+    def on_start(proc) -> None:
+        t = threading.Thread(target=lambda: holder.setdefault("err", _guard(drive, proc)),
+                             daemon=True)
+        t.start()
+        holder["thread"] = t
+
+    log(f"latency: presence live, {args.latency_rate:,} pings/s for {args.latency_seconds} s, "
+        f"bucket {bucket} s, window {window} s")
+    m = run_measured([PY, "-m", "bytewax.run", "dataflow"], env, str(REPO),
+                     timeout=args.latency_seconds + 180, on_start=on_start)
+    holder["thread"].join()
+    if holder.get("err"):
+        raise RuntimeError(f"latency driver failed: {holder['err']}\n{m.output[-3000:]}")
+    end = state["end"]
+    during, tail = [], []
+    for _id, (window_end, written, _rev) in seen.items():
+        due = window_end.timestamp() + lateness
+        lat = written.timestamp() - due
+        (during if due <= end else tail).append(lat)
+    wl.delete_topic(BROKERS, topic)
+    if not args.keep_dbs:
+        client.drop_database(db)
+
+    def pct(xs, q):
+        return float(np.percentile(xs, q)) if xs else float("nan")
+
+    res = {
+        "rate": state["rate"], "sent": state["sent"], "bucket": bucket, "window": window,
+        "rows_during": len(during), "p50": pct(during, 50), "p99": pct(during, 99),
+        "max": max(during) if during else float("nan"),
+        "rows_tail": len(tail), "tail_max": max(tail) if tail else float("nan"),
+        "cpu_s": m.cpu, "peak_rss_mb": m.peak_rss / 2**20,
+    }
+    log(f"latency: {res}")
+    return res
+
+
+def _guard(fn, *a):
+    try:
+        fn(*a)
+        return None
+    except Exception as exc:  # noqa: BLE001 - reported by the caller
+        return repr(exc)
+
+
+# ------------------------------------------------------------------ state size
+
+def snapshot_bytes(recovery: Path) -> dict[str, int]:
+    """Bytes of the latest snapshot of every (step, key), per step."""
+    per_step: dict[str, int] = {}
+    for f in sorted(recovery.glob("*.sqlite3")):
+        con = sqlite3.connect(f)
+        try:
+            rows = con.execute(
+                "SELECT s.step_id, length(s.ser_change) FROM snaps s JOIN "
+                "(SELECT step_id, state_key, max(snap_epoch) e FROM snaps "
+                " GROUP BY step_id, state_key) l "
+                "ON s.step_id = l.step_id AND s.state_key = l.state_key AND s.snap_epoch = l.e"
+            ).fetchall()
+        finally:
+            con.close()
+        for step, n in rows:
+            per_step[step] = per_step.get(step, 0) + (n or 0)
+    return per_step
+
+
+def state_test(args, run_id: str) -> dict:
+    """Snapshot bytes and RSS growth per (driver, bucket) pair at ``state_drivers`` drivers."""
+    out = {}
+    runs = {}
+    for label, drivers in (("big", args.state_drivers), ("control", args.state_control_drivers)):
+        w = wl.generate(args.state_pings, drivers, seed=3)
+        topic = f"bench-{run_id}-state-{label}"
+        wl.create_topic(BROKERS, topic, 3)
+        wl.produce(BROKERS, topic, w)
+        rec = Path(tempfile.mkdtemp(prefix=f"bench-recovery-{label}-"))
+        subprocess.run([PY, "-m", "bytewax.recovery", str(rec), "1"], check=True,
+                       capture_output=True, cwd=REPO)
+        db = f"bench_{run_id}_state_{label}"
+        log(f"state: presence over {args.state_pings:,} pings of {drivers:,} drivers "
+            f"with recovery")
+        m = run_measured([PY, "-m", "bytewax.run", "dataflow", "-r", str(rec), "-s", "5",
+                          "-b", "0"], presence_env(topic, db), str(REPO), timeout=args.timeout)
+        if m.returncode != 0:
+            raise RuntimeError(f"state run failed:\n{m.output[-3000:]}")
+        snaps = snapshot_bytes(rec)
+        pairs = _pairs_in_state(w)
+        runs[label] = {"drivers": drivers, "pairs": pairs, "peak_rss": m.peak_rss,
+                       "snap_total": sum(snaps.values()), "snap_panes": snaps.get("panes", 0),
+                       "snap_steps": snaps, "wall_s": m.wall, "cpu_s": m.cpu}
+        shutil.rmtree(rec, ignore_errors=True)
+        wl.delete_topic(BROKERS, topic)
+        if not args.keep_dbs:
+            mongo().drop_database(db)
+        log(f"state {label}: {runs[label]}")
+    big, control = runs["big"], runs["control"]
+    out["runs"] = runs
+    out["pairs"] = big["pairs"]
+    out["snapshot_bytes_per_pair"] = big["snap_total"] / big["pairs"]
+    out["snapshot_panes_bytes_per_pair"] = big["snap_panes"] / big["pairs"]
+    out["rss_bytes_per_pair"] = (big["peak_rss"] - control["peak_rss"]) / max(
+        1, big["pairs"] - control["pairs"])
+    return out
+
+
+def _pairs_in_state(w: wl.Workload, bucket: int = 60, window: int = 300,
+                    lateness: float = 30.0, horizon: float = 3600.0) -> int:
+    """(driver, bucket) pairs presence must keep at the end: panes from the oldest
+    countable time (least partition watermark - horizon) back by window - bucket."""
+    oldest = min(t.max() for t in w.times if len(t)) - lateness - horizon
+    first_pane = int(oldest // bucket) * bucket - (window - bucket)
+    d = np.concatenate(w.drivers)
+    t = np.concatenate(w.times)
+    b = (np.floor(t / bucket) * bucket).astype(np.int64)
+    keep = b >= first_pane
+    return int(len(np.unique(b[keep] * (1 << 24) + d[keep])))
+
+
+# ------------------------------------------------------------------ report
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import psutil
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for dist in ("bytewax", "confluent-kafka", "orjson", "pymongo"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = "?"
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=REPO).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "presence"],
+                                    capture_output=True, text=True, cwd=REPO).stdout.strip())
+    except OSError:
+        rev, dirty = "?", False
+    return {
+        "cpu": model, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(), "python": platform.python_version(),
+        "versions": versions, "quixstreams": quix_version(),
+        "kafka": "Apache Kafka 4.1 (KRaft, 1 node, local)", "mongo": "FerretDB v1 (SQLite), local",
+        "git": rev + (" (presence/ modified)" if dirty else ""),
+    }
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def table(results: list[dict], ceiling: dict | None) -> str:
+    head = ("| system | exact | wall s | pings/s (wall) | pings/CPU-s | vs ceiling (wall) "
+            "| vs ceiling (CPU) | peak RSS MB | load avg | settings |")
+    lines = [head, "|" + "---|" * 10]
+    for r in results:
+        exact = {True: "yes", False: "**no**", None: "n/a"}[r["exact"]]
+        if r["exact"] is False:
+            exact += f" ({r['exactness']})"
+        vw = r["pings_per_s"] / ceiling["pings_per_s"] if ceiling else float("nan")
+        vc = r["pings_per_cpu_s"] / ceiling["pings_per_cpu_s"] if ceiling else float("nan")
+        lines.append(
+            f"| {r['system']} | {exact} | {r['wall_s']:.1f} | {fmt_rate(r['pings_per_s'])} "
+            f"| {fmt_rate(r['pings_per_cpu_s'])} | {vw:.2f} | {vc:.2f} | {r['peak_rss_mb']:.0f} "
+            f"| {r['load_before']:.1f}→{r['load_after']:.1f} | {r['note']} |")
+    return "\n".join(lines)
+
+
+def targets(by: dict, lat: dict | None, state: dict | None) -> list[tuple[str, str, bool | None]]:
+    out = []
+    p1 = by.get("presence-1w")
+    ceil = by.get("ceiling")
+    if p1 and ceil:
+        x = p1["pings_per_s"] / ceil["pings_per_s"]
+        out.append(("1 worker >= 0.5 x ceiling (wall)", f"{x:.2f} x", x >= 0.5))
+    if p1:
+        x = p1["pings_per_cpu_s"]
+        out.append(("1 worker >= 300,000 pings/CPU-s", fmt_rate(x), x >= 300_000))
+    for peer, need in (("handloop", 0.5), ("bytewax", 4), ("quix", 10)):
+        if p1 and by.get(peer):
+            x = p1["pings_per_cpu_s"] / by[peer]["pings_per_cpu_s"]
+            ok = x >= need and p1["exact"] is True
+            note = "" if by[peer]["exact"] else " (peer inexact)"
+            out.append((f"1 worker >= {need:g} x {peer} (pings/CPU-s)", f"{x:.2f} x{note}", ok))
+    if p1 and by.get("presence-2p"):
+        x = by["presence-2p"]["pings_per_s"] / p1["pings_per_s"]
+        out.append(("2 processes >= 1.6 x 1 worker (wall)", f"{x:.2f} x", x >= 1.6))
+    if lat:
+        out.append(("p99 latency <= 2 s", f"{lat['p99']:.2f} s", lat["p99"] <= 2.0))
+    if state:
+        x = state["snapshot_bytes_per_pair"]
+        out.append(("state <= 64 bytes per (driver, bucket) pair (snapshot)", f"{x:.1f} B",
+                    x <= 64))
+    return out
+
+
+def render(args, mach: dict, results: list[dict], lat: dict | None, state: dict | None,
+           load: dict, produce_s: float) -> str:
+    by = {r["system"]: r for r in results}
+    lines = [f"# presence benchmark, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", ""]
+    lines += [f"Workload: {args.pings:,} pings, {args.drivers:,} drivers, window 5 min, bucket "
+              f"1 min, ~2% late (1-10 min), 3 partitions of 20/30/50% "
+              f"(loaded in {produce_s:.1f} s). Oracle: {load['rows']} rows, "
+              f"{load['too_late']} too late.", ""]
+    lines += [table(results, by.get("ceiling")), ""]
+    if lat:
+        lines += [
+            f"Live latency (presence, 1 worker): {lat['rate']:,.0f} pings/s for "
+            f"{args.latency_seconds} s, bucket {lat['bucket']} s, window {lat['window']} s; "
+            f"written - (windowEnd + allowed lateness 30 s) over the {lat['rows_during']} rows "
+            f"that closed while pings flowed: **p50 {lat['p50']:.2f} s, p99 {lat['p99']:.2f} s**, "
+            f"max {lat['max']:.2f} s. The {lat['rows_tail']} rows closing after the last ping "
+            f"(written by the idle rule) max {lat['tail_max']:.2f} s. CPU {lat['cpu_s']:.1f} s, "
+            f"peak RSS {lat['peak_rss_mb']:.0f} MB.", ""]
+    if state:
+        big, ctl = state["runs"]["big"], state["runs"]["control"]
+        lines += [
+            f"State size (presence with recovery, -s 5): {args.state_pings:,} pings of "
+            f"{big['drivers']:,} drivers -> {big['pairs']:,} (driver, bucket) pairs in state; "
+            f"latest snapshot {big['snap_total']:,} bytes "
+            f"(**{state['snapshot_bytes_per_pair']:.1f} B/pair**; the panes step "
+            f"{state['snapshot_panes_bytes_per_pair']:.1f} B/pair). RSS growth "
+            f"{state['rss_bytes_per_pair']:.0f} B/pair (peak RSS {big['peak_rss'] / 2**20:.0f} MB "
+            f"vs {ctl['peak_rss'] / 2**20:.0f} MB for the same pings from {ctl['drivers']:,} "
+            f"drivers, {ctl['pairs']:,} pairs).", ""]
+    lines += ["Targets (presence):", "", "| target | measured | met |", "|---|---|---|"]
+    for name, val, ok in targets(by, lat, state):
+        lines.append(f"| {name} | {val} | {'yes' if ok else '**no**'} |")
+    lines += ["", "Machine: " + ", ".join(f"{k}: {v}" for k, v in mach.items()), "",
+              f"Load average (1/5/15 min) at start {load['start']}, at end {load['end']}. "
+              "The 2 cores are shared with Kafka, FerretDB and anything else running.", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ main
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pings", type=int, default=1_000_000)
+    ap.add_argument("--drivers", type=int, default=10_000)
+    ap.add_argument("--only", default=",".join(SYSTEMS),
+                    help=f"comma-separated systems out of {','.join(SYSTEMS)}")
+    ap.add_argument("--skip", default="", help="comma-separated systems to leave out")
+    ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--no-state", action="store_true")
+    ap.add_argument("--bytewax-wait", type=float, default=3600.0)
+    ap.add_argument("--quix-grace", type=float, default=3600.0)
+    ap.add_argument("--quix-idle", type=float, default=5.0)
+    ap.add_argument("--quix-mode", choices=("collect", "reduce"), default="collect")
+    ap.add_argument("--latency-rate", type=int, default=20_000)
+    ap.add_argument("--latency-seconds", type=int, default=60)
+    ap.add_argument("--latency-bucket", type=int, default=1)
+    ap.add_argument("--latency-window", type=int, default=60)
+    ap.add_argument("--state-pings", type=int, default=1_000_000)
+    ap.add_argument("--state-drivers", type=int, default=100_000)
+    ap.add_argument("--state-control-drivers", type=int, default=1_000)
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--keep-dbs", action="store_true")
+    ap.add_argument("--results", default=str(RESULTS), help="where to write the results")
+    ap.add_argument("--no-write", action="store_true", help="print only")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    systems = [s for s in args.only.split(",") if s and s not in args.skip.split(",")]
+    for s in systems:
+        if s not in SYSTEMS:
+            raise SystemExit(f"unknown system {s!r}; choose from {', '.join(SYSTEMS)}")
+    if "quix" in systems and not QUIX_PY.exists():
+        log("quix: bench/.quix-venv missing (make bench creates it); skipped")
+        systems.remove("quix")
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    load = {"start": tuple(round(x, 2) for x in os.getloadavg())}
+    mach = machine()
+
+    w = wl.generate(args.pings, args.drivers)
+    oracle, too_late = wl.oracle_rows(w)
+    load.update(rows=len(oracle), too_late=too_late)
+    topic = f"bench-{run_id}"
+    wl.create_topic(BROKERS, topic, 3)
+    log(f"producing {w.pings:,} pings to {topic} "
+        f"(partitions {[len(d) for d in w.drivers]}, {w.late:,} late)")
+    produce_s = wl.produce(BROKERS, topic, w)
+    log(f"produced in {produce_s:.1f} s; oracle {len(oracle)} rows, {too_late} too late")
+
+    results = []
+    quix = mach["quixstreams"]
+    try:
+        for system in systems:
+            r = run_system(system, topic, run_id, w.pings, oracle, args)
+            r["note"] = NOTES[system].format(wait=args.bytewax_wait, grace=args.quix_grace,
+                                             quix=quix)
+            if system == "quix" and args.quix_mode == "reduce":
+                r["note"] = r["note"].replace("collect()", "reduce(sets)")
+            results.append(r)
+    finally:
+        wl.delete_topic(BROKERS, topic)
+
+    lat = None if args.no_latency else latency_test(args, run_id)
+    state = None if args.no_state else state_test(args, run_id)
+    load["end"] = tuple(round(x, 2) for x in os.getloadavg())
+    text = render(args, mach, results, lat, state, load, produce_s)
+    print(text)
+    if not args.no_write:
+        out = Path(args.results)
+        out.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
+        (out / f"{stamp}.md").write_text(text)
+        (out / f"{stamp}.json").write_text(json.dumps(
+            {"args": vars(args), "machine": mach, "load": load, "results": results,
+             "latency": lat, "state": state}, indent=2, default=str))
+        log(f"written {out / (stamp + '.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
