@@ -3,9 +3,11 @@
 Each partition's watermark is its greatest valid event time minus
 ``allowed_lateness``. The dataflow watermark is the least of them over the
 *live* partitions: an idle one (no valid ping for ``idle`` seconds) or an
-ended one (bounded mode) is left out. When none is live, event time is taken
-to go on with the wall clock from the freshest partition, so that closed rows
-are still written in a quiet live run.
+ended one (bounded mode) is left out. When none is live, the watermark is the
+wall clock minus ``allowed_lateness`` (or the freshest partition's event time
+carried on with the wall clock, if that is ahead): a row whose interval has
+ended is then written at most ``allowed_lateness + idle`` after the last ping
+was read, as the SPEC promises for a quiet live run.
 
 Until every partition of the topic has been heard from, the watermark is
 ``-inf``: a partition not yet read may hold the oldest pings.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from presence.partition import ENDED, IDLE, LIVE, NO_EVENT, PartitionMark
+from presence.partition import LIVE, NO_EVENT, PartitionMark
 from presence.windows import WindowSpec
 
 
@@ -32,13 +34,10 @@ def dataflow_watermark(
     live = [m.max_event for m in marks if m.state == LIVE]
     if live:
         return min(live) - spec.lateness
-    quiet = [
-        m.max_event + max(0.0, now - m.read_at)
-        for m in marks
-        if m.state == IDLE and m.max_event > NO_EVENT
+    carried = [
+        m.max_event + max(0.0, now - m.read_at) for m in marks if m.max_event > NO_EVENT
     ]
-    quiet += [m.max_event for m in marks if m.state == ENDED and m.max_event > NO_EVENT]
-    return max(quiet) - spec.lateness if quiet else NO_EVENT
+    return max([now, *carried]) - spec.lateness
 
 
 def oldest_countable(marks: Iterable[PartitionMark], spec: WindowSpec) -> float:

@@ -79,9 +79,12 @@ def test_idle_and_ended_partitions_are_left_out() -> None:
     assert dataflow_watermark(marks, NOW, SPEC) == T0 + 100 - 30
 
 
-def test_quiet_dataflow_watermark_goes_on_with_the_wall_clock() -> None:
-    marks = [mark(0, 2, T0 + 100, IDLE, read_at=NOW - 12), mark(1, 2, T0 + 40, IDLE, read_at=NOW - 50)]
-    assert dataflow_watermark(marks, NOW, SPEC) == T0 + 100 + 12 - 30
+def test_quiet_dataflow_watermark_is_the_wall_clock_minus_lateness() -> None:
+    marks = [mark(0, 2, T0 + 100, IDLE, read_at=NOW - 12), mark(1, 2, T0 + 40, ENDED, read_at=NOW - 50)]
+    assert dataflow_watermark(marks, NOW, SPEC) == NOW - 30
+    # Pings stamped ahead of the wall clock (within the allowed skew) carry on from there.
+    ahead = [mark(0, 1, NOW + 200, IDLE, read_at=NOW - 12)]
+    assert dataflow_watermark(ahead, NOW, SPEC) == NOW + 200 + 12 - 30
 
 
 def test_oldest_countable_uses_every_partition_with_a_watermark() -> None:

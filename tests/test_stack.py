@@ -6,6 +6,9 @@ Each test has its own topic and database. The dataflow runs as users run it,
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timezone
+
 import pytest
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -142,3 +145,30 @@ def test_retention_gap_is_detected_recorded_and_skipped(kafka_brokers, mongo_uri
     assert status["nextOffset"] == 300
     rows, _, _ = expected([pings[:100] + pings[150:]])
     assert stored_rows(db) == rows
+
+
+def test_live_run_writes_closed_rows_when_pings_stop(kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
+    """Live mode, no new pings after a burst: the idle rule still closes and writes the rows
+    (no end of input here to flush them), with an empty partition that never speaks."""
+    topic, db = topic_and_db
+    create_topic(kafka_brokers, topic, 2)
+    now = time.time()
+    burst = [P(d, now - 20 + d / 10, d % 2 == 0) for d in range(20)]
+    env = dataflow_env(kafka_brokers, mongo_uri, topic, topic, PRESENCE_STOP_AT_END="0",
+                       PRESENCE_ALLOWED_LATENESS_SECONDS="2", PRESENCE_IDLE_SECONDS="2",
+                       PRESENCE_BUCKET_SECONDS="5", PRESENCE_WINDOW_MINUTES="1")
+    proc = start_dataflow(env)
+    try:
+        produce(kafka_brokers, topic, [burst, []])
+        first = 5 * int((now - 20) // 5)  # the bucket of the first ping: its row closed already
+        wait_for(lambda: proc.poll() is None and db.report_summary.find_one({"windowEnd": {"$lte": datetime.fromtimestamp(now, timezone.utc)}}),
+                 "a closed row to be written", timeout=90)
+        assert proc.poll() is None, "a live run must keep running"
+        rows = stored_rows(db)
+        assert rows[first][0] >= 1
+        expected_rows, _, _ = oracle([burst], 5, 60, 2, HORIZON)
+        for bucket, counts in rows.items():
+            if bucket + 5 <= now - 2:
+                assert counts == expected_rows[bucket]
+    finally:
+        kill_hard(proc)

@@ -29,7 +29,7 @@ from bytewax.connectors.kafka import operators as kop
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from bench.peers.common import BROKERS, BUCKET, WINDOW, collection, row_update
+from bench.peers.common import BROKERS, BUCKET, TUNED_FETCH, WINDOW, collection, row_update
 
 TOPIC = os.environ.get("BENCH_TOPIC", "bench")
 DB = os.environ.get("BENCH_DB", "bench_bytewax")
@@ -84,7 +84,7 @@ class RowsSink(DynamicSink):
 
 flow = Dataflow("bytewax_windows")
 kin = kop.input("kafka", flow, brokers=[BROKERS], topics=[TOPIC], tail=False,
-                batch_size=5000)
+                batch_size=5000, add_config={k: str(v) for k, v in TUNED_FETCH.items()})
 pings = op.map("parse", kin.oks, parse)
 keyed = op.key_on("all", pings, lambda _p: "all")
 clock = win.EventClock(lambda p: p[1], wait_for_system_duration=timedelta(seconds=WAIT))

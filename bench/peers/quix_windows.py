@@ -30,7 +30,7 @@ import time
 
 from quixstreams import Application
 
-from bench.peers.common import BROKERS, BUCKET, WINDOW, collection, row_update
+from bench.peers.common import BROKERS, BUCKET, TUNED_FETCH, WINDOW, collection, row_update
 
 GRACE = float(os.environ.get("BENCH_QUIX_GRACE_SECONDS", "3600"))
 IDLE = float(os.environ.get("BENCH_QUIX_IDLE_SECONDS", "5"))
@@ -46,6 +46,7 @@ def main(topic_name: str, db: str) -> None:
         state_dir=state_dir,
         use_changelog_topics=False,
         loglevel="WARNING",
+        consumer_extra_config=dict(TUNED_FETCH),
     )
     topic = app.topic(
         topic_name,
