@@ -233,6 +233,7 @@ def latency_test(args, run_id: str) -> dict:
         tick = 0.01
         per_tick = int(args.latency_rate * tick)
         began = time.time()
+        state["start"] = began
         sent = 0
         next_at = began
         while True:
@@ -242,7 +243,8 @@ def latency_test(args, run_id: str) -> dict:
             if now < next_at:
                 time.sleep(next_at - now)
                 continue
-            for p, value in wl.live_values(rng, per_tick, args.drivers, time.time()):
+            for p, value in wl.live_values(rng, per_tick, args.drivers, time.time(),
+                                           late_fraction=args.latency_late):
                 while True:
                     try:
                         producer.produce(topic, value, partition=p)
@@ -276,12 +278,19 @@ def latency_test(args, run_id: str) -> dict:
     holder["thread"].join()
     if holder.get("err"):
         raise RuntimeError(f"latency driver failed: {holder['err']}\n{m.output[-3000:]}")
-    end = state["end"]
-    during, tail = [], []
-    for _id, (window_end, written, _rev) in seen.items():
+    start, end = state["start"], state["end"]
+    during, tail, before = [], [], []
+    raw = []
+    for _id, (window_end, written, _rev) in sorted(seen.items()):
         due = window_end.timestamp() + lateness
         lat = written.timestamp() - due
-        (during if due <= end else tail).append(lat)
+        raw.append((round(due - start, 2), round(lat, 3)))
+        if window_end.timestamp() <= start:
+            before.append(lat)  # no on-time ping in it (only possible with late pings)
+        elif due <= end:
+            during.append(lat)
+        else:
+            tail.append(lat)
     wl.delete_topic(BROKERS, topic)
     if not args.keep_dbs:
         client.drop_database(db)
@@ -294,9 +303,10 @@ def latency_test(args, run_id: str) -> dict:
         "rows_during": len(during), "p50": pct(during, 50), "p99": pct(during, 99),
         "max": max(during) if during else float("nan"),
         "rows_tail": len(tail), "tail_max": max(tail) if tail else float("nan"),
+        "rows_before": len(before), "raw": raw,
         "cpu_s": m.cpu, "peak_rss_mb": m.peak_rss / 2**20,
     }
-    log(f"latency: {res}")
+    log(f"latency: { {k: v for k, v in res.items() if k != 'raw'} }")
     return res
 
 
@@ -526,6 +536,8 @@ def parse_args(argv=None):
     ap.add_argument("--latency-seconds", type=int, default=60)
     ap.add_argument("--latency-bucket", type=int, default=1)
     ap.add_argument("--latency-window", type=int, default=60)
+    ap.add_argument("--latency-late", type=float, default=0.0,
+                    help="fraction of live pings sent 1-5 min late (corrections)")
     ap.add_argument("--state-pings", type=int, default=1_000_000)
     ap.add_argument("--state-drivers", type=int, default=100_000)
     ap.add_argument("--state-control-drivers", type=int, default=1_000)

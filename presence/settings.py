@@ -149,9 +149,12 @@ def redact_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
-NOT_SETTINGS = ("PRESENCE_CACHE", "PRESENCE_STACK_STATE", "PRESENCE_STACK_FRESH",
-                "PRESENCE_KAFKA_PORT", "PRESENCE_MONGO_PORT")
-"""``PRESENCE_*`` variables read by other tools (the local stack scripts)."""
+NOT_SETTINGS = ("PRESENCE_CACHE", "PRESENCE_KAFKA_PORT", "PRESENCE_KAFKA_CONTROLLER_PORT",
+                "PRESENCE_MONGO_PORT", "PRESENCE_KAFKA_HEAP_OPTS", "PRESENCE_PYTHON",
+                "PRESENCE_DEBUG")
+NOT_SETTINGS_PREFIXES = ("PRESENCE_STACK_", "PRESENCE_FERRETDB_", "PRESENCE_TEST_",
+                         "PRESENCE_BENCH_")
+"""``PRESENCE_*`` variables read by other tools (stack scripts, CLI, tests), not the dataflow."""
 
 SECRET_FIELDS = ("mongo_uri", "kafka_config")
 
@@ -165,7 +168,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     source = os.environ if env is None else env
     values = {}
     for name, value in source.items():
-        if not name.startswith(PREFIX) or value == "" or name in NOT_SETTINGS:
+        if (not name.startswith(PREFIX) or value == "" or name in NOT_SETTINGS
+                or name.startswith(NOT_SETTINGS_PREFIXES)):
             continue
         field = name[len(PREFIX):].lower()
         if field not in Settings.model_fields:

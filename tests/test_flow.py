@@ -135,3 +135,17 @@ def test_step_ids_are_stable() -> None:
     flow = build_flow(SPEC, PingSource("pings", 1, topic.feed, SPEC, True), Sinks(None, None, None))
     ids = {s.step_id.split(".", 1)[1] for s in flow.substeps}
     assert ids == set(STEP_IDS)
+
+
+def test_resume_with_more_workers(tmp_path) -> None:
+    """Scale out between runs: state snapshotted by one worker is resumed by three."""
+    partitions = stream(5)
+    recovery = init_recovery(tmp_path / "recovery")
+    topic = memory_topic([p[: len(p) // 2] for p in partitions])
+    out = Outputs()
+    run_flow(topic, SPEC, out, recovery=recovery)
+    for p, msgs in enumerate(partitions):
+        topic.partitions[p].extend(memory_topic([msgs[len(msgs) // 2:]]).partitions[0])
+    run_flow(topic, SPEC, out, workers=3, recovery=recovery)
+    check(out, partitions)
+    assert len(out.dead) == len(out.dead_ids())
