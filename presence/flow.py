@@ -106,6 +106,7 @@ class BookLogic(StatefulBatchLogic):
         self._next_rows = now
         self._next_progress = now + progress_seconds
         self._last_progress = (now, self.book.totals().valid)
+        self._not_counted = self.book.totals().not_counted
 
     def on_batch(self, items: list) -> tuple[list, bool]:
         book = self.book
@@ -155,6 +156,13 @@ class BookLogic(StatefulBatchLogic):
     def _progress(self, final: bool = False) -> None:
         now = self.clock()
         totals = self.book.totals()
+        if totals.not_counted > self._not_counted:
+            log.warning(
+                "%d pings were not counted: older than the state kept, from a partition "
+                "that had been idle or ended without any valid ping (pipeline_status "
+                "totals.notCounted)", totals.not_counted - self._not_counted,
+            )
+            self._not_counted = totals.not_counted
         then, valid_then = self._last_progress
         rate = (totals.valid - valid_then) / max(now - then, 1e-9)
         self._last_progress = (now, totals.valid)

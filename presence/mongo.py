@@ -162,6 +162,7 @@ def status_updates(
                     "tooLate": totals.too_late,
                     "deadLetters": totals.invalid + totals.too_late,
                     "rowsWritten": totals.rows_written,
+                    "notCounted": totals.not_counted,
                     **_time_field("watermark", totals.watermark),
                 },
             },

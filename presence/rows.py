@@ -48,6 +48,7 @@ class Totals:
     corrected_late: int
     too_late: int
     watermark: float
+    not_counted: int
     rows_written: int
 
 
@@ -60,6 +61,7 @@ class RowBook:
         self.watermarks: dict[str, float] = dict(resume.get("watermarks", {}))
         self.oldest: dict[str, float] = dict(resume.get("oldest", {}))
         self.late: dict[str, int] = dict(resume.get("late", {}))
+        self.not_counted: dict[str, int] = dict(resume.get("not_counted", {}))
         self.partials: dict[int, dict[str, tuple[int, int]]] = {
             row: dict(parts) for row, parts in resume.get("partials", {}).items()
         }
@@ -73,6 +75,7 @@ class RowBook:
             "watermarks": dict(self.watermarks),
             "oldest": dict(self.oldest),
             "late": dict(self.late),
+            "not_counted": dict(self.not_counted),
             "partials": {row: dict(parts) for row, parts in self.partials.items()},
             "written": dict(self.written),
             "pending": tuple(self.pending),
@@ -84,6 +87,7 @@ class RowBook:
         self.watermarks[shard] = max(self.watermarks.get(shard, NO_EVENT), report.watermark)
         self.oldest[shard] = max(self.oldest.get(shard, NO_EVENT), report.oldest_countable)
         self.late[shard] = max(self.late.get(shard, 0), report.corrected_late)
+        self.not_counted[shard] = max(self.not_counted.get(shard, 0), report.not_counted)
         for row, counts in report.partials.items():
             self.partials.setdefault(row, {})[shard] = counts
             self.pending.add(row)
@@ -141,5 +145,6 @@ class RowBook:
             corrected_late=sum(self.late.values()),
             too_late=sum(m.too_late for m in marks),
             watermark=self.watermark,
+            not_counted=sum(self.not_counted.values()),
             rows_written=self.rows_written,
         )

@@ -11,10 +11,10 @@ bounded run. :mod:`presence.rows` adds the reports up.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from presence.panes import ShardPanes
-from presence.partition import NO_EVENT, PartitionMark, ShardPart
+from presence.partition import LIVE, NO_EVENT, PartitionMark, ShardPart
 from presence.watermark import dataflow_watermark, oldest_countable
 from presence.windows import WindowSpec
 
@@ -31,6 +31,9 @@ class ShardReport:
     """``{row: (online, available)}`` of this shard's drivers, for changed rows."""
     corrected_late: int = 0
     """Pings counted after their row had closed (cumulative)."""
+    not_counted: int = 0
+    """Pings older than the state kept (cumulative): only possible from a
+    partition that was idle or ended without ever having a watermark."""
 
 
 class ShardState:
@@ -40,7 +43,10 @@ class ShardState:
         self.spec = spec
         if resume:
             self.panes = ShardPanes.restore(spec, resume["panes"])
-            self.marks: dict[str, PartitionMark] = dict(resume["marks"])
+            # A new run: no partition has gone idle or ended in it yet.
+            self.marks: dict[str, PartitionMark] = {
+                k: replace(m, state=LIVE) for k, m in resume["marks"].items()
+            }
             self.watermark: float = resume["watermark"]
             self.oldest: float = resume["oldest"]
             self.dirty: set[int] = set(resume["dirty"])
@@ -74,9 +80,9 @@ class ShardState:
         oldest_pane = spec.oldest_kept_pane(self.oldest)
         for pane, (online, available, pings) in part.buckets.items():
             if pane < oldest_pane:
-                # Only possible for a partition that had no watermark when
-                # state was dropped (a new partition): counting would
-                # rewrite rows from incomplete panes.
+                # Only possible from a partition that had no watermark yet
+                # and was idle or ended when state was dropped: counting it
+                # would rewrite rows from incomplete panes.
                 self.ignored += pings
                 continue
             if self.panes.add(pane, online, available):
@@ -101,8 +107,8 @@ class ShardState:
             self.oldest = oldest
             self.panes.drop_before(spec.oldest_kept_pane(oldest))
 
-        summary = (watermark, self.oldest, self.corrected_late)
+        summary = (watermark, self.oldest, self.corrected_late, self.ignored)
         if not partials and not final and summary == self._last_sent:
             return None
         self._last_sent = summary
-        return ShardReport(watermark, self.oldest, partials, self.corrected_late)
+        return ShardReport(watermark, self.oldest, partials, self.corrected_late, self.ignored)

@@ -46,10 +46,14 @@ def oldest_countable(marks: Iterable[PartitionMark], spec: WindowSpec) -> float:
     A ping is too late when older than its own partition's watermark minus
     the correction horizon, so the least of those over all partitions (idle
     and ended ones included: they may wake up) bounds what can still arrive.
-    Partitions that never had a valid ping have no watermark and are left out.
+    A live partition that has not had a valid ping yet may still deliver any
+    old ping, so it holds clean-up back; once it is idle or ended it no longer
+    does (else one empty partition would keep all state forever).
     """
     marks = list(marks)
     if not _complete(marks):
+        return NO_EVENT
+    if any(m.max_event == NO_EVENT and m.state == LIVE for m in marks):
         return NO_EVENT
     seen = [m.max_event for m in marks if m.max_event > NO_EVENT]
     if not seen:

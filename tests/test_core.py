@@ -88,8 +88,10 @@ def test_quiet_dataflow_watermark_is_the_wall_clock_minus_lateness() -> None:
 
 
 def test_oldest_countable_uses_every_partition_with_a_watermark() -> None:
-    marks = [mark(0, 3, T0 + 100), mark(1, 3, T0, state=IDLE), mark(2, 3, NO_EVENT)]
+    marks = [mark(0, 3, T0 + 100), mark(1, 3, T0, state=IDLE), mark(2, 3, NO_EVENT, state=IDLE)]
     assert oldest_countable(marks, SPEC) == T0 - 30 - 3600
+    # A live partition without any ping yet may bring anything: nothing may go.
+    assert oldest_countable(marks[:2] + [mark(2, 3, NO_EVENT)], SPEC) == NO_EVENT
 
 
 # --- partitions ---------------------------------------------------------------
@@ -175,3 +177,30 @@ def test_a_row_never_exists_without_a_ping_in_its_interval() -> None:
     core.read(0, 2)
     core.finish()
     assert sorted(core.store.rows) == [T0 + 60 * i for i in range(5)] + [T0 + 3600 + 60 * i for i in range(5)]
+
+
+def test_a_ping_at_the_horizon_still_sees_every_pane_of_its_rows() -> None:
+    """Dropped state stops one window short of the oldest countable time."""
+    spec = WindowSpec(bucket=60, window=300, lateness=0, horizon=600, shards=1)
+    msgs = [P("d", T0 + 420, True), P("far", T0 + 1200, True), P("c", T0 + 600, True)]
+    core = Core(spec, [msgs], NOW)
+    core.read(0, 2, bounded=False)  # state before T0 + 600 may go now
+    core.read(0, 1, bounded=False)  # exactly at the horizon: counts
+    core.finish()
+    assert core.store.counts()[T0 + 600] == (2, 2)  # "d" (pane T0 + 420) and "c"
+
+
+def test_pings_older_than_dropped_state_are_reported_not_miscounted() -> None:
+    """A partition that ended without pings wakes up with an old one: it is not
+    counted (its rows' panes are gone) and it is reported, not silently lost."""
+    spec = WindowSpec(bucket=60, window=120, lateness=0, horizon=300, shards=1)
+    core = Core(spec, [[P(i % 3, T0 + 60 * i, True) for i in range(20)], []], NOW)
+    core.read(1, 1)  # partition 1: nothing, ended
+    core.read(0, 20, bounded=False)
+    before = core.store.counts()
+    core.values[1].append(b'{"driver_id": "old", "timestamp": 1514779200, "on_duty": 1}')
+    core.read(1, 1, bounded=False)
+    core.finish()
+    after = core.store.counts()
+    assert before and all(after[b] == counts for b, counts in before.items())
+    assert core.book.totals().not_counted == 1

@@ -32,14 +32,16 @@ def partition_messages(draw) -> list[object]:
     out: list[object] = []
     for _ in range(n):
         clock += draw(st.integers(0, 40))
-        kind = draw(st.sampled_from(["ok"] * 6 + ["late", "too_late", "bad", "dup"]))
+        kind = draw(st.sampled_from(["ok"] * 6 + ["late", "edge", "too_late", "bad", "dup"]))
         if kind == "bad":
             out.append(draw(INVALID))
             continue
         if kind == "dup" and out:
             out.append(draw(st.sampled_from(out)))
             continue
+        edge = int(SPEC.lateness + SPEC.horizon)  # the oldest a ping may be and still count
         shift = {"ok": draw(st.integers(-5, 5)), "late": -draw(st.integers(20, 250)),
+                 "edge": -draw(st.integers(edge - SPEC.window, edge + 5)),
                  "too_late": -draw(st.integers(320, 2000)), "dup": 0}[kind]
         driver = draw(st.sampled_from([1, 2, 3, "4", "5", 6, 7, "x-8", 9, 10]))
         out.append(P(driver, clock + shift + draw(st.sampled_from([0, 0.5])), draw(st.booleans())))
