@@ -96,18 +96,20 @@ class KafkaFeed:
         self.consumer.assign([TopicPartition(self.topic, self.partition, offset)])
 
     def poll(self, max_messages: int) -> list[tuple[int, bytes | None]]:
-        out = []
-        for msg in self.consumer.consume(max_messages, timeout=0):
-            err = msg.error()
-            if err is None:
-                out.append((msg.offset(), msg.value()))
-            elif err.code() == KafkaError._PARTITION_EOF:
-                continue
-            elif err.fatal():
-                raise KafkaException(err)
-            else:
-                log.warning("%s:%d: %s", self.topic, self.partition, err.str())
+        messages = self.consumer.consume(max_messages, timeout=0)
+        out = [(m.offset(), m.value()) for m in messages if m.error() is None]
+        if len(out) != len(messages):
+            for msg in messages:
+                if msg.error() is not None:
+                    self._on_error(msg.error())
         return out
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        if err.fatal():
+            raise KafkaException(err)
+        log.warning("%s:%d: %s", self.topic, self.partition, err.str())
 
     def close(self) -> None:
         self.consumer.close()

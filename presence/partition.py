@@ -22,7 +22,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from presence.pings import Ping, Rejection, format_instant, parse_ping, raw_text
+from presence.pings import format_instant, parse_ping, raw_text
 from presence.windows import WindowSpec
 
 LIVE = "live"
@@ -206,8 +206,7 @@ class PartitionReader:
 
         for offset, value in messages:
             ping = parse_ping(value, latest_allowed)
-            if type(ping) is not Ping:
-                assert type(ping) is Rejection
+            if type(ping) is not tuple:
                 invalid += 1
                 dead.append(
                     DeadLetter(

@@ -1,10 +1,10 @@
 """Parsing and validation of one driver ping (a Kafka message value).
 
 Pure functions, no I/O. The hot path is :func:`parse_ping`: it returns a
-plain ``(driver_id, event_time, on_duty)`` tuple for a valid ping and a
-:class:`Rejection` otherwise, so that the batch loop in
-:mod:`presence.partition` can tell them apart with one ``type()`` check and
-no exception handling.
+plain ``(driver_id, event_time, on_duty)`` tuple (the fields of :class:`Ping`)
+for a valid ping and a :class:`Rejection` otherwise, so that the batch loop in
+:mod:`presence.partition` can tell them apart with one ``type() is tuple``
+check and no exception handling.
 
 The checks and their order are those of the SPEC ("Input"):
 ``too_large``, ``invalid_json``, ``missing_field``, ``invalid_field``,
@@ -60,7 +60,8 @@ class Rejection:
     detail: str
 
 
-Parsed = Union[Ping, Rejection]
+Parsed = Union[tuple, Rejection]
+"""A ``(driver_id, time, on_duty)`` tuple (see :class:`Ping`) or a rejection."""
 
 _FIELDS = ("driver_id", "timestamp", "on_duty")
 _loads = orjson.loads
@@ -151,7 +152,7 @@ def parse_ping(value: bytes | None, latest_allowed: float) -> Parsed:
             f"timestamp {format_instant(stamp)} is ahead of the wall clock "
             "by more than the allowed skew",
         )
-    return Ping(driver, float(stamp), duty)
+    return (driver, float(stamp), duty)
 
 
 def parse_iso_instant(text: str) -> float | None:

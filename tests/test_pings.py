@@ -35,8 +35,8 @@ def test_accepted_shapes(value: str, expected: Ping) -> None:
 
 
 def test_int_and_string_driver_ids_are_the_same_driver() -> None:
-    a = parse('{"driver_id": 42, "timestamp": 1514779230, "on_duty": 1}')
-    b = parse('{"driver_id": "42", "timestamp": 1514779230, "on_duty": 1}')
+    a = Ping(*parse('{"driver_id": 42, "timestamp": 1514779230, "on_duty": 1}'))
+    b = Ping(*parse('{"driver_id": "42", "timestamp": 1514779230, "on_duty": 1}'))
     assert a.driver_id == b.driver_id == "42"
 
 
@@ -94,7 +94,7 @@ def test_first_failing_check_wins() -> None:
 
 
 def test_future_skew_boundary() -> None:
-    assert isinstance(parse_ping(b'{"driver_id": 1, "timestamp": 1800000300, "on_duty": 1}', LATEST), Ping)
+    assert parse_ping(b'{"driver_id": 1, "timestamp": 1800000300, "on_duty": 1}', LATEST) == ("1", 1800000300.0, True)
 
 
 def test_raw_text_keeps_at_most_4_kib_as_text() -> None:
