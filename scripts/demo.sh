@@ -25,8 +25,13 @@ MINUTES="${DEMO_MINUTES:-30}"
 SEED="${DEMO_SEED:-42}"
 WORKERS="${DEMO_WORKERS:-2}"
 
-START_ARGS=()
-[[ -n "${DEMO_START:-}" ]] && START_ARGS=(--start "$DEMO_START")
+# Event time of the first simulated instant, epoch seconds (default: the last $MINUTES minutes).
+START=$(.venv/bin/python -c '
+import sys, time
+from presence.reports import parse_time
+given, minutes = sys.argv[1], float(sys.argv[2])
+print(int(parse_time(given)) if given else int(time.time() // 60 * 60 - minutes * 60))
+' "${DEMO_START:-}" "$MINUTES")
 
 export PRESENCE_TOPIC="${DEMO_TOPIC:-demo-pings}"
 export PRESENCE_MONGO_DB="${DEMO_DB:-presence_demo}"
@@ -54,19 +59,29 @@ mkdir -p "$OUT/recovery"
 "$PY" -m bytewax.recovery "$OUT/recovery" 4 >/dev/null
 
 step "Simulating $MINUTES minutes of pings for $DRIVERS drivers (topic $PRESENCE_TOPIC recreated)"
-"$PRESENCE" simulate --fast --recreate-topic --partitions 4 --seed "$SEED" "${START_ARGS[@]}" \
+"$PRESENCE" simulate --fast --recreate-topic --partitions 4 --seed "$SEED" --start "$START" \
   --drivers "$DRIVERS" --minutes "$MINUTES" --late-fraction 0.02 --bad-fraction 0.005
 
+run_dataflow() { # log file
+  local log="$1" flow_began
+  flow_began=$(date +%s)
+  if ! PRESENCE_STOP_AT_END=1 PRESENCE_PROGRESS_SECONDS=5 "$PY" -m bytewax.run dataflow \
+       -w "$WORKERS" -r "$OUT/recovery" -s 5 -b 0 >"$log" 2>&1; then
+    echo "demo: the dataflow failed; last lines of $log:" >&2
+    tail -n 20 "$log" >&2
+    exit 1
+  fi
+  grep -E "WARNING|ERROR" "$log" | tail -n 5 || true
+  echo "dataflow finished in $(( $(date +%s) - flow_began )) s"
+}
+
 step "Running the dataflow, bounded, $WORKERS workers (log: $OUT/dataflow.log)"
-flow_began=$(date +%s)
-if ! PRESENCE_STOP_AT_END=1 PRESENCE_PROGRESS_SECONDS=5 "$PY" -m bytewax.run dataflow \
-     -w "$WORKERS" -r "$OUT/recovery" -s 5 -b 0 >"$OUT/dataflow.log" 2>&1; then
-  echo "demo: the dataflow failed; last lines of $OUT/dataflow.log:" >&2
-  tail -n 20 "$OUT/dataflow.log" >&2
-  exit 1
-fi
-grep -E "WARNING|ERROR" "$OUT/dataflow.log" | tail -n 5 || true
-echo "dataflow finished in $(( $(date +%s) - flow_began )) s"
+run_dataflow "$OUT/dataflow.log"
+
+step "Late arrivals: pings of 300 drivers from minutes 10-20, delivered late; the bounded run goes on from its state"
+"$PRESENCE" simulate --fast --seed "$(( SEED + 1 ))" --start "$(( START + 600 ))" \
+  --drivers 300 --minutes 10 --late-fraction 1 --bad-fraction 0
+run_dataflow "$OUT/dataflow-late.log"
 
 step "Report (presence report)"
 "$PRESENCE" report
