@@ -159,7 +159,7 @@ class BookLogic(StatefulBatchLogic):
         if totals.not_counted > self._not_counted:
             log.warning(
                 "%d pings were not counted: older than the state kept, from a partition "
-                "that had been idle or ended without any valid ping (pipeline_status "
+                "added to the topic after that state was dropped (pipeline_status "
                 "totals.notCounted)", totals.not_counted - self._not_counted,
             )
             self._not_counted = totals.not_counted

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from presence.settings import Settings
 
@@ -95,9 +95,9 @@ class KafkaFeed:
     def seek(self, offset: int) -> None:
         self.consumer.assign([TopicPartition(self.topic, self.partition, offset)])
 
-    def poll(self, max_messages: int) -> list[tuple[int, bytes | None]]:
+    def poll(self, max_messages: int) -> list[Message]:
         messages = self.consumer.consume(max_messages, timeout=0)
-        out = [(m.offset(), m.value()) for m in messages if m.error() is None]
+        out = [m for m in messages if m.error() is None]
         if len(out) != len(messages):
             for msg in messages:
                 if msg.error() is not None:

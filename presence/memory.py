@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from bytewax.inputs import AbortExecution
 
+from presence.partition import RawMessage
+
 
 class Abort:
     """Abort the execution the first time the reader gets here."""
@@ -58,7 +60,7 @@ class MemoryFeed:
     def seek(self, offset: int) -> None:
         self.position = offset
 
-    def poll(self, max_messages: int) -> list[tuple[int, bytes | None]]:
+    def poll(self, max_messages: int) -> list[RawMessage]:
         values = self.topic.partitions[self.partition]
         self.position = max(self.position, self.topic.low[self.partition])
         out = []
@@ -74,7 +76,7 @@ class MemoryFeed:
                 # no consumer sees, e.g. a transaction marker).
                 self.position += 1
                 continue
-            out.append((self.position, value))
+            out.append(RawMessage(self.position, value))
             self.position += 1
         return out
 

@@ -1,7 +1,8 @@
 """One Kafka partition as read so far: the first room a ping passes through.
 
-:class:`PartitionReader` turns a batch of raw ``(offset, value)`` messages
-into a :class:`PartitionBatch`:
+:class:`PartitionReader` turns a batch of raw messages (anything with
+``offset()`` and ``value()``, as confluent-kafka's ``Message``) into a
+:class:`PartitionBatch`:
 
 - each value is parsed (:func:`presence.pings.parse_ping`); a rejected one
   becomes a :class:`DeadLetter`;
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Protocol, Sequence
 
 from presence.pings import format_instant, parse_ping, raw_text
 from presence.windows import WindowSpec
@@ -30,6 +31,28 @@ IDLE = "idle"
 ENDED = "ended"
 
 NO_EVENT = float("-inf")
+
+
+class Message(Protocol):
+    """What the reader needs of a Kafka message (confluent-kafka's ``Message`` has it)."""
+
+    def offset(self) -> int: ...
+
+    def value(self) -> bytes | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """A message held in memory (tests, :mod:`presence.memory`)."""
+
+    at: int
+    data: bytes | None
+
+    def offset(self) -> int:
+        return self.at
+
+    def value(self) -> bytes | None:
+        return self.data
 
 
 def partition_key(topic: str, partition: int) -> str:
@@ -187,7 +210,7 @@ class PartitionReader:
         )
 
     def read(
-        self, messages: list[tuple[int, bytes | None]], now: float, ended: bool = False
+        self, messages: Sequence[Message], now: float, ended: bool = False
     ) -> PartitionBatch:
         """Ingest messages in offset order (may be empty: a heartbeat)."""
         spec = self.spec
@@ -204,13 +227,14 @@ class PartitionReader:
             cache.clear()
         valid = invalid = too_late = 0
 
-        for offset, value in messages:
+        for message in messages:
+            value = message.value()
             ping = parse_ping(value, latest_allowed)
             if type(ping) is not tuple:
                 invalid += 1
                 dead.append(
                     DeadLetter(
-                        topic, partition, offset, ping.reason, ping.detail,
+                        topic, partition, message.offset(), ping.reason, ping.detail,
                         raw_text(value), now,
                     )
                 )
@@ -223,7 +247,7 @@ class PartitionReader:
                 too_late += 1
                 dead.append(
                     DeadLetter(
-                        topic, partition, offset, "too_late",
+                        topic, partition, message.offset(), "too_late",
                         f"event time {format_instant(time)} is older than this "
                         f"partition's watermark {format_instant(max_event - spec.lateness)} "
                         "minus the correction horizon",
@@ -245,7 +269,7 @@ class PartitionReader:
             valid += 1
 
         if messages:
-            self.next_offset = messages[-1][0] + 1
+            self.next_offset = messages[-1].offset() + 1
         if valid:
             self.read_at = now
         self.max_event = max_event

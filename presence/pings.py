@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import NamedTuple, Union
 
+import msgspec
 import orjson
 
 MAX_VALUE_BYTES = 64 * 1024
@@ -69,12 +70,62 @@ _JSONDecodeError = orjson.JSONDecodeError
 _isfinite = math.isfinite
 
 
+class _Shape(msgspec.Struct):
+    """The usual shape of a ping, decoded and type-checked in C by msgspec."""
+
+    driver_id: Union[int, str]
+    timestamp: Union[int, float, str]
+    on_duty: Union[bool, int]
+
+
+_decode_shape = msgspec.json.Decoder(_Shape).decode
+_DecodeError = msgspec.DecodeError  # ValidationError is a subclass
+_MAX_U64 = 2**64 - 1  # orjson's limit: larger integers are invalid JSON to us
+
+
 def parse_ping(value: bytes | None, latest_allowed: float) -> Parsed:
     """Parse one message value.
 
     ``latest_allowed`` is the wall clock at read time plus
     ``max_future_skew``: event times after it are ``future_timestamp``.
+
+    The fast path accepts only what :func:`parse_ping_checked` accepts, with
+    the same result; anything else (or anything unusual) goes through that
+    slower, exhaustive path, which names the reason.
     """
+    if value is None or len(value) > MAX_VALUE_BYTES:
+        return parse_ping_checked(value, latest_allowed)
+    try:
+        shape = _decode_shape(value)
+    except _DecodeError:
+        return parse_ping_checked(value, latest_allowed)
+    driver = shape.driver_id
+    stamp = shape.timestamp
+    duty = shape.on_duty
+    if type(driver) is int:
+        if driver < 0 or driver > _MAX_U64:
+            return parse_ping_checked(value, latest_allowed)
+        driver = str(driver)
+    elif not driver or len(driver) > MAX_DRIVER_ID_CHARS:
+        return parse_ping_checked(value, latest_allowed)
+    if type(stamp) is str:
+        return parse_ping_checked(value, latest_allowed)
+    if stamp >= EPOCH_MS_THRESHOLD:
+        stamp = stamp / 1000.0
+    if duty is not True and duty is not False:
+        if duty == 1:
+            duty = True
+        elif duty == 0:
+            duty = False
+        else:
+            return parse_ping_checked(value, latest_allowed)
+    if MIN_EVENT_TIME <= stamp <= latest_allowed:
+        return (driver, float(stamp), duty)
+    return parse_ping_checked(value, latest_allowed)
+
+
+def parse_ping_checked(value: bytes | None, latest_allowed: float) -> Parsed:
+    """Every check of the SPEC, in its order; the reason of the first that fails."""
     if value is None:
         return Rejection("invalid_json", "empty message (no value)")
     if len(value) > MAX_VALUE_BYTES:
@@ -169,10 +220,15 @@ def parse_iso_instant(text: str) -> float | None:
 
 
 def format_instant(epoch_seconds: float) -> str:
-    """``YYYY-MM-DD HH:MM:SS`` in UTC, the SPEC's ``timeBucket`` format."""
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime(
-        "%Y-%m-%d %H:%M:%S"
-    )
+    """``YYYY-MM-DD HH:MM:SS`` in UTC, the SPEC's ``timeBucket`` format.
+
+    Instants beyond year 9999 (possible in a rejected ping) show as epoch seconds.
+    """
+    try:
+        moment = datetime.fromtimestamp(epoch_seconds, timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return f"{epoch_seconds:.0f} (epoch seconds)"
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def raw_text(value: bytes | None) -> str:

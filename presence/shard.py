@@ -32,8 +32,8 @@ class ShardReport:
     corrected_late: int = 0
     """Pings counted after their row had closed (cumulative)."""
     not_counted: int = 0
-    """Pings older than the state kept (cumulative): only possible from a
-    partition that was idle or ended without ever having a watermark."""
+    """Pings older than the oldest countable time (cumulative): only possible
+    from a partition added to the topic after state was dropped."""
 
 
 class ShardState:
@@ -77,12 +77,13 @@ class ShardState:
         """Add one partition batch's share (its drivers and its mark)."""
         self.marks[part.mark.key] = part.mark
         spec = self.spec
-        oldest_pane = spec.oldest_kept_pane(self.oldest)
+        # Every countable ping is at or after ``self.oldest``; older panes
+        # are kept only to recompute rows. An older ping can only come from a
+        # partition the topic did not have when state was dropped: counting
+        # it would rewrite rows from incomplete panes.
+        countable = NO_EVENT if self.oldest == NO_EVENT else spec.bucket_of(self.oldest)
         for pane, (online, available, pings) in part.buckets.items():
-            if pane < oldest_pane:
-                # Only possible from a partition that had no watermark yet
-                # and was idle or ended when state was dropped: counting it
-                # would rewrite rows from incomplete panes.
+            if pane < countable:
                 self.ignored += pings
                 continue
             if self.panes.add(pane, online, available):

@@ -17,12 +17,11 @@ from typing import Callable, Protocol
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
-from presence.partition import PartitionBatch, PartitionReader
+from presence.partition import Message, PartitionBatch, PartitionReader
 from presence.windows import WindowSpec
 
 log = logging.getLogger("presence.source")
 
-Message = tuple[int, "bytes | None"]
 
 POLL_PAUSE = 0.05
 """Seconds to wait before polling again after an empty read."""
@@ -103,14 +102,15 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
         messages = self.feed.poll(self.batch_size)
         if messages:
             expected = reader.next_offset
-            if messages[0][0] != expected or messages[-1][0] - expected + 1 != len(messages):
+            last = messages[-1].offset()
+            if messages[0].offset() != expected or last - expected + 1 != len(messages):
                 self._check_gaps(expected, messages)
-            if self.end is not None and messages[-1][0] >= self.end:
-                messages = [m for m in messages if m[0] < self.end]
+            if self.end is not None and last >= self.end:
+                messages = [m for m in messages if m.offset() < self.end]
                 if not messages:
                     self._done = True
                     return [reader.read([], now, ended=True)]
-            ended = self.end is not None and messages[-1][0] + 1 >= self.end
+            ended = self.end is not None and messages[-1].offset() + 1 >= self.end
             self._done = ended
             self._last_emit = now
             return [reader.read(messages, now, ended=ended)]
@@ -124,7 +124,8 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
     def _check_gaps(self, expected: int, messages: list[Message]) -> None:
         """Offsets may skip for compaction or transaction markers; only retention is a loss."""
         low, _ = self.feed.offsets()
-        for offset, _value in messages:
+        for message in messages:
+            offset = message.offset()
             if offset > expected and low > expected:
                 self._lost(expected, min(low, offset))
             expected = offset + 1

@@ -46,16 +46,11 @@ def oldest_countable(marks: Iterable[PartitionMark], spec: WindowSpec) -> float:
     A ping is too late when older than its own partition's watermark minus
     the correction horizon, so the least of those over all partitions (idle
     and ended ones included: they may wake up) bounds what can still arrive.
-    A live partition that has not had a valid ping yet may still deliver any
-    old ping, so it holds clean-up back; once it is idle or ended it no longer
-    does (else one empty partition would keep all state forever).
+    A partition that has not had a valid ping yet has no watermark: none of
+    its pings is ever too late, so it holds clean-up back until it has one
+    (whether live, idle or ended: it may wake up in this run or the next).
     """
     marks = list(marks)
-    if not _complete(marks):
+    if not _complete(marks) or any(m.max_event == NO_EVENT for m in marks):
         return NO_EVENT
-    if any(m.max_event == NO_EVENT and m.state == LIVE for m in marks):
-        return NO_EVENT
-    seen = [m.max_event for m in marks if m.max_event > NO_EVENT]
-    if not seen:
-        return NO_EVENT
-    return min(seen) - spec.lateness - spec.horizon
+    return min(m.max_event for m in marks) - spec.lateness - spec.horizon

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from presence.partition import PartitionReader, shard_key
+from presence.partition import PartitionReader, RawMessage, shard_key
 from presence.rows import Row, RowBook
 from presence.shard import ShardState
 from presence.windows import WindowSpec
@@ -61,7 +61,7 @@ class Core:
         reader = self.readers[partition]
         start = reader.next_offset or 0
         values = self.values[partition]
-        messages = [(o, values[o]) for o in range(start, min(start + count, len(values)))]
+        messages = [RawMessage(o, values[o]) for o in range(start, min(start + count, len(values)))]
         ended = bounded and start + len(messages) >= len(values)
         batch = reader.read(messages, self.now, ended=ended)
         for letter in batch.dead_letters:
@@ -101,6 +101,7 @@ class Core:
         # Rows written after the snapshot are written again (at least once):
         # monotony holds from here on.
         self.store.history.clear()
+        readers += [None] * (len(self.values) - len(readers))  # the topic may have grown
         self.readers = [
             PartitionReader(TOPIC, p, len(self.values), self.spec, self.now, snap)
             for p, snap in enumerate(readers)

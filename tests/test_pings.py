@@ -105,3 +105,45 @@ def test_raw_text_keeps_at_most_4_kib_as_text() -> None:
 
 def test_format_instant_is_utc() -> None:
     assert format_instant(1514779200) == "2018-01-01 04:00:00"
+
+
+# --- the fast path agrees with the exhaustive one ------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import orjson  # noqa: E402
+
+from presence.pings import parse_ping_checked  # noqa: E402
+
+VALUES = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(-5, 3), st.integers(0, 2**64 + 5), st.integers(946_684_000, 1_800_001_000),
+    st.integers(946_684_000_000, 1_800_001_000_000),
+    st.floats(allow_nan=False, allow_infinity=False), st.floats(1.5e9, 1.9e9),
+    st.text(max_size=3), st.text(min_size=120, max_size=140),
+    st.sampled_from(["2018-01-01T04:00:30", "2018-01-01T04:00:30+02:00", "1514779230", "x", ""]),
+    st.lists(st.integers(), max_size=2),
+)
+FIELDS = st.sampled_from(["driver_id", "timestamp", "on_duty", "lat", "driver"])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.dictionaries(FIELDS, VALUES, max_size=5))
+def test_fast_path_equals_exhaustive_checks(obj: dict) -> None:
+    value = orjson.dumps(obj, option=orjson.OPT_PASSTHROUGH_DATACLASS) if _encodable(obj) else b"{}"
+    assert parse_ping(value, LATEST) == parse_ping_checked(value, LATEST)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=80))
+def test_fast_path_equals_exhaustive_checks_on_bytes(value: bytes) -> None:
+    assert parse_ping(value, LATEST) == parse_ping_checked(value, LATEST)
+
+
+def _encodable(obj: dict) -> bool:
+    try:
+        orjson.dumps(obj)
+    except TypeError:
+        return False  # integers beyond 64 bits: orjson cannot write them
+    return True
