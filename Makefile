@@ -62,5 +62,17 @@ run: install recovery-init
 run-bounded: install recovery-init
 	PRESENCE_STOP_AT_END=1 $(PY) -m bytewax.run dataflow -w $(WORKERS) -r $(RECOVERY) -s 5 -b 0
 
+# Benchmarks side by side (docs/benchmarks.md): presence vs a raw-consumer ceiling, a
+# hand-written loop, stock Bytewax windows and Quix Streams (own venv). BENCH_ARGS e.g.
+# "--pings 100000 --no-latency --no-state". Writes bench/results/<date>.md and .json.
+bench: install stack-up
+	$(PY) -m pip install -q -e '.[bench]'
+	@if [ ! -f bench/.quix-venv/.installed ] || [ bench/requirements-quix.txt -nt bench/.quix-venv/.installed ]; then \
+	  $(PYTHON) -m venv bench/.quix-venv && \
+	  bench/.quix-venv/bin/python -m pip install -q -r bench/requirements-quix.txt && \
+	  touch bench/.quix-venv/.installed; \
+	fi
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-output
