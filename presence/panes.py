@@ -123,10 +123,6 @@ class ShardPanes:
         self.online = {p: remap(m) for p, m in self.online.items()}
         self.available = {p: remap(m) for p, m in self.available.items()}
 
-    def pairs(self) -> int:
-        """(driver, bucket) pairs held: the state-size unit of the benchmarks."""
-        return sum(m.bit_count() for m in self.online.values())
-
     def snapshot(self) -> dict:
         """An immutable copy (bytewax pickles it later): masks are ints."""
         return {

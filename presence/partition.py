@@ -138,10 +138,6 @@ class PartitionBatch:
         for shard, buckets in enumerate(self.shards):
             yield shard_key(shard), ShardPart(mark, buckets)
 
-    @property
-    def pings(self) -> int:
-        return sum(e[2] for b in self.shards for e in b.values())
-
 
 class PartitionReader:
     """Parse, judge and group the pings of one Kafka partition, in order."""
@@ -257,7 +253,7 @@ class PartitionReader:
                 continue
             shard = cache.get(driver)
             if shard is None:
-                shard = cache[driver] = zlib.crc32(driver.encode()) % shards
+                shard = cache[driver] = shard_of(driver, shards)
             start = int(time // bucket) * bucket
             sets = grouped[shard].get(start)
             if sets is None:

@@ -51,7 +51,7 @@ class ShardState:
             self.oldest: float = resume["oldest"]
             self.dirty: set[int] = set(resume["dirty"])
             self.corrected_late: int = resume["corrected_late"]
-            self.ignored: int = resume.get("ignored", 0)
+            self.not_counted: int = resume.get("not_counted", 0)
         else:
             self.panes = ShardPanes(spec)
             self.marks = {}
@@ -59,7 +59,7 @@ class ShardState:
             self.oldest = NO_EVENT
             self.dirty = set()
             self.corrected_late = 0
-            self.ignored = 0
+            self.not_counted = 0
         self._last_sent: tuple | None = None
 
     def snapshot(self) -> dict:
@@ -70,7 +70,7 @@ class ShardState:
             "oldest": self.oldest,
             "dirty": tuple(self.dirty),
             "corrected_late": self.corrected_late,
-            "ignored": self.ignored,
+            "not_counted": self.not_counted,
         }
 
     def apply(self, part: ShardPart) -> None:
@@ -84,7 +84,7 @@ class ShardState:
         countable = NO_EVENT if self.oldest == NO_EVENT else spec.bucket_of(self.oldest)
         for pane, (online, available, pings) in part.buckets.items():
             if pane < countable:
-                self.ignored += pings
+                self.not_counted += pings
                 continue
             if self.panes.add(pane, online, available):
                 self.dirty.update(spec.rows_of_pane(pane))
@@ -108,8 +108,8 @@ class ShardState:
             self.oldest = oldest
             self.panes.drop_before(spec.oldest_kept_pane(oldest))
 
-        summary = (watermark, self.oldest, self.corrected_late, self.ignored)
+        summary = (watermark, self.oldest, self.corrected_late, self.not_counted)
         if not partials and not final and summary == self._last_sent:
             return None
         self._last_sent = summary
-        return ShardReport(watermark, self.oldest, partials, self.corrected_late, self.ignored)
+        return ShardReport(watermark, self.oldest, partials, self.corrected_late, self.not_counted)
