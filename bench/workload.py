@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from presence.simulate import KafkaError, ensure_topic
+from presence.simulate import delete_topic as simulate_delete_topic
+
 START = 1_704_067_200.0
 """2024-01-01 00:00:00 UTC: event time of the first ping of a backlog workload."""
 WEIGHTS = (0.2, 0.3, 0.5)
@@ -168,31 +171,18 @@ def producer_config(brokers: str) -> dict:
 
 
 def create_topic(brokers: str, name: str, partitions: int = 3) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    admin = AdminClient({"bootstrap.servers": brokers})
-    for f in admin.create_topics([NewTopic(name, partitions, 1)],
-                                 operation_timeout=30).values():
-        f.result(timeout=60)
-    deadline = time.monotonic() + 60
-    while True:
-        meta = admin.list_topics(name, timeout=10).topics.get(name)
-        if meta is not None and meta.error is None and len(meta.partitions) == partitions:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"topic {name} did not get {partitions} partitions")
-        time.sleep(0.1)
+    """A new topic, ready to load (the simulator's topic creation)."""
+    count, created = ensure_topic(brokers, name, partitions)
+    if not created or count != partitions:
+        raise RuntimeError(f"topic {name} existed already")
 
 
 def delete_topic(brokers: str, name: str) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": brokers})
-    for f in admin.delete_topics([name], operation_timeout=30).values():
-        try:
-            f.result(timeout=60)
-        except Exception:  # noqa: BLE001 - cleanup only
-            pass
+    """Clean-up: a missing topic, or a failure to delete it, is not an error here."""
+    try:
+        simulate_delete_topic(brokers, name)
+    except KafkaError:
+        pass
 
 
 def produce(brokers: str, topic: str, w: Workload) -> float:

@@ -322,10 +322,7 @@ def ensure_topic(
 
     count = existing()
     if count is not None and recreate:
-        try:
-            admin.delete_topics([topic], operation_timeout=timeout)[topic].result(timeout)
-        except KafkaException as exc:
-            raise KafkaError(f"cannot delete topic {topic!r}: {_kafka_text(exc)}") from None
+        delete_topic(brokers, topic, extra, timeout)
         count = None
     if count is not None:
         return count, False
@@ -355,6 +352,23 @@ def ensure_topic(
             break
         time.sleep(0.2)
     return partitions, True
+
+
+def delete_topic(
+    brokers: str, topic: str, extra: dict | None = None, timeout: float = 30.0
+) -> bool:
+    """Delete ``topic``; False if there was none. Other failures raise :class:`KafkaError`."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": brokers, **(extra or {})})
+    try:
+        admin.delete_topics([topic], operation_timeout=timeout)[topic].result(timeout)
+    except KafkaException as exc:
+        if exc.args and getattr(exc.args[0], "name", lambda: "")() == "UNKNOWN_TOPIC_OR_PART":
+            return False
+        raise KafkaError(f"cannot delete topic {topic!r}: {_kafka_text(exc)}") from None
+    return True
 
 
 def _kafka_text(exc: Exception) -> str:

@@ -13,7 +13,8 @@ from typing import Callable
 
 import orjson
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+
+from presence.simulate import delete_topic, ensure_topic  # noqa: F401 - delete_topic for tests
 
 from tests.oracle import P
 
@@ -21,22 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def create_topic(brokers: str, name: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": brokers})
-    futures = admin.create_topics([NewTopic(name, partitions, 1)], operation_timeout=30)
-    for future in futures.values():
-        future.result(timeout=60)
-    # Wait until the metadata shows every partition (a condition, not a sleep).
-    wait_for(lambda: len(admin.list_topics(name, timeout=10).topics[name].partitions) == partitions,
-             f"topic {name} to have {partitions} partitions")
-
-
-def delete_topic(brokers: str, name: str) -> None:
-    admin = AdminClient({"bootstrap.servers": brokers})
-    for future in admin.delete_topics([name], operation_timeout=30).values():
-        try:
-            future.result(timeout=60)
-        except Exception:  # noqa: BLE001 - cleanup only
-            pass
+    """A new topic, ready to produce to (the simulator's topic creation)."""
+    count, created = ensure_topic(brokers, name, partitions)
+    assert created and count == partitions, f"topic {name} existed already"
 
 
 def produce(brokers: str, topic: str, partitions: list[list[object]]) -> None:
