@@ -32,6 +32,9 @@ EPOCH_MS_THRESHOLD = 1e11
 MIN_EVENT_TIME = 946_684_800.0
 """2000-01-01T00:00:00Z: earlier timestamps are ``invalid_field``."""
 
+TIME_BUCKET_FORMAT = "%Y-%m-%d %H:%M:%S"
+"""How ``timeBucket`` (and every instant in logs and dead letters) is written, UTC."""
+
 RAW_KEEP_BYTES = 4 * 1024
 """How much of a rejected value a dead letter keeps, as text."""
 
@@ -228,7 +231,7 @@ def format_instant(epoch_seconds: float) -> str:
         moment = datetime.fromtimestamp(epoch_seconds, timezone.utc)
     except (ValueError, OverflowError, OSError):
         return f"{epoch_seconds:.0f} (epoch seconds)"
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
+    return moment.strftime(TIME_BUCKET_FORMAT)
 
 
 def raw_text(value: bytes | None) -> str:

@@ -21,13 +21,12 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from presence.mongo import DEAD_LETTERS, REPORTS, STATUS
+from presence.pings import EPOCH_MS_THRESHOLD, TIME_BUCKET_FORMAT, format_instant
 from presence.settings import Settings, redact_uri
 
 MAX_ROWS = 100_000
 """Most rows one query returns (about ten weeks of one-minute buckets)."""
 
-EPOCH_MS_THRESHOLD = 1e11
-BUCKET_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 class TimeError(ValueError):
@@ -100,13 +99,13 @@ def parse_range(start: str | None, end: str | None) -> TimeRange:
     return TimeRange(low, high)
 
 
-def format_bucket(epoch_seconds: float) -> str:
-    return datetime.fromtimestamp(epoch_seconds, timezone.utc).strftime(BUCKET_FORMAT)
+format_bucket = format_instant
+"""A bucket's ``timeBucket`` text: the dataflow's own formatting, so reads match writes."""
 
 
 def bucket_epoch(time_bucket: str) -> float:
     return (
-        datetime.strptime(time_bucket, BUCKET_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+        datetime.strptime(time_bucket, TIME_BUCKET_FORMAT).replace(tzinfo=timezone.utc).timestamp()
     )
 
 
