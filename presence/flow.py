@@ -105,8 +105,9 @@ class BookLogic(StatefulBatchLogic):
         self._next_status = now
         self._next_rows = now
         self._next_progress = now + progress_seconds
-        self._last_progress = (now, self.book.totals().valid)
-        self._not_counted = self.book.totals().not_counted
+        totals = self.book.totals()
+        self._last_progress = (now, totals.valid)
+        self._not_counted = totals.not_counted
 
     def on_batch(self, items: list) -> tuple[list, bool]:
         book = self.book
