@@ -16,7 +16,10 @@ server is back; nothing is dropped.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import sys
+import threading
 import time
 from datetime import datetime, timezone
 from typing import Callable, Iterable, TypeVar
@@ -55,6 +58,67 @@ def connect(uri: str) -> MongoClient:
         appname="presence",
         tz_aware=True,
     )
+
+
+_PYMONGO_EXIT_HANDLERS = (
+    ("pymongo.synchronous.monitor", "_shutdown_resources"),  # pymongo >= 4.9
+    ("pymongo.monitor", "_shutdown_resources"),
+    ("pymongo.periodic_executor", "_shutdown_executors"),  # older
+)
+
+
+def skip_pymongo_exit_join() -> None:
+    """Drop pymongo's exit handler once our clients are closed (see :class:`SharedClients`)."""
+    for module_name, name in _PYMONGO_EXIT_HANDLERS:
+        module = sys.modules.get(module_name)
+        handler = getattr(module, name, None)
+        if handler is not None:
+            atexit.unregister(handler)
+
+
+class SharedClients:
+    """One ``MongoClient`` per URI for all sinks of a process, counted by users.
+
+    The three sinks (on every worker of the process) share one connection
+    pool and one set of monitor threads, and the indexes are made once. When
+    the last user lets go, the client is closed, and pymongo's exit handler,
+    which would join the stopped monitor threads (each sleeps in 0.5 s
+    steps, so a bounded run would sit idle for up to 0.5 s before exiting),
+    is no longer needed: the threads are daemons and already told to stop.
+    """
+
+    def __init__(self, connect: Callable[[str], MongoClient] = connect) -> None:
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._clients: dict[str, tuple[MongoClient, int]] = {}
+
+    def acquire(self, uri: str) -> tuple[MongoClient, bool]:
+        """The client for ``uri`` and whether it is new (indexes still to make)."""
+        with self._lock:
+            client, users = self._clients.get(uri, (None, 0))
+            fresh = client is None
+            if fresh:
+                client = self._connect(uri)
+            self._clients[uri] = (client, users + 1)
+            return client, fresh
+
+    def release(self, uri: str) -> None:
+        with self._lock:
+            client, users = self._clients[uri]
+            if users > 1:
+                self._clients[uri] = (client, users - 1)
+                return
+            del self._clients[uri]
+            client.close()
+            if not self._clients:
+                skip_pymongo_exit_join()
+
+    def open_uris(self) -> list[str]:
+        with self._lock:
+            return list(self._clients)
+
+
+CLIENTS = SharedClients()
 
 
 def with_retry(
@@ -181,14 +245,15 @@ def _time_field(name: str, epoch_seconds: float) -> dict:
 class _MongoPartition(StatelessSinkPartition):
     def __init__(self, settings: Settings, collection: str, write: Callable) -> None:
         self.settings = settings
-        self.client = connect(settings.mongo_uri)
+        self.client, fresh = CLIENTS.acquire(settings.mongo_uri)
         self.db = self.client[settings.mongo_db]
         self.collection = self.db[collection]
         self.write = write
-        with_retry(
-            f"creating indexes at {redact_uri(settings.mongo_uri)}",
-            lambda: ensure_indexes(self.db),
-        )
+        if fresh:
+            with_retry(
+                f"creating indexes at {redact_uri(settings.mongo_uri)}",
+                lambda: ensure_indexes(self.db),
+            )
 
     def write_batch(self, items: list) -> None:
         if items:
@@ -212,7 +277,7 @@ class _MongoPartition(StatelessSinkPartition):
         with_retry(what, attempt)
 
     def close(self) -> None:
-        self.client.close()
+        CLIENTS.release(self.settings.mongo_uri)
 
 
 def _write_rows(part: _MongoPartition, rows: list[Row]) -> None:

@@ -212,7 +212,6 @@ class PartitionReader:
         spec = self.spec
         shards = spec.shards
         bucket = spec.bucket
-        grouped: list[BucketSets] = [{} for _ in range(shards)]
         dead: list[DeadLetter] = []
         topic, partition = self.topic, self.partition
         latest_allowed = now + spec.max_future_skew
@@ -221,7 +220,10 @@ class PartitionReader:
         cache = self._shard_cache
         if len(cache) > 500_000:
             cache.clear()
-        valid = invalid = too_late = 0
+        invalid = too_late = 0
+        # Keyed by bucket number (a float, ``time // bucket``) in the loop;
+        # turned into bucket starts once per batch below.
+        by_number: list[dict] = [{} for _ in range(shards)]
 
         for message in messages:
             value = message.value()
@@ -254,18 +256,22 @@ class PartitionReader:
             shard = cache.get(driver)
             if shard is None:
                 shard = cache[driver] = shard_of(driver, shards)
-            start = int(time // bucket) * bucket
-            sets = grouped[shard].get(start)
+            number = time // bucket
+            sets = by_number[shard].get(number)
             if sets is None:
-                sets = grouped[shard][start] = [set(), set(), 0]
+                sets = by_number[shard][number] = [set(), set(), 0]
             sets[0].add(driver)
             if on_duty:
                 sets[1].add(driver)
             sets[2] += 1
-            valid += 1
 
+        grouped: list[BucketSets] = [
+            {int(number) * bucket: sets for number, sets in numbered.items()}
+            for numbered in by_number
+        ]
         if messages:
             self.next_offset = messages[-1].offset() + 1
+        valid = len(messages) - invalid - too_late
         if valid:
             self.read_at = now
         self.max_event = max_event

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import NamedTuple, Union
+from typing import Annotated, Literal, NamedTuple, Union
 
 import msgspec
 import orjson
@@ -73,17 +73,26 @@ _JSONDecodeError = orjson.JSONDecodeError
 _isfinite = math.isfinite
 
 
-class _Shape(msgspec.Struct):
-    """The usual shape of a ping, decoded and type-checked in C by msgspec."""
+_MAX_U64 = 2**64 - 1  # orjson's limit: larger integers are invalid JSON to us
 
-    driver_id: Union[int, str]
-    timestamp: Union[int, float, str]
-    on_duty: Union[bool, int]
+
+class _Shape(msgspec.Struct):
+    """The usual shape of a valid ping, decoded and checked in C by msgspec.
+
+    Anything it refuses (ISO-8601 text timestamps, out-of-range ids, other
+    ``on_duty`` values, bad JSON) goes through :func:`parse_ping_checked`.
+    """
+
+    driver_id: Union[
+        Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)],  # larger: the checked path
+        Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DRIVER_ID_CHARS)],
+    ]
+    timestamp: Union[int, float]
+    on_duty: Union[bool, Literal[0, 1]]
 
 
 _decode_shape = msgspec.json.Decoder(_Shape).decode
 _DecodeError = msgspec.DecodeError  # ValidationError is a subclass
-_MAX_U64 = 2**64 - 1  # orjson's limit: larger integers are invalid JSON to us
 
 
 def parse_ping(value: bytes | None, latest_allowed: float) -> Parsed:
@@ -103,27 +112,13 @@ def parse_ping(value: bytes | None, latest_allowed: float) -> Parsed:
     except _DecodeError:
         return parse_ping_checked(value, latest_allowed)
     driver = shape.driver_id
-    stamp = shape.timestamp
-    duty = shape.on_duty
     if type(driver) is int:
-        if driver < 0 or driver > _MAX_U64:
-            return parse_ping_checked(value, latest_allowed)
         driver = str(driver)
-    elif not driver or len(driver) > MAX_DRIVER_ID_CHARS:
-        return parse_ping_checked(value, latest_allowed)
-    if type(stamp) is str:
-        return parse_ping_checked(value, latest_allowed)
+    stamp = shape.timestamp
     if stamp >= EPOCH_MS_THRESHOLD:
         stamp = stamp / 1000.0
-    if duty is not True and duty is not False:
-        if duty == 1:
-            duty = True
-        elif duty == 0:
-            duty = False
-        else:
-            return parse_ping_checked(value, latest_allowed)
     if MIN_EVENT_TIME <= stamp <= latest_allowed:
-        return (driver, float(stamp), duty)
+        return (driver, stamp + 0.0, shape.on_duty == 1)
     return parse_ping_checked(value, latest_allowed)
 
 
