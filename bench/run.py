@@ -40,13 +40,14 @@ BROKERS = os.environ.get("BENCH_BROKERS", "127.0.0.1:9092")
 MONGO_URI = os.environ.get("BENCH_MONGO_URI", "mongodb://127.0.0.1:27017")
 PY = sys.executable
 
-SYSTEMS = ("ceiling", "handloop", "presence-1w", "presence-1w-fetch", "presence-2p",
+SYSTEMS = ("ceiling", "ceiling-2p", "handloop", "presence-1w", "presence-1w-fetch", "presence-2p",
            "presence-2p-fetch", "bytewax", "quix")
 FETCH_CONFIG = '{"max.partition.fetch.bytes": 10485760}'
 """librdkafka setting given to the ceiling, the hand loop and the *-fetch presence runs."""
 
 NOTES = {
     "ceiling": "1 consumer, consume(5000) + orjson.loads, nothing else; fetch 10 MiB",
+    "ceiling-2p": "the same in 2 processes at once, partitions 0+2 / 1 (as bytewax places them)",
     "handloop": "plain Python: parse, per-bucket sets, unions, upserts; no recovery; fetch 10 MiB",
     "presence-1w": "python -m bytewax.run dataflow, PRESENCE_STOP_AT_END=1, defaults",
     "presence-1w-fetch": "same + PRESENCE_KAFKA_CONFIG max.partition.fetch.bytes 10 MiB",
@@ -118,6 +119,8 @@ def compare(rows: dict, oracle: dict) -> tuple[bool, str]:
 def command(system: str, topic: str, db: str, args) -> tuple[list[str], dict]:
     if system == "ceiling":
         return [PY, "-m", "bench.peers.ceiling", topic], base_env()
+    if system == "ceiling-2p":
+        return [PY, "-m", "bench.peers.ceiling", topic, "--processes", "2"], base_env()
     if system == "handloop":
         return [PY, "-m", "bench.peers.handloop", topic, db], base_env()
     if system == "presence-1w":
@@ -177,7 +180,7 @@ def run_system(system: str, topic: str, run_id: str, pings: int, oracle: dict, a
     }
     if m.returncode != 0:
         log(f"{system} exited {m.returncode}:\n{m.output[-3000:]}")
-    if system == "ceiling":
+    if system.startswith("ceiling"):
         result["exact"], result["exactness"] = None, "no rows (reads only)"
     else:
         result["exact"], result["exactness"] = compare(stored_rows(db), oracle)
@@ -187,6 +190,20 @@ def run_system(system: str, topic: str, run_id: str, pings: int, oracle: dict, a
         f"{result['pings_per_s']:,.0f} pings/s, {result['pings_per_cpu_s']:,.0f} pings/CPU-s, "
         f"{result['peak_rss_mb']:.0f} MB, {result['exactness']}")
     return result
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median wall time, with the spread and exactness of all runs."""
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    out = dict(ordered[(len(ordered) - 1) // 2])
+    out["runs"] = len(runs)
+    out["wall_min_s"], out["wall_max_s"] = ordered[0]["wall_s"], ordered[-1]["wall_s"]
+    wrong = [r for r in runs if r["exact"] is False]
+    if wrong:
+        out["exact"] = False
+        out["exactness"] = wrong[0]["exactness"] + (
+            f" in {len(wrong)} of {len(runs)} runs" if len(runs) > 1 else "")
+    return out
 
 
 def _delete_quix_topics(topic: str) -> None:
@@ -462,10 +479,18 @@ def fmt_rate(x: float) -> str:
     return f"{x:,.0f}"
 
 
+def spread(r: dict) -> str:
+    n = r.get("runs", 1)
+    if n == 1:
+        return "1"
+    return f"{n}: {r['wall_min_s']:.2f}-{r['wall_max_s']:.2f}"
+
+
 def table(results: list[dict], ceiling: dict | None) -> str:
-    head = ("| system | exact | wall s | pings/s (wall) | pings/CPU-s | vs ceiling (wall) "
-            "| vs ceiling (CPU) | peak RSS MB | load avg | settings |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| system | exact | wall s (median) | runs: wall min-max | pings/s (wall) "
+            "| pings/CPU-s | vs ceiling (wall) | vs ceiling (CPU) | peak RSS MB | load avg "
+            "| settings |")
+    lines = [head, "|" + "---|" * 11]
     for r in results:
         exact = {True: "yes", False: "**no**", None: "n/a"}[r["exact"]]
         if r["exact"] is False:
@@ -473,7 +498,8 @@ def table(results: list[dict], ceiling: dict | None) -> str:
         vw = r["pings_per_s"] / ceiling["pings_per_s"] if ceiling else float("nan")
         vc = r["pings_per_cpu_s"] / ceiling["pings_per_cpu_s"] if ceiling else float("nan")
         lines.append(
-            f"| {r['system']} | {exact} | {r['wall_s']:.1f} | {fmt_rate(r['pings_per_s'])} "
+            f"| {r['system']} | {exact} | {r['wall_s']:.2f} | {spread(r)} "
+            f"| {fmt_rate(r['pings_per_s'])} "
             f"| {fmt_rate(r['pings_per_cpu_s'])} | {vw:.2f} | {vc:.2f} | {r['peak_rss_mb']:.0f} "
             f"| {r['load_before']:.1f}→{r['load_after']:.1f} | {r['note']} |")
     return "\n".join(lines)
@@ -483,6 +509,10 @@ def targets(by: dict, lat: dict | None, state: dict | None) -> list[tuple[str, s
     out = []
     p1 = by.get("presence-1w")
     ceil = by.get("ceiling")
+    if ceil and by.get("ceiling-2p"):
+        x = by["ceiling-2p"]["pings_per_s"] / ceil["pings_per_s"]
+        out.append(("(machine) ceiling-2p / ceiling (wall): what a second process adds "
+                    "here with no framework", f"{x:.2f} x", None))
     for name in ("presence-1w", "presence-1w-fetch"):
         if by.get(name) and ceil:
             x = by[name]["pings_per_s"] / ceil["pings_per_s"]
@@ -545,7 +575,8 @@ def render(args, mach: dict, results: list[dict], lat: dict | None, state: dict 
             f"drivers, {ctl['pairs']:,} pairs).", ""]
     lines += ["Targets (presence):", "", "| target | measured | met |", "|---|---|---|"]
     for name, val, ok in targets(by, lat, state):
-        lines.append(f"| {name} | {val} | {'yes' if ok else '**no**'} |")
+        met = {True: "yes", False: "**no**", None: "(for reference)"}[ok]
+        lines.append(f"| {name} | {val} | {met} |")
     lines += ["", "Machine: " + ", ".join(f"{k}: {v}" for k, v in mach.items()), "",
               f"Load average (1/5/15 min) at start {load['start']}, at end {load['end']}. "
               "The 2 cores are shared with Kafka, FerretDB and anything else running.", ""]
@@ -578,6 +609,11 @@ def parse_args(argv=None):
     ap.add_argument("--state-pings", type=int, default=1_000_000)
     ap.add_argument("--state-drivers", type=int, default=100_000)
     ap.add_argument("--state-control-drivers", type=int, default=1_000)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each system, interleaved; the table shows the median run")
+    ap.add_argument("--repeat-under", type=float, default=30.0,
+                    help="only systems whose first run took under this many seconds "
+                         "are repeated (the slow peers run once)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--keep-dbs", action="store_true")
     ap.add_argument("--results", default=str(RESULTS), help="where to write the results")
@@ -611,23 +647,31 @@ def main(argv=None) -> int:
     startup = {}
     if any(s.startswith("presence") for s in systems) and not args.no_startup:
         startup = measure_startup(run_id, [s for s in systems if s.startswith("presence")], args)
-    results = []
+    runs: dict[str, list[dict]] = {s: [] for s in systems}
     quix = mach["quixstreams"]
     try:
-        for system in systems:
-            r = run_system(system, topic, run_id, w.pings, oracle, args)
-            r["note"] = NOTES[system].format(wait=args.bytewax_wait, grace=args.quix_grace,
-                                             quix=quix)
-            if system == "quix" and args.quix_mode == "reduce":
-                r["note"] = r["note"].replace("collect()", "reduce(sets)")
-            if system in startup:
-                r["startup_s"] = startup[system]
-                busy = r["wall_s"] - startup[system]
-                r["steady_pings_per_s"] = w.pings / busy if busy > 0 else float("nan")
-            results.append(r)
+        for round_no in range(max(1, args.repeat)):
+            if round_no:
+                log(f"round {round_no + 1} of {args.repeat}")
+            for system in systems:
+                if round_no and runs[system][0]["wall_s"] >= args.repeat_under:
+                    continue
+                runs[system].append(run_system(system, topic, run_id, w.pings, oracle, args))
     finally:
         wl.delete_topic(BROKERS, topic)
         _delete_quix_topics(topic)
+    results = []
+    for system in systems:
+        r = median_run(runs[system])
+        r["note"] = NOTES[system].format(wait=args.bytewax_wait, grace=args.quix_grace,
+                                         quix=quix)
+        if system == "quix" and args.quix_mode == "reduce":
+            r["note"] = r["note"].replace("collect()", "reduce(sets)")
+        if system in startup:
+            r["startup_s"] = startup[system]
+            busy = r["wall_s"] - startup[system]
+            r["steady_pings_per_s"] = w.pings / busy if busy > 0 else float("nan")
+        results.append(r)
 
     lat = None if args.no_latency else latency_test(args, run_id)
     state = None if args.no_state else state_test(args, run_id)

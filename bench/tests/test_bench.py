@@ -83,19 +83,30 @@ def test_table_and_targets_render():
     assert checks["1 worker >= 10 x quix (pings/CPU-s)"] is True
 
 
+def test_median_run_reports_the_spread_and_any_inexact_run():
+    runs = [{"wall_s": w, "exact": e, "exactness": x}
+            for w, e, x in ((3.0, True, "ok"), (1.0, True, "ok"), (2.0, False, "1 row wrong"))]
+    r = bench_run.median_run(runs)
+    assert (r["wall_s"], r["runs"], r["wall_min_s"], r["wall_max_s"]) == (2.0, 3, 1.0, 3.0)
+    assert r["exact"] is False and r["exactness"] == "1 row wrong in 1 of 3 runs"
+    assert bench_run.spread(r) == "3: 1.00-3.00"
+
+
 @pytest.mark.stack
 @pytest.mark.skipif(not _stack_up(), reason="needs the local stack (make stack-up)")
 def test_tiny_end_to_end_run(tmp_path):
     code = bench_run.main([
         "--pings", "3000", "--drivers", "100",
-        "--only", "ceiling,handloop,presence-1w",
+        "--only", "ceiling,ceiling-2p,handloop,presence-1w", "--repeat", "2",
         "--no-latency", "--no-state", "--no-startup", "--results", str(tmp_path),
     ])
     assert code == 0
     [result] = tmp_path.glob("*.json")
     data = json.loads(result.read_text())
     by = {r["system"]: r for r in data["results"]}
-    assert set(by) == {"ceiling", "handloop", "presence-1w"}
+    assert set(by) == {"ceiling", "ceiling-2p", "handloop", "presence-1w"}
+    assert all(r["runs"] == 2 and r["wall_min_s"] <= r["wall_s"] <= r["wall_max_s"]
+               for r in by.values())
     assert by["handloop"]["exact"] is True
     assert by["presence-1w"]["exact"] is True, by["presence-1w"]["exactness"]
     assert all(r["pings_per_cpu_s"] > 0 and r["peak_rss_mb"] > 0 for r in by.values())
