@@ -33,7 +33,7 @@ def read(topic: str, only: set[int] | None = None) -> int:
     loads = orjson.loads
     n = 0
     while left:
-        for msg in c.consume(5000, timeout=0.5):
+        for msg in c.consume(5000, timeout=0.02):
             if msg.error() is not None:
                 continue
             loads(msg.value())

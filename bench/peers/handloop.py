@@ -32,7 +32,7 @@ def main(topic: str, db: str) -> None:
     greatest = {p: float("-inf") for p in ends}
     n = 0
     while left:
-        for msg in c.consume(5000, timeout=0.5):
+        for msg in c.consume(5000, timeout=0.02):
             if msg.error() is not None:
                 continue
             p = msg.partition()
