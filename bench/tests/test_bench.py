@@ -110,4 +110,6 @@ def test_tiny_end_to_end_run(tmp_path):
     assert by["handloop"]["exact"] is True
     assert by["presence-1w"]["exact"] is True, by["presence-1w"]["exactness"]
     assert all(r["pings_per_cpu_s"] > 0 and r["peak_rss_mb"] > 0 for r in by.values())
+    # presence's own "done" line is found: the steady rate of the scaling target.
+    assert by["presence-1w"]["steady_pings_per_s"] > 0
     assert list(tmp_path.glob("*.md"))
