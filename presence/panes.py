@@ -68,11 +68,15 @@ class ShardPanes:
         self.online: dict[int, int] = {}
         self.available: dict[int, int] = {}
 
-    def add(self, pane: int, online: Iterable[str], available: Iterable[str]) -> bool:
-        """Add drivers to a pane; true if the pane gained any."""
+    def add(self, pane: int, online: Iterable[str], off_duty: Iterable[str]) -> bool:
+        """Add drivers to a pane; true if the pane gained any.
+
+        ``online`` are the drivers seen, ``off_duty`` those of them never on
+        duty in these pings; the others are available.
+        """
         index = self.index
         new_online = index.mask_of(online)
-        new_available = index.mask_of(available) if available else 0
+        new_available = new_online & ~index.mask_of(off_duty) if off_duty else new_online
         old_online = self.online.get(pane, 0)
         old_available = self.available.get(pane, 0)
         if new_online & ~old_online or new_available & ~old_available:

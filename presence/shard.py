@@ -82,11 +82,11 @@ class ShardState:
         # partition the topic did not have when state was dropped: counting
         # it would rewrite rows from incomplete panes.
         countable = NO_EVENT if self.oldest == NO_EVENT else spec.bucket_of(self.oldest)
-        for pane, (online, available, pings) in part.buckets.items():
+        for pane, (online, off_duty, pings) in part.buckets.items():
             if pane < countable:
                 self.not_counted += pings
                 continue
-            if self.panes.add(pane, online, available):
+            if self.panes.add(pane, online, off_duty):
                 self.dirty.update(spec.rows_of_pane(pane))
             if spec.row_end(pane) <= self.watermark:
                 self.corrected_late += pings

@@ -42,10 +42,12 @@ def test_buckets_align_to_the_epoch() -> None:
 
 def test_panes_count_distinct_drivers_over_the_window() -> None:
     panes = ShardPanes(SPEC)
-    assert panes.add(T0, {"a", "b"}, {"a"})
-    assert not panes.add(T0, {"a"}, {"a"})  # nothing new
-    assert panes.add(T0 + 60, {"b", "c"}, {"c"})
-    assert panes.row_counts(T0 + 60) == (3, 2)
+    assert panes.add(T0, {"a", "b"}, {"b"})  # b is off duty
+    assert not panes.add(T0, {"a"}, set())  # nothing new
+    assert not panes.add(T0, {"a"}, {"a"})  # off duty now, but was available: nothing new
+    assert panes.add(T0, {"b"}, set())  # b on duty: available in the pane now
+    assert panes.add(T0 + 60, {"b", "c"}, {"b"})
+    assert panes.row_counts(T0 + 60) == (3, 3)
     assert panes.row_counts(T0 + 300) == (2, 1)  # T0's pane is out of this row
     assert panes.row_counts(T0 + 360) == (0, 0)
 
@@ -53,14 +55,15 @@ def test_panes_count_distinct_drivers_over_the_window() -> None:
 def test_dropping_and_compacting_keeps_counts_exact() -> None:
     panes = ShardPanes(SPEC)
     for i in range(40):
-        panes.add(T0 + 60 * i, {f"d{i}-{k}" for k in range(100)}, {f"d{i}-{k}" for k in range(0, 100, 3)})
+        panes.add(T0 + 60 * i, {f"d{i}-{k}" for k in range(100)},
+                  {f"d{i}-{k}" for k in range(100) if k % 3})  # every third available
     before = panes.row_counts(T0 + 60 * 39)
     panes.drop_before(T0 + 60 * 35)
     assert len(panes.index) == 500  # renumbered: only drivers still in a pane
     assert panes.row_counts(T0 + 60 * 39) == before == (500, 170)
     again = ShardPanes.restore(SPEC, pickle.loads(pickle.dumps(panes.snapshot())))
     assert again.row_counts(T0 + 60 * 39) == before
-    assert again.add(T0 + 60 * 39, {"new"}, set())
+    assert again.add(T0 + 60 * 39, {"new"}, {"new"})  # off duty
     assert again.row_counts(T0 + 60 * 39) == (501, 170)
 
 
