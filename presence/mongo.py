@@ -21,6 +21,7 @@ import logging
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, TypeVar
 
@@ -80,42 +81,60 @@ class SharedClients:
     """One ``MongoClient`` per URI for all sinks of a process, counted by users.
 
     The three sinks (on every worker of the process) share one connection
-    pool and one set of monitor threads, and the indexes are made once. When
-    the last user lets go, the client is closed, and pymongo's exit handler,
-    which would join the stopped monitor threads (each sleeps in 0.5 s
-    steps, so a bounded run would sit idle for up to 0.5 s before exiting),
-    is no longer needed: the threads are daemons and already told to stop.
+    pool and one set of monitor threads, and each database gets its indexes
+    once, before any sink writes to it. When the last user lets go, the
+    client is closed, and pymongo's exit handler, which would join the
+    stopped monitor threads (each sleeps in 0.5 s steps, so a bounded run
+    would sit idle for up to 0.5 s before exiting), is no longer needed: the
+    threads are daemons and already told to stop.
     """
 
     def __init__(self, connect: Callable[[str], MongoClient] = connect) -> None:
         self._connect = connect
         self._lock = threading.Lock()
-        self._clients: dict[str, tuple[MongoClient, int]] = {}
+        self._clients: dict[str, _Shared] = {}
 
-    def acquire(self, uri: str) -> tuple[MongoClient, bool]:
-        """The client for ``uri`` and whether it is new (indexes still to make)."""
+    def acquire(
+        self, uri: str, db: str, prepare: Callable[[Database], None]
+    ) -> MongoClient:
+        """The client for ``uri``; ``prepare(database)`` runs once per database."""
         with self._lock:
-            client, users = self._clients.get(uri, (None, 0))
-            fresh = client is None
-            if fresh:
-                client = self._connect(uri)
-            self._clients[uri] = (client, users + 1)
-            return client, fresh
+            shared = self._clients.get(uri)
+            if shared is None:
+                shared = self._clients[uri] = _Shared(self._connect(uri))
+            shared.users += 1
+        try:
+            with shared.prepare_lock:
+                if db not in shared.prepared:
+                    prepare(shared.client[db])
+                    shared.prepared.add(db)
+        except BaseException:
+            self.release(uri)
+            raise
+        return shared.client
 
     def release(self, uri: str) -> None:
         with self._lock:
-            client, users = self._clients[uri]
-            if users > 1:
-                self._clients[uri] = (client, users - 1)
+            shared = self._clients[uri]
+            shared.users -= 1
+            if shared.users:
                 return
             del self._clients[uri]
-            client.close()
+            shared.client.close()
             if not self._clients:
                 skip_pymongo_exit_join()
 
     def open_uris(self) -> list[str]:
         with self._lock:
             return list(self._clients)
+
+
+@dataclass(eq=False)
+class _Shared:
+    client: MongoClient
+    users: int = 0
+    prepared: set[str] = field(default_factory=set)
+    prepare_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 CLIENTS = SharedClients()
@@ -245,15 +264,17 @@ def _time_field(name: str, epoch_seconds: float) -> dict:
 class _MongoPartition(StatelessSinkPartition):
     def __init__(self, settings: Settings, collection: str, write: Callable) -> None:
         self.settings = settings
-        self.client, fresh = CLIENTS.acquire(settings.mongo_uri)
+        self.client = CLIENTS.acquire(
+            settings.mongo_uri,
+            settings.mongo_db,
+            lambda db: with_retry(
+                f"creating indexes at {redact_uri(settings.mongo_uri)}",
+                lambda: ensure_indexes(db),
+            ),
+        )
         self.db = self.client[settings.mongo_db]
         self.collection = self.db[collection]
         self.write = write
-        if fresh:
-            with_retry(
-                f"creating indexes at {redact_uri(settings.mongo_uri)}",
-                lambda: ensure_indexes(self.db),
-            )
 
     def write_batch(self, items: list) -> None:
         if items:
