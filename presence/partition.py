@@ -220,7 +220,8 @@ class PartitionReader:
         topic, partition = self.topic, self.partition
         latest_allowed = now + spec.max_future_skew
         max_event = self.max_event
-        too_late_before = max_event - spec.lateness - spec.horizon
+        lateness, horizon = spec.lateness, spec.horizon
+        too_late_before = max_event - lateness - horizon
         cache = self._shard_cache
         if len(cache) > 500_000:
             cache.clear()
@@ -244,7 +245,7 @@ class PartitionReader:
             driver, time, on_duty = ping
             if time > max_event:
                 max_event = time
-                too_late_before = time - spec.lateness - spec.horizon
+                too_late_before = time - lateness - horizon
             elif time < too_late_before:
                 too_late += 1
                 dead.append(
