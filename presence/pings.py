@@ -73,9 +73,6 @@ _JSONDecodeError = orjson.JSONDecodeError
 _isfinite = math.isfinite
 
 
-_MAX_U64 = 2**64 - 1  # orjson's limit: larger integers are invalid JSON to us
-
-
 class _Shape(msgspec.Struct):
     """The usual shape of a valid ping, decoded and checked in C by msgspec.
 
@@ -84,7 +81,8 @@ class _Shape(msgspec.Struct):
     """
 
     driver_id: Union[
-        Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)],  # larger: the checked path
+        # msgspec bounds stop at int64; larger ids (up to orjson's u64) take the checked path
+        Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)],
         Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DRIVER_ID_CHARS)],
     ]
     timestamp: Union[int, float]
