@@ -33,6 +33,7 @@ import numpy as np
 
 from bench import workload as wl
 from bench.measure import Measured, run_measured
+from bench.peers.common import TUNED_FETCH
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -43,8 +44,8 @@ PY = sys.executable
 
 SYSTEMS = ("ceiling", "ceiling-2p", "handloop", "presence-1w", "presence-1w-fetch", "presence-2p",
            "presence-2p-fetch", "bytewax", "quix")
-FETCH_CONFIG = '{"max.partition.fetch.bytes": 10485760}'
-"""librdkafka setting given to the ceiling, the hand loop and the *-fetch presence runs."""
+FETCH_CONFIG = json.dumps({"max.partition.fetch.bytes": TUNED_FETCH["max.partition.fetch.bytes"]})
+"""The peers' fetch size, given to the *-fetch presence runs (presence sets the backoff itself)."""
 
 NOTES = {
     "ceiling": "1 consumer, consume(5000) + orjson.loads, nothing else; fetch 10 MiB",
