@@ -151,8 +151,10 @@ def test_more_partitions_are_fine_and_counted(kafka_brokers, mongo_uri, names, t
     before = stored_rows(db)
     assert db[FINGERPRINTS].find_one({"_id": DOC_ID})["partitions"] == 2
 
-    AdminClient({"bootstrap.servers": kafka_brokers}).create_partitions(
-        [NewPartitions(a, 3)])[a].result(30)
+    admin = AdminClient({"bootstrap.servers": kafka_brokers})
+    admin.create_partitions([NewPartitions(a, 3)])[a].result(30)
+    wait_for(lambda: len(admin.list_topics(a, timeout=10).topics[a].partitions) == 3,
+             "the third partition")
     new = [P(f"new-{i}", T0 + 300 + 20 * i, True) for i in range(20)]
     produce(kafka_brokers, a, [[], [], new])
     run_dataflow(env, "-r", str(rec), *ARGS)

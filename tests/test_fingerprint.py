@@ -282,3 +282,14 @@ def test_recovery_show_of_a_damaged_directory_is_one_line_exit_2(tmp_path) -> No
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("presence: recovery file ")
+
+
+def test_the_source_step_read_at_start_up_is_the_flows() -> None:
+    from bytewax.testing import TestingSink, TestingSource
+
+    from presence.flow import Sinks, build_flow
+    from presence.windows import WindowSpec
+
+    sink = TestingSink([])
+    flow = build_flow(WindowSpec(), TestingSource([]), Sinks(sink, sink, sink))
+    assert flow.substeps[0].step_id == SOURCE_STEP
