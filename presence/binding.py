@@ -223,9 +223,29 @@ def _connect_db(settings: Settings):
 # -- both ---------------------------------------------------------------------------
 
 
-def read_recovery(recovery: Path | None) -> RecoveryDir | None:
-    """The ``-r`` directory as bytewax will find it; :class:`RecoveryDirError` if unusable."""
-    return read_dir(recovery) if recovery is not None else None
+def cluster_run(argv: list[str] | None = None, env: dict | None = None) -> bool:
+    """Whether this process is one of several (``-a host:port;host:port``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ if env is None else env
+    addresses = env.get("BYTEWAX_ADDRESSES") or ""
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if arg == "-a" or (name.startswith("--a") and "--addresses".startswith(name)):
+            addresses = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        elif arg.startswith("-a") and not arg.startswith("--"):
+            addresses = arg[2:]
+    return len([a for a in addresses.split(";") if a.strip()]) > 1
+
+
+def read_recovery(recovery: Path | None, complete: bool | None = None) -> RecoveryDir | None:
+    """The ``-r`` directory as bytewax will find it; :class:`RecoveryDirError` if unusable.
+
+    One process of a cluster may hold only some partitions (``complete``
+    defaults to "not a cluster run").
+    """
+    if recovery is None:
+        return None
+    return read_dir(recovery, complete=not cluster_run() if complete is None else complete)
 
 
 def bind_input(

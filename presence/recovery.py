@@ -90,7 +90,7 @@ class RecoveryDir:
 
     @property
     def part_count(self) -> int:
-        return self.parts[0].part_count
+        return self.parts[0].part_count if self.parts else 0
 
     @property
     def empty(self) -> bool:
@@ -231,8 +231,13 @@ def part_files(directory: Path) -> list[Path]:
     )
 
 
-def read_dir(directory: Path, step_id: str = SOURCE_STEP) -> RecoveryDir:
-    """A whole recovery directory; :class:`RecoveryDirError` if a run could not use it."""
+def read_dir(directory: Path, step_id: str = SOURCE_STEP, complete: bool = True) -> RecoveryDir:
+    """A whole recovery directory; :class:`RecoveryDirError` if a run could not use it.
+
+    ``complete=False`` is for one process of a cluster (``-a`` with several
+    addresses): it may hold only some of the partitions, or none, as long as
+    the processes together hold all (which only bytewax, seeing all, checks).
+    """
     directory = Path(directory)
     if not directory.exists():
         raise RecoveryDirError(
@@ -242,13 +247,14 @@ def read_dir(directory: Path, step_id: str = SOURCE_STEP) -> RecoveryDir:
     if not directory.is_dir():
         raise RecoveryDirError(f"recovery directory {directory} is not a directory")
     files = part_files(directory)
-    if not files:
+    if not files and complete:
         raise RecoveryDirError(
             f"recovery directory {directory} has no recovery partitions; make them with "
             f"`presence recovery init {directory}`"
         )
     parts = [read_part(f, step_id) for f in files]
-    check_complete(directory, parts)
+    if complete:
+        check_complete(directory, parts)
     return RecoveryDir(directory, parts)
 
 

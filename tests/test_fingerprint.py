@@ -293,3 +293,23 @@ def test_the_source_step_read_at_start_up_is_the_flows() -> None:
     sink = TestingSink([])
     flow = build_flow(WindowSpec(), TestingSource([]), Sinks(sink, sink, sink))
     assert flow.substeps[0].step_id == SOURCE_STEP
+
+
+def test_one_process_of_a_cluster_may_hold_some_partitions_or_none(tmp_path) -> None:
+    from presence.binding import cluster_run, read_recovery
+
+    rec = tmp_path / "rec"
+    init_dir(rec, 3)
+    (rec / "part-2.sqlite3").unlink()
+    assert cluster_run(["dataflow", "-i", "0", "-a", "h0:2101;h1:2101"], {})
+    assert cluster_run(["dataflow", "--addresses=h0:2101;h1:2101"], {})
+    assert not cluster_run(["dataflow", "-a", "h0:2101"], {})
+    assert not cluster_run(["dataflow", "-w", "2"], {})
+    assert [p.part_index for p in read_recovery(rec, complete=False).parts] == [0, 1]
+    with pytest.raises(RecoveryDirError, match="lacks partition"):
+        read_recovery(rec, complete=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert read_recovery(empty, complete=False).parts == []
+    with pytest.raises(RecoveryDirError, match="does not exist"):
+        read_recovery(tmp_path / "missing", complete=False)
