@@ -228,3 +228,39 @@ def test_recovery_directory_mistakes_are_one_line(kafka_brokers, mongo_uri, name
     assert reset.returncode == 0, reset.stderr
     run_dataflow(env, "-r", str(corrupt), *ARGS)
     assert rows_in(mongo_uri, a) > 0
+
+
+def test_state_and_rows_from_before_fingerprints_are_adopted_with_one_warning(
+        kafka_brokers, mongo_uri, names, tmp_path) -> None:
+    import pickle
+    import sqlite3
+
+    a, _ = names
+    rec = tmp_path / "rec"
+    init_dir(rec, 1)
+    create_topic(kafka_brokers, a, 2)
+    produce(kafka_brokers, a, pings(a, 2))
+    env = dataflow_env(kafka_brokers, mongo_uri, a, a)
+    run_dataflow(env, "-r", str(rec), *ARGS)
+    # Make it look as an older presence left it: no fingerprint anywhere.
+    con = sqlite3.connect(rec / "part-0.sqlite3")
+    for key, epoch, blob in con.execute(
+            "SELECT state_key, snap_epoch, ser_change FROM snaps WHERE step_id = 'presence.pings'"
+    ).fetchall():
+        state = pickle.loads(blob)
+        del state["fingerprint"], state["format"]
+        con.execute("UPDATE snaps SET ser_change = ? WHERE step_id = 'presence.pings' AND "
+                    "state_key = ? AND snap_epoch = ?", (pickle.dumps(state), key, epoch))
+    con.commit()
+    con.close()
+    MongoClient(mongo_uri)[a][FINGERPRINTS].delete_many({})
+    before = stored_rows(MongoClient(mongo_uri)[a])
+
+    produce(kafka_brokers, a, pings("more", 2, per=5, start=T0 + 600))
+    out = run_dataflow(env, "-r", str(rec), *ARGS)
+    assert out.count("holds state without a fingerprint") == 1, out
+    assert out.count("holds rows but had no fingerprint") == 1, out
+    assert {s.state["fingerprint"]["topic"] for s in read_dir(rec).source_states().values()} == {a}
+    assert MongoClient(mongo_uri)[a][FINGERPRINTS].find_one({"_id": DOC_ID})["topic"] == a
+    after = stored_rows(MongoClient(mongo_uri)[a])
+    assert set(before) <= set(after)
