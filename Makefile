@@ -47,12 +47,13 @@ test: install system-deps stack-up
 test-unit: install
 	$(PY) -m pytest -q -m 'not stack'
 
+# Idempotent: an initialised directory is left as it is.
 recovery-init: install
-	@if ls $(RECOVERY)/*.sqlite3 >/dev/null 2>&1; then echo "$(RECOVERY)/ already initialised"; \
-	else $(PY) -m bytewax.recovery $(RECOVERY) 4; fi
+	@$(VENV)/bin/presence recovery init $(RECOVERY)
 
-recovery-reset:
-	rm -f $(RECOVERY)/*.sqlite3
+# Deletes the state (only the *.sqlite3 partitions) and makes fresh partitions.
+recovery-reset: install
+	@$(VENV)/bin/presence recovery reset $(RECOVERY)
 
 # Live: runs until stopped (Ctrl-C); resumes from $(RECOVERY)/.
 run: install recovery-init

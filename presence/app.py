@@ -13,9 +13,14 @@ from functools import partial
 
 from bytewax.dataflow import Dataflow
 
+from presence.binding import (
+    InputMismatch, StoreUnreachable, bind_input, read_recovery, recovery_directory,
+)
+from presence.fingerprint import Fingerprint
 from presence.flow import Sinks, build_flow
 from presence.kafka import KafkaConfigError, KafkaFeed, KafkaUnavailable, partition_count
 from presence.mongo import DEAD_LETTERS, REPORTS, STATUS, MongoSink
+from presence.recovery import RecoveryDirError
 from presence.settings import Settings, SettingsError, load_settings
 from presence.source import PingSource
 
@@ -41,15 +46,16 @@ def recovery_configured(argv: list[str] | None = None) -> bool:
     )
 
 
-def kafka_mongo_flow(settings: Settings) -> Dataflow:
+def kafka_mongo_flow(settings: Settings, fingerprint: Fingerprint | None = None) -> Dataflow:
     spec = settings.window_spec()
     source = PingSource(
         settings.topic,
-        partition_count(settings),
+        fingerprint.partitions if fingerprint else partition_count(settings),
         partial(KafkaFeed, settings),
         spec,
         bounded=settings.stop_at_end,
         batch_size=settings.kafka_batch_size,
+        fingerprint=fingerprint.to_dict() if fingerprint else None,
     )
     sinks = Sinks(
         rows=MongoSink(settings, REPORTS),
@@ -75,10 +81,17 @@ def dataflow_from_env() -> Dataflow:
             "later run starts from the beginning of the topic instead of going on"
         )
     try:
-        return kafka_mongo_flow(settings)
+        # Bound to its input (SPEC): compared with the recovery directory and the
+        # database before bytewax opens either.
+        state = read_recovery(recovery_directory())
+        fingerprint = bind_input(settings, partition_count(settings), state)
+        return kafka_mongo_flow(settings, fingerprint)
     except KafkaConfigError as exc:
         print(f"presence: bad setting: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KafkaUnavailable as exc:
+    except (RecoveryDirError, InputMismatch) as exc:
+        print(f"presence: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (KafkaUnavailable, StoreUnreachable) as exc:
         print(f"presence: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

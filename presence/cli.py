@@ -347,6 +347,11 @@ def stack(action: str) -> None:
         sys.exit(code)
 
 
+from presence.recovery_cli import recovery as _recovery  # noqa: E402 - its own module
+
+cli.add_command(_recovery)
+
+
 def main() -> None:
     cli(prog_name="presence")
 

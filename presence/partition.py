@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Protocol, Sequence
 
+from presence.fingerprint import STATE_FORMAT
 from presence.pings import format_instant, parse_ping, raw_text
 from presence.windows import WindowSpec
 
@@ -154,8 +155,11 @@ class PartitionReader:
         spec: WindowSpec,
         now: float,
         resume: dict | None = None,
+        fingerprint: dict | None = None,
     ) -> None:
         self.topic = topic
+        self.fingerprint = fingerprint
+        """Kept in the snapshot; compared at start-up by :mod:`presence.binding`."""
         self.partition = partition
         self.partitions = partitions
         self.spec = spec
@@ -177,6 +181,8 @@ class PartitionReader:
             "invalid": self.invalid,
             "too_late": self.too_late,
             "gaps": list(self.gaps),
+            "fingerprint": self.fingerprint,
+            "format": STATE_FORMAT,
         }
 
     @property

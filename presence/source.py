@@ -156,6 +156,7 @@ class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
         bounded: bool,
         batch_size: int = 5000,
         clock: Callable[[], float] = time.time,
+        fingerprint: dict | None = None,
     ) -> None:
         self.topic = topic
         self.partitions = partitions
@@ -164,6 +165,8 @@ class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
         self.bounded = bounded
         self.batch_size = batch_size
         self.clock = clock
+        self.fingerprint = fingerprint
+        """What the state is bound to (:mod:`presence.fingerprint`), kept in every snapshot."""
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in range(self.partitions)]
@@ -173,7 +176,8 @@ class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
     ) -> PingPartition:
         partition = int(for_part)
         reader = PartitionReader(
-            self.topic, partition, self.partitions, self.spec, self.clock(), resume_state
+            self.topic, partition, self.partitions, self.spec, self.clock(), resume_state,
+            fingerprint=self.fingerprint,
         )
         return PingPartition(
             self.open_feed(partition), reader, self.bounded, self.batch_size, self.clock

@@ -54,9 +54,7 @@ try:
 except PyMongoError as exc:
     sys.exit(f"demo: MongoDB unreachable ({type(exc).__name__}); is the stack up? (make stack-up)")
 EOF
-rm -rf "$OUT/recovery"
-mkdir -p "$OUT/recovery"
-"$PY" -m bytewax.recovery "$OUT/recovery" 4 >/dev/null
+"$PRESENCE" recovery reset --partitions 4 "$OUT/recovery" >/dev/null
 
 step "Simulating $MINUTES minutes of pings for $DRIVERS drivers (topic $PRESENCE_TOPIC recreated)"
 "$PRESENCE" simulate --fast --recreate-topic --partitions 4 --seed "$SEED" --start "$START" \

@@ -1,0 +1,325 @@
+"""Start-up check: state and output stay bound to their input (SPEC "Bound to its input").
+
+Before bytewax builds anything, :func:`bind_input` makes the dataflow's
+:class:`~presence.fingerprint.Fingerprint` (topic and its id from Kafka,
+partition count, bucket, window, segments, shards, state format) and
+compares it with
+
+- the recovery directory's (``-r``): the fingerprint in the latest snapshot
+  of each source partition, read directly from bytewax's SQLite files
+  (:mod:`presence.recovery`);
+- the database's: the document ``{_id: "fingerprint"}`` of collection
+  ``fingerprint``, written here when absent.
+
+A mismatch raises :class:`InputMismatch`, one line naming what differs and
+how to start afresh; a recovery directory bytewax could not use raises
+:class:`~presence.recovery.RecoveryDirError`. State or a database written
+before fingerprints existed is adopted, with one warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from presence.fingerprint import (
+    NO_TOPIC_ID, Difference, Fingerprint, differences, how_to_keep, merge_recorded, refusal,
+)
+from presence.recovery import RecoveryDir, RecoveryDirError, read_dir
+from presence.settings import Settings
+from presence.windows import SHARDS
+
+log = logging.getLogger("presence.binding")
+
+FINGERPRINTS = "fingerprint"
+"""The collection holding the database's fingerprint (one document)."""
+DOC_ID = "fingerprint"
+
+TOPIC_ID_TIMEOUT = 10.0
+MONGO_TIMEOUT_S = 5
+
+
+class InputMismatch(ValueError):
+    """State or rows were made for another input or settings; one line."""
+
+
+class StoreUnreachable(RuntimeError):
+    """MongoDB did not answer at start-up; one line."""
+
+
+def recovery_directory(argv: list[str] | None = None, env: dict | None = None) -> Path | None:
+    """The ``-r`` directory ``bytewax.run`` was given, as its argument parser reads it.
+
+    ``-r DIR``, ``-rDIR``, ``--recovery-directory DIR``, ``--recovery-directory=DIR``
+    (or an unambiguous abbreviation, as argparse allows), else
+    ``BYTEWAX_RECOVERY_DIRECTORY``.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ if env is None else env
+    found: str | None = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            break
+        name, eq, value = arg.partition("=")
+        if arg == "-r" or (name.startswith("--r") and "--recovery-directory".startswith(name)):
+            if eq:
+                found = value
+            elif i + 1 < len(argv):
+                found = argv[i + 1]
+                i += 1
+        elif arg.startswith("-r") and not arg.startswith("--"):
+            found = arg[2:]
+        i += 1
+    if found is None:
+        found = env.get("BYTEWAX_RECOVERY_DIRECTORY") or None
+    return Path(found) if found else None
+
+
+def segments_setting(settings: Settings) -> str:
+    """PRESENCE_SEGMENTS as text (``""`` until that setting exists)."""
+    value: Any = getattr(settings, "segments", "")
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def current_fingerprint(settings: Settings, partitions: int, topic_id: str) -> Fingerprint:
+    spec = settings.window_spec()
+    return Fingerprint(
+        topic=settings.topic,
+        topic_id=topic_id,
+        partitions=partitions,
+        bucket=spec.bucket,
+        window=spec.window,
+        segments=segments_setting(settings),
+        shards=getattr(spec, "shards", SHARDS),
+    )
+
+
+def fetch_topic_id(settings: Settings, timeout: float = TOPIC_ID_TIMEOUT) -> str:
+    """The broker's id of the topic; ``""`` (with a warning) if it gives none."""
+    from confluent_kafka import KafkaException, TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    config = {"bootstrap.servers": settings.kafka_brokers, "log_level": 0,
+              "error_cb": lambda err: None, **settings.kafka_extra}
+    try:
+        admin = AdminClient(config)
+        futures = admin.describe_topics(
+            TopicCollection([settings.topic]), request_timeout=timeout)
+        description = futures[settings.topic].result(timeout + 5)
+        topic_id = str(description.topic_id or "")
+    except (KafkaException, ValueError, TypeError, AttributeError, NotImplementedError) as exc:
+        log.warning(
+            "Kafka gave no id for topic %s (%s); a deleted and recreated topic is then "
+            "noticed only if it has fewer partitions", settings.topic,
+            " ".join(str(exc).split())[:200] or type(exc).__name__)
+        return NO_TOPIC_ID
+    if topic_id.strip("A") == "" or set(topic_id) <= {"0", "-"}:
+        return NO_TOPIC_ID  # the zero UUID: no id
+    return topic_id
+
+
+# -- the recovery directory --------------------------------------------------------
+
+
+def recorded_in_recovery(state: RecoveryDir) -> tuple[list[Fingerprint], list[str], int]:
+    """Fingerprints of the source snapshots, keys without one, and the partitions the keys imply."""
+    fingerprints: list[Fingerprint] = []
+    bare: list[str] = []
+    implied = 0
+    for key, snap in sorted(state.source_states().items()):
+        if key.isdigit():
+            implied = max(implied, int(key) + 1)
+        if snap.state is None:
+            continue
+        data = snap.state.get("fingerprint")
+        if data is None:
+            bare.append(key)
+            continue
+        try:
+            fp = Fingerprint.from_dict(data)
+        except ValueError as exc:
+            raise RecoveryDirError(
+                f"recovery directory {state.path}: the snapshot of partition {key!r} holds a "
+                f"damaged fingerprint ({exc}); `presence recovery reset {state.path}` starts "
+                "afresh (from the beginning of the topic)"
+            ) from None
+        fmt = snap.state.get("format")
+        if isinstance(fmt, int) and fmt != fp.format:
+            fp = replace(fp, format=fmt)
+        fingerprints.append(fp)
+    return fingerprints, bare, implied
+
+
+def recovery_differences(state: RecoveryDir, current: Fingerprint) -> tuple[list[Difference], Fingerprint | None, list[str]]:
+    """What differs between the directory's state and ``current`` (empty: go on)."""
+    fingerprints, bare, implied = recorded_in_recovery(state)
+    found: dict[str, Difference] = {}
+    for fp in fingerprints:
+        for d in differences(fp, current):
+            found.setdefault(d.field, d)
+    if implied > current.partitions and "partitions" not in found and "topic" not in found \
+            and "topic_id" not in found:
+        for d in differences(replace(current, partitions=implied), current):
+            found.setdefault(d.field, d)
+    return list(found.values()), merge_recorded(fingerprints), bare
+
+
+# -- the database ----------------------------------------------------------------
+
+
+def database_differences(db, current: Fingerprint) -> tuple[list[Difference], Fingerprint | None]:
+    doc = db[FINGERPRINTS].find_one({"_id": DOC_ID})
+    if doc is None:
+        return [], None
+    try:
+        recorded = Fingerprint.from_doc(doc)
+    except ValueError as exc:
+        raise InputMismatch(
+            f"database {db.name!r} holds a damaged fingerprint document ({exc}) in collection "
+            f"{FINGERPRINTS!r}; start afresh with another database (PRESENCE_MONGO_DB)"
+        ) from None
+    return differences(recorded, current), recorded
+
+
+def record_in_database(db, current: Fingerprint, now: datetime) -> bool:
+    """Write the fingerprint if the database has none; True if written now.
+
+    An existing one (already compared) gets the larger partition count and,
+    if it had none, the topic id.
+    """
+    from pymongo.errors import DuplicateKeyError
+
+    coll = db[FINGERPRINTS]
+    try:
+        coll.insert_one({"_id": DOC_ID, **current.to_doc(), "createdAt": now, "updatedAt": now})
+        return True
+    except DuplicateKeyError:
+        pass
+    update: dict[str, Any] = {"$max": {"partitions": current.partitions},
+                              "$set": {"updatedAt": now}}
+    coll.update_one({"_id": DOC_ID}, update)
+    if current.topic_id:
+        coll.update_one({"_id": DOC_ID, "topicId": NO_TOPIC_ID}, {"$set": {"topicId": current.topic_id}})
+    return False
+
+
+def _connect_db(settings: Settings):
+    from pymongo import MongoClient
+
+    client = MongoClient(settings.mongo_uri, serverSelectionTimeoutMS=MONGO_TIMEOUT_S * 1000,
+                         connectTimeoutMS=MONGO_TIMEOUT_S * 1000, appname="presence", tz_aware=True)
+    return client
+
+
+# -- both ---------------------------------------------------------------------------
+
+
+def cluster_run(argv: list[str] | None = None, env: dict | None = None) -> bool:
+    """Whether this process is one of several (``-a host:port;host:port``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    env = os.environ if env is None else env
+    addresses = env.get("BYTEWAX_ADDRESSES") or ""
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if arg == "-a" or (name.startswith("--a") and "--addresses".startswith(name)):
+            addresses = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        elif arg.startswith("-a") and not arg.startswith("--"):
+            addresses = arg[2:]
+    return len([a for a in addresses.split(";") if a.strip()]) > 1
+
+
+def read_recovery(recovery: Path | None, complete: bool | None = None) -> RecoveryDir | None:
+    """The ``-r`` directory as bytewax will find it; :class:`RecoveryDirError` if unusable.
+
+    One process of a cluster may hold only some partitions (``complete``
+    defaults to "not a cluster run").
+    """
+    if recovery is None:
+        return None
+    return read_dir(recovery, complete=not cluster_run() if complete is None else complete)
+
+
+def bind_input(
+    settings: Settings, partitions: int, state: RecoveryDir | None, topic_id: str | None = None,
+    now: datetime | None = None,
+) -> Fingerprint:
+    """Compare with the recovery directory and the database; record; the fingerprint.
+
+    Raises :class:`RecoveryDirError` (the directory is unusable),
+    :class:`InputMismatch` (made for another input) or
+    :class:`StoreUnreachable`. Nothing is written unless both match.
+    """
+    from pymongo.errors import PyMongoError
+
+    if topic_id is None:
+        topic_id = fetch_topic_id(settings)
+    current = current_fingerprint(settings, partitions, topic_id)
+
+    problems: list[str] = []
+    rec_found: list[Difference] = []
+    rec_recorded = None
+    bare: list[str] = []
+    if state is not None:
+        rec_found, rec_recorded, bare = recovery_differences(state, current)
+
+    client = _connect_db(settings)
+    try:
+        db = client[settings.mongo_db]
+        try:
+            db_found, db_recorded = database_differences(db, current)
+        except PyMongoError as exc:
+            raise StoreUnreachable(_mongo_failure(exc)) from None
+
+        if rec_found:
+            keep = how_to_keep(rec_recorded, rec_found) if rec_recorded else ""
+            afresh = f"`presence recovery reset {state.path}` (or another -r directory)"
+            if db_found:
+                afresh += f" and another database (PRESENCE_MONGO_DB, not {settings.mongo_db!r})"
+            problems.append(refusal(f"recovery directory {state.path}", rec_found, afresh, keep))
+        if db_found and not problems:
+            keep = how_to_keep(db_recorded, db_found)
+            problems.append(refusal(
+                f"database {settings.mongo_db!r}", db_found,
+                f"another database (PRESENCE_MONGO_DB) or drop database {settings.mongo_db!r}",
+                keep))
+        if problems:
+            raise InputMismatch(problems[0])
+
+        if state is not None and bare:
+            log.warning(
+                "recovery directory %s holds state without a fingerprint (written before "
+                "presence recorded one; partitions %s): adopting it as made for %s. If it was "
+                "made for another topic or window, stop and run `presence recovery reset %s`",
+                state.path, ",".join(bare), current.describe(), state.path)
+        now = now or datetime.now(timezone.utc)
+        try:
+            written = record_in_database(db, current, now)
+            if written and db_recorded is None and db["report_summary"].find_one({}, {"_id": 1}):
+                log.warning(
+                    "database %r holds rows but had no fingerprint (written before presence "
+                    "recorded one): adopting it as made for %s", settings.mongo_db,
+                    current.describe())
+        except PyMongoError as exc:
+            raise StoreUnreachable(_mongo_failure(exc)) from None
+    finally:
+        client.close()
+    log.info("input: %s", current.describe())
+    return current
+
+
+def _mongo_failure(exc: Exception) -> str:
+    from pymongo.errors import ServerSelectionTimeoutError
+
+    if isinstance(exc, ServerSelectionTimeoutError):
+        return (f"MongoDB (PRESENCE_MONGO_URI) did not answer within {MONGO_TIMEOUT_S} s; "
+                "is it running? (make stack-up)")
+    return f"MongoDB failed at start-up: {type(exc).__name__}"
