@@ -286,10 +286,14 @@ def kafka_secrets(config: Mapping[str, Any] | str) -> set[str]:
             continue
         text = value if isinstance(value, str) else json.dumps(value)
         out.add(text)
-        # sasl.oauthbearer.config and friends: "clientSecret=... scope=..."
+        # sasl.oauthbearer.config and friends: "clientSecret=... scope=...";
+        # commands (sasl.kerberos.kinit.cmd) and PEM blocks: their longer words.
         for piece in re.split(r"[\s,;]+", text):
             if "=" in piece:
                 out.add(piece.partition("=")[2].strip("\"'"))
+            word = piece.strip("-\"'")
+            if len(word) >= 6 and not word.isalpha():
+                out.add(word)
     return _with_encodings(out)
 
 
@@ -560,7 +564,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """
     source = os.environ if env is None else env
     secrets = env_secrets(source)
-    remember_secrets(secrets)
+    if env is None:  # this process's own settings: scrubbed from every log line and error
+        remember_secrets(secrets)
     values: dict[str, Any] = {}
     for name, value in sorted(source.items()):
         if (not name.startswith(PREFIX) or name in NOT_SETTINGS
