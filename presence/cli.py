@@ -51,7 +51,9 @@ class PresenceGroup(click.Group):
         except (click.exceptions.Exit, click.Abort):
             raise
         except click.exceptions.ClickException as exc:
-            exc.message = scrub(exc.message)
+            from presence.settings import env_secrets
+
+            exc.message = scrub(exc.message, env_secrets())
             raise
         except KeyboardInterrupt:
             raise Interrupted("interrupted") from None
@@ -64,7 +66,9 @@ class PresenceGroup(click.Group):
 
 
 def _one_line(exc: BaseException) -> str:
-    return scrub(_describe(exc))
+    from presence.settings import env_secrets
+
+    return scrub(_describe(exc), env_secrets())
 
 
 def _describe(exc: BaseException) -> str:

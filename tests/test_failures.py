@@ -252,3 +252,52 @@ def test_dataflow_ctrl_c_is_one_line_and_exit_130(kafka_brokers, mongo_uri, uniq
     assert err.rstrip().splitlines()[-1] == (
         "presence: interrupted; a restart with the same recovery directory goes on from its "
         "last snapshot")
+
+
+class _FakeProducer:
+    """Takes pings; delivers none until flushed; Ctrl-C arrives at the ``interrupt_at``-th ping."""
+
+    def __init__(self, interrupt_at: int, deliverable: int) -> None:
+        self.interrupt_at, self.deliverable = interrupt_at, deliverable
+        self.queued: list = []
+        self.produced = 0
+        self.purged = False
+
+    def produce(self, topic, value, key, partition, on_delivery):
+        if self.produced == self.interrupt_at:
+            raise KeyboardInterrupt
+        self.produced += 1
+        self.queued.append(on_delivery)
+
+    def poll(self, timeout=0):
+        return 0
+
+    def flush(self, timeout=None):
+        # Delivers what it can in time; the rest stays queued.
+        while self.queued and self.deliverable:
+            self.queued.pop(0)
+            self.deliverable -= 1
+        return len(self.queued)
+
+    def purge(self):
+        from confluent_kafka import KafkaError
+
+        self.purged = True
+        for report in self.queued:
+            report(KafkaError(KafkaError._PURGE_QUEUE), None)
+        self.queued.clear()
+
+    def __len__(self):
+        return len(self.queued)
+
+
+def test_simulate_interrupted_counts_what_was_and_was_not_delivered():
+    from presence.simulate import SimConfig, generate, produce
+
+    config = SimConfig(drivers=50, minutes=5, start=1_514_779_200, seed=1)
+    producer = _FakeProducer(interrupt_at=100, deliverable=70)
+    summary = produce(generate(config), "t", producer, config.start, fast=True)
+    assert summary.interrupted and producer.purged
+    assert (summary.sent, summary.failed) == (70, 30)
+    line = summary.line()
+    assert line.startswith("interrupted: sent 70 pings to t") and "30 not delivered" in line
