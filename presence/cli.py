@@ -210,6 +210,19 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
     first = parse_time(start) if start is not None else default_start(fast, minutes)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
+    from confluent_kafka import KafkaException
+
+    from presence.kafka import logging_config
+
+    try:
+        # Refused settings first, as a bad setting (exit 2), before any connection.
+        Producer({**producer_config(settings.kafka_brokers, settings.kafka_extra),
+                  "log_level": 0}).flush(0)
+    except (KafkaException, ValueError, TypeError) as exc:
+        err = exc.args[0] if exc.args else exc
+        reason = err.str() if hasattr(err, "str") else str(err)
+        raise BadSetting(f"PRESENCE_KAFKA_CONFIG: librdkafka refused it: "
+                         f"{settings.scrub(reason)}") from None
     count, created = ensure_topic(settings.kafka_brokers, settings.topic, partitions,
                                   recreate=recreate_topic, extra=settings.kafka_extra)
     if not created and count != partitions:
@@ -217,8 +230,6 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
     config = SimConfig(drivers=drivers, minutes=minutes, start=first,
                        late_fraction=late_fraction, bad_fraction=bad_fraction,
                        partitions=count, seed=seed)
-    from presence.kafka import logging_config
-
     producer = Producer({**producer_config(settings.kafka_brokers, settings.kafka_extra),
                          **logging_config("WARNING")})
     mode = "fast" if fast else (f"real time, at most {rate:g}/s" if rate else "real time")

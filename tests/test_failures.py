@@ -141,6 +141,8 @@ TABLE = [
      down(PRESENCE_KAFKA_CONFIG='{"auto.offset.reset": "latest"}'), 2),
     ("presence simulate", "bad argument", [PRESENCE, "simulate", "--drivers", "0"], down(), 2),
     ("presence simulate", "kafka down", [PRESENCE, *SIM], down(), 1),
+    ("presence simulate", "kafka setting refused by librdkafka", [PRESENCE, *SIM],
+     down(PRESENCE_KAFKA_CONFIG='{"security.protocol": "SSL", "ssl.key.pem": "x"}'), 2),
     ("presence serve", "bad setting", [PRESENCE, "serve"], down(PRESENCE_CORS_ORIGINS="x"), 2),
     ("presence serve", "bad argument", [PRESENCE, "serve", "--port", "-1"], down(), 2),
     ("presence stack", "bad argument", [PRESENCE, "stack", "sideways"], down(), 2),

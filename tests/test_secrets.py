@@ -187,7 +187,7 @@ CLI_CASES = [
                               "--no-progress"], {}, 1),
     ("simulate, kafka refuses its settings", ["simulate", "--drivers", "3", "--minutes", "1",
                                                "--fast", "--no-progress"],
-     {"PRESENCE_KAFKA_CONFIG": KAFKA_REFUSED}, 1),
+     {"PRESENCE_KAFKA_CONFIG": KAFKA_REFUSED}, 2),
     ("simulate, bad --topic", ["simulate", "--topic", "bad topic"], {}, 2),
     ("serve, mongo down, bad port", ["serve", "--port", "99999"], {}, 2),
 ]
