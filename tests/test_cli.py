@@ -316,3 +316,21 @@ def test_demo_is_repeatable(mongo_uri, kafka_brokers, unique_name, tmp_path):  #
     finally:
         AdminClient({"bootstrap.servers": kafka_brokers}).delete_topics([unique_name])
         MongoClient(mongo_uri).drop_database(unique_name)
+
+
+@pytest.mark.stack
+def test_report_on_an_empty_database_says_how_to_get_rows(mongo_uri, unique_name):  # noqa: F811
+    result = run(["report"], env={"PRESENCE_MONGO_URI": mongo_uri, "PRESENCE_MONGO_DB": unique_name})
+    assert result.exit_code == 0 and result.stdout == ""
+    message = result.stderr.strip()
+    assert message.startswith(f"no rows yet in database {unique_name}")
+    assert "presence simulate" in message and "make run" in message
+
+
+@pytest.mark.stack
+def test_report_outside_the_rows_says_where_they_are(seeded):
+    env, docs = seeded
+    result = run(["report", "--from", "2030-01-01"], env=env)
+    assert result.exit_code == 0
+    assert (f"its rows go from {docs[0]['timeBucket']} to {docs[-1]['timeBucket']} (UTC)"
+            in result.stderr)

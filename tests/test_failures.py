@@ -303,3 +303,26 @@ def test_simulate_interrupted_counts_what_was_and_was_not_delivered():
     assert (summary.sent, summary.failed) == (70, 30)
     line = summary.line()
     assert line.startswith("interrupted: sent 70 pings to t") and "30 not delivered" in line
+
+
+def test_librdkafka_lines_go_through_python_logging(caplog, capfd):
+    """A consumer whose Kafka is down: its lines reach Python logging, rate-limited, not fd 2."""
+    from presence.kafka import LIBRDKAFKA_LOG, new_consumer
+    from presence.settings import load_settings
+
+    for limit in LIBRDKAFKA_LOG.filters:  # start afresh: earlier tests' lines do not count
+        limit.seen.clear()
+
+    settings = load_settings({"PRESENCE_KAFKA_BROKERS": f"127.0.0.1:{closed_port()}",
+                              "PRESENCE_KAFKA_CONFIG": '{"reconnect.backoff.ms": 10, '
+                                                       '"reconnect.backoff.max.ms": 20}'})
+    consumer = new_consumer(settings)
+    with caplog.at_level(logging.DEBUG, logger="presence.librdkafka"):
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:
+            consumer.consume(10, timeout=0.1)
+        consumer.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "presence.librdkafka"]
+    fails = [line for line in lines if "Connect to" in line]
+    assert 1 <= len(fails) <= 2, lines  # librdkafka said it ~100 times meanwhile
+    assert "%3|" not in capfd.readouterr().err
