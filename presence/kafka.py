@@ -120,8 +120,8 @@ def partition_count(settings: Settings, timeout: float = START_TIMEOUT) -> int:
     """How many partitions the topic has; a clear error if it cannot be known.
 
     Used at start-up: a Kafka that does not answer within ``timeout`` is one
-    :class:`KafkaUnavailable`, without librdkafka's connection noise (its log
-    lines are queued for a poll that never comes, and dropped).
+    :class:`KafkaUnavailable`, without librdkafka's connection noise (this
+    short-lived consumer runs at ``log_level`` 0: it says nothing itself).
     """
     consumer = new_consumer(
         settings, log_level=0,

@@ -366,7 +366,8 @@ def delete_topic(
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": brokers, **(extra or {})})
+    admin = AdminClient({"bootstrap.servers": brokers, "log_level": 0, "error_cb": lambda err: None,
+                         **(extra or {})})
     try:
         admin.delete_topics([topic], operation_timeout=timeout)[topic].result(timeout)
     except KafkaException as exc:
