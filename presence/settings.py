@@ -77,6 +77,11 @@ KAFKA_SHOWN = frozenset({
 })
 """Kafka settings harmless enough to show with their value; any other is shown as ``***``."""
 
+_KAFKA_NAMES = frozenset({"sasl.username", "sasl.oauthbearer.client.id",
+                          "sasl.kerberos.principal", "ssl.keystore.location"})
+"""Hidden when settings are shown, but names, not secrets: not scrubbed from other texts
+(a user name such as ``presence`` would garble every line)."""
+
 _SECRET_WORDS = ("password", "secret", "token", "key", "credential", "jaas", "cmd", "config", "pem")
 
 # ------------------------------------------------------------------ segments
@@ -280,7 +285,8 @@ def kafka_secrets(config: Mapping[str, Any] | str) -> set[str]:
         config = parsed
     out: set[str] = set()
     for key, value in config.items():
-        if str(key) in KAFKA_SHOWN or isinstance(value, bool) or value is None:
+        if (str(key) in KAFKA_SHOWN or str(key) in _KAFKA_NAMES or isinstance(value, bool)
+                or value is None):
             continue
         if isinstance(value, (int, float)) and not any(w in str(key).lower() for w in _SECRET_WORDS):
             continue
