@@ -57,11 +57,11 @@ recovery-reset: install
 
 # Live: runs until stopped (Ctrl-C); resumes from $(RECOVERY)/.
 run: install recovery-init
-	$(PY) -m bytewax.run dataflow -w $(WORKERS) -r $(RECOVERY) -s 5 -b 0
+	$(PY) -m presence.run dataflow -w $(WORKERS) -r $(RECOVERY) -s 5 -b 0
 
 # Bounded: reads to the current end of every partition, writes every row, exits.
 run-bounded: install recovery-init
-	PRESENCE_STOP_AT_END=1 $(PY) -m bytewax.run dataflow -w $(WORKERS) -r $(RECOVERY) -s 5 -b 0
+	PRESENCE_STOP_AT_END=1 $(PY) -m presence.run dataflow -w $(WORKERS) -r $(RECOVERY) -s 5 -b 0
 
 # Benchmarks side by side (docs/benchmarks.md): presence vs a raw-consumer ceiling, a
 # hand-written loop, stock Bytewax windows and Quix Streams (own venv). BENCH_ARGS e.g.

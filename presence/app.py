@@ -21,10 +21,13 @@ from presence.flow import Sinks, build_flow
 from presence.kafka import KafkaConfigError, KafkaFeed, KafkaUnavailable, partition_count
 from presence.mongo import DEAD_LETTERS, REPORTS, STATUS, MongoSink
 from presence.recovery import RecoveryDirError
-from presence.settings import Settings, SettingsError, load_settings
+from presence.settings import SecretFilter, Settings, SettingsError, load_settings, scrub
 from presence.source import PingSource
 
 log = logging.getLogger("presence")
+
+MONGO_START_TIMEOUT = 10.0
+"""Seconds MongoDB has to answer at start-up; later outages are retried (presence.mongo)."""
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -35,7 +38,36 @@ def configure_logging(level: str = "INFO") -> None:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+    for handler in root.handlers:
+        if not any(isinstance(f, SecretFilter) for f in handler.filters):
+            handler.addFilter(SecretFilter())
     logging.getLogger("presence").setLevel(level)
+
+
+class MongoUnavailable(RuntimeError):
+    """MongoDB did not answer at start-up (one line, secrets scrubbed)."""
+
+
+def check_mongo(settings: Settings, timeout: float = MONGO_START_TIMEOUT) -> None:
+    """Ping MongoDB once, waiting at most ``timeout``: at start-up an outage is one line, exit 1."""
+    from pymongo.errors import PyMongoError
+
+    from presence.reports import mongo_client, store_error
+
+    client = mongo_client(settings, timeout_ms=int(timeout * 1000))
+    try:
+        client.admin.command("ping")
+    except PyMongoError as exc:
+        raise MongoUnavailable(f"{store_error(settings, exc)} (no answer within {timeout:g} s "
+                               "at start-up)") from None
+    finally:
+        client.close()
+
+
+def fail(message: str, code: int) -> "SystemExit":
+    """One line on stderr (secrets scrubbed); the exit to raise."""
+    print(f"presence: {scrub(message)}", file=sys.stderr)
+    return SystemExit(code)
 
 
 def recovery_configured(argv: list[str] | None = None) -> bool:
@@ -71,8 +103,7 @@ def dataflow_from_env() -> Dataflow:
     try:
         settings = load_settings()
     except SettingsError as exc:
-        print(f"presence: bad setting: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise fail(f"bad setting: {exc}", 2) from None
     logging.getLogger("presence").setLevel(settings.log_level)
     log.info("starting: %s", settings.describe())
     if settings.stop_at_end and not recovery_configured():
@@ -80,18 +111,18 @@ def dataflow_from_env() -> Dataflow:
             "bounded run without a recovery directory (-r): state is not kept, so a "
             "later run starts from the beginning of the topic instead of going on"
         )
+    from presence.reports import StoreUnavailable
+
     try:
         # Bound to its input (SPEC): compared with the recovery directory and the
         # database before bytewax opens either.
         state = read_recovery(recovery_directory())
+        check_mongo(settings)
         fingerprint = bind_input(settings, partition_count(settings), state)
         return kafka_mongo_flow(settings, fingerprint)
     except KafkaConfigError as exc:
-        print(f"presence: bad setting: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise fail(f"bad setting: {exc}", 2) from None
     except (RecoveryDirError, InputMismatch) as exc:
-        print(f"presence: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (KafkaUnavailable, StoreUnreachable) as exc:
-        print(f"presence: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise fail(str(exc), 2) from None
+    except (KafkaUnavailable, MongoUnavailable, StoreUnavailable, StoreUnreachable) as exc:
+        raise fail(str(exc), 1) from None

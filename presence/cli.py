@@ -1,9 +1,10 @@
 """The ``presence`` command: simulate pings, read reports, chart them, serve them.
 
 Settings come from the ``PRESENCE_*`` environment variables (see
-:mod:`presence.settings`). A bad argument is a usage error (exit 2); a
-runtime failure, such as MongoDB or Kafka being unreachable, is one line on
-stderr and exit 1, never a traceback.
+:mod:`presence.settings`). Exit codes (README, "Exit codes"): 0 done; 1 a
+runtime failure, such as MongoDB or Kafka being unreachable or a busy port,
+one line on stderr, never a traceback; 2 a bad argument or setting; 130
+interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -18,9 +19,27 @@ from typing import Any
 
 import click
 
-from presence.settings import Settings, SettingsError, load_settings
+from presence.settings import Settings, SettingsError, load_settings, scrub
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+"""The exit codes every command keeps (README, "Exit codes")."""
+
+
+class BadSetting(click.ClickException):
+    """A bad ``PRESENCE_*`` setting: one line naming the variable, exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C: one line, exit 130 (no ``Aborted!``, no traceback)."""
+
+    exit_code = EXIT_INTERRUPTED
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"presence: {self.message}", err=True)
 
 
 class PresenceGroup(click.Group):
@@ -29,10 +48,17 @@ class PresenceGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except click.exceptions.ClickException as exc:
+            from presence.settings import env_secrets
+
+            exc.message = scrub(exc.message, env_secrets())
             raise
         except KeyboardInterrupt:
-            raise click.Abort() from None
+            raise Interrupted("interrupted") from None
+        except SettingsError as exc:
+            raise BadSetting(scrub(str(exc))) from None
         except Exception as exc:  # noqa: BLE001 - the whole point: no traceback
             if os.environ.get("PRESENCE_DEBUG"):
                 raise
@@ -40,6 +66,12 @@ class PresenceGroup(click.Group):
 
 
 def _one_line(exc: BaseException) -> str:
+    from presence.settings import env_secrets
+
+    return scrub(_describe(exc), env_secrets())
+
+
+def _describe(exc: BaseException) -> str:
     from presence.reports import StoreUnavailable, TimeError
     from presence.simulate import KafkaError
 
@@ -69,7 +101,7 @@ def settings_from_env(**overrides: Any) -> Settings:
     except Exception as exc:  # pydantic ValidationError: say which option
         first = exc.errors(include_url=False)[0] if hasattr(exc, "errors") else {}
         field = (first.get("loc") or ("value",))[0]
-        message = str(first.get("msg", exc)).removeprefix("Value error, ")
+        message = scrub(str(first.get("msg", exc)).removeprefix("Value error, "))
         raise click.BadParameter(message, param_hint=f"--{str(field).replace('_', '-')}")
 
 
@@ -178,6 +210,19 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
     first = parse_time(start) if start is not None else default_start(fast, minutes)
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
+    from confluent_kafka import KafkaException
+
+    from presence.kafka import logging_config
+
+    try:
+        # Refused settings first, as a bad setting (exit 2), before any connection.
+        Producer({**producer_config(settings.kafka_brokers, settings.kafka_extra),
+                  "log_level": 0}).flush(0)
+    except (KafkaException, ValueError, TypeError) as exc:
+        err = exc.args[0] if exc.args else exc
+        reason = err.str() if hasattr(err, "str") else str(err)
+        raise BadSetting(f"PRESENCE_KAFKA_CONFIG: librdkafka refused it: "
+                         f"{settings.scrub(reason)}") from None
     count, created = ensure_topic(settings.kafka_brokers, settings.topic, partitions,
                                   recreate=recreate_topic, extra=settings.kafka_extra)
     if not created and count != partitions:
@@ -185,7 +230,8 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
     config = SimConfig(drivers=drivers, minutes=minutes, start=first,
                        late_fraction=late_fraction, bad_fraction=bad_fraction,
                        partitions=count, seed=seed)
-    producer = Producer(producer_config(settings.kafka_brokers, settings.kafka_extra))
+    producer = Producer({**producer_config(settings.kafka_brokers, settings.kafka_extra),
+                         **logging_config("WARNING")})
     mode = "fast" if fast else (f"real time, at most {rate:g}/s" if rate else "real time")
     click.echo(f"simulating {drivers:,} drivers for {minutes:g} min ({mode}), seed {seed}", err=True)
     show = sys.stderr.isatty() if progress is None else progress
@@ -210,6 +256,9 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
         if bar is not None:
             bar.close()
     click.echo(summary.line())
+    if summary.interrupted:
+        raise Interrupted(f"interrupted: {summary.sent:,} pings delivered to {settings.topic}, "
+                          f"{summary.failed:,} not delivered")
 
 
 # ------------------------------------------------------------------ report
@@ -240,8 +289,29 @@ def report(start: str | None, end: str | None, fmt: str) -> None:
     else:
         out.write(format_table(rows))
         if not rows:
-            click.echo(f"no rows {time_range.describe()} in database {settings.mongo_db}",
-                       err=True)
+            click.echo(no_rows_message(settings, time_range), err=True)
+
+
+def no_rows_message(settings: Settings, time_range) -> str:
+    """Why there is nothing to show: an empty database, or rows outside the range."""
+    from presence.mongo import REPORTS
+    from presence.reports import mongo_client, store_error
+
+    client = mongo_client(settings)
+    try:
+        coll = client[settings.mongo_db][REPORTS]
+        first = coll.find_one({}, {"timeBucket": 1}, sort=[("timeBucket", 1)])
+        last = coll.find_one({}, {"timeBucket": 1}, sort=[("timeBucket", -1)]) if first else None
+    except Exception as exc:  # noqa: BLE001 - pymongo: say it in one line
+        raise store_error(settings, exc) from None
+    finally:
+        client.close()
+    if first is None:
+        return (f"no rows yet in database {settings.mongo_db} (topic {settings.topic}): "
+                "send pings (`presence simulate`, or your producers) and run the dataflow "
+                "(`make run`, or `make run-bounded` to process what is there and stop)")
+    return (f"no rows {time_range.describe()} in database {settings.mongo_db}; its rows go "
+            f"from {first['timeBucket']} to {last['timeBucket']} (UTC)")
 
 
 def format_table(rows) -> str:
@@ -287,10 +357,7 @@ def plot(start: str | None, end: str | None, output: Path, title: str) -> None:
     settings = settings_from_env()
     rows = load_rows(settings, time_range)
     if not rows:
-        raise click.ClickException(
-            f"no report rows {time_range.describe()} in database {settings.mongo_db}; "
-            "nothing to plot"
-        )
+        raise click.ClickException(f"{no_rows_message(settings, time_range)}; nothing to plot")
     if output.parent and not output.parent.exists():
         output.parent.mkdir(parents=True, exist_ok=True)
     render_chart(rows, output, title=title)
@@ -318,10 +385,41 @@ def serve(host: str, port: int, log_level: str) -> None:
 
     settings = settings_from_env()
     app = create_app(settings)
+    sock = listen(host, port)  # a busy port is one line and exit 1, before any other output
+    port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"dashboard: http://{shown}:{port}/  (database {settings.mongo_db}, "
                f"topic {settings.topic}); Ctrl-C stops", err=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def listen(host: str, port: int):
+    """A listening socket on (host, port), as uvicorn would make it; one clear error if not."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        reason = exc.strerror or str(exc)
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {reason.lower()} (another server uses it? "
+            "pick another with --port)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 # ------------------------------------------------------------------ stack
@@ -344,7 +442,7 @@ def stack(action: str) -> None:
     script = stack_script()
     code = subprocess.call(["bash", str(script), action])
     if code:
-        sys.exit(code)
+        sys.exit(EXIT_INTERRUPTED if code == EXIT_INTERRUPTED else EXIT_FAILED)
 
 
 from presence.recovery_cli import recovery as _recovery  # noqa: E402 - its own module

@@ -10,15 +10,72 @@ by :class:`presence.source.PingPartition`.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import re
+import threading
+import time
+from typing import Any, Callable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from presence.settings import Settings
+from presence.settings import Settings, scrub
 
 log = logging.getLogger("presence.kafka")
 
 METADATA_TIMEOUT = 15.0
+START_TIMEOUT = 6.0
+"""Seconds the start-up check waits for Kafka's metadata before giving up (one line, exit 1)."""
+
+LIBRDKAFKA_LOG = logging.getLogger("presence.librdkafka")
+"""librdkafka's own log lines (``%3|...|FAIL|...``): through Python logging, rate-limited."""
+LOG_REPEAT_SECONDS = 30.0
+"""At most one line of a kind per this many seconds; the next one says how many were dropped."""
+
+SYSLOG_LEVEL = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3}
+"""librdkafka's ``log_level`` (syslog levels) for a ``PRESENCE_LOG_LEVEL``."""
+
+
+class RateLimit(logging.Filter):
+    """Lets one record of a kind through per ``period`` seconds; counts the others.
+
+    Records are of one kind when their messages are equal once digits are
+    ignored (librdkafka repeats ``Connect to ... failed`` with changing
+    timings, per consumer). The record let through after a quiet spell says
+    how many of its kind were suppressed. Secrets are scrubbed on the way.
+    """
+
+    def __init__(self, period: float = LOG_REPEAT_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.period = period
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.seen: dict[tuple[int, str], list[float | int]] = {}  # kind -> [last shown, suppressed]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = scrub(record.getMessage())
+        kind = (record.levelno, re.sub(r"\d+", "#", message))
+        now = self.clock()
+        with self.lock:
+            entry = self.seen.get(kind)
+            if entry is not None and now - entry[0] < self.period:
+                entry[1] += 1
+                return False
+            suppressed = int(entry[1]) if entry is not None else 0
+            if len(self.seen) > 1000:
+                self.seen = {k: v for k, v in self.seen.items() if now - v[0] < self.period}
+            self.seen[kind] = [now, 0]
+        if suppressed:
+            message += f" ({suppressed} similar lines suppressed in the last {self.period:g} s)"
+        record.msg, record.args = message, None
+        return True
+
+
+LIBRDKAFKA_LOG.addFilter(RateLimit())
+
+
+def logging_config(level: str = "INFO") -> dict[str, Any]:
+    """Client settings that route librdkafka's log lines through :data:`LIBRDKAFKA_LOG`."""
+    return {"logger": LIBRDKAFKA_LOG, "log_level": SYSLOG_LEVEL.get(level, 6)}
 
 
 class KafkaUnavailable(RuntimeError):
@@ -41,6 +98,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "max.partition.fetch.bytes": 4 * 1024 * 1024,
     }
     config.update(settings.kafka_extra)
+    config.update(logging_config(settings.log_level))
     return config
 
 
@@ -48,22 +106,35 @@ class KafkaConfigError(ValueError):
     """librdkafka refused the settings (PRESENCE_KAFKA_CONFIG)."""
 
 
-def new_consumer(settings: Settings) -> Consumer:
+def new_consumer(settings: Settings, **overrides: Any) -> Consumer:
     try:
-        return Consumer(consumer_config(settings))
+        return Consumer({**consumer_config(settings), **overrides})
     except (KafkaException, ValueError, TypeError) as exc:
         reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
-        raise KafkaConfigError(f"PRESENCE_KAFKA_CONFIG: librdkafka refused it: {reason}") from None
+        raise KafkaConfigError(
+            f"PRESENCE_KAFKA_CONFIG: librdkafka refused it: {settings.scrub(reason)}"
+        ) from None
 
 
-def partition_count(settings: Settings) -> int:
-    """How many partitions the topic has; a clear error if it cannot be known."""
-    consumer = new_consumer(settings)
+def partition_count(settings: Settings, timeout: float = START_TIMEOUT) -> int:
+    """How many partitions the topic has; a clear error if it cannot be known.
+
+    Used at start-up: a Kafka that does not answer within ``timeout`` is one
+    :class:`KafkaUnavailable`, without librdkafka's connection noise (this
+    short-lived consumer runs at ``log_level`` 0: it says nothing itself).
+    """
+    consumer = new_consumer(
+        settings, log_level=0,
+        **{"socket.connection.setup.timeout.ms": int(min(timeout, 5.0) * 1000)},
+    )
     try:
-        meta = consumer.list_topics(settings.topic, timeout=METADATA_TIMEOUT)
+        meta = consumer.list_topics(settings.topic, timeout=timeout)
     except KafkaException as exc:
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if hasattr(err, "str") else str(err)
         raise KafkaUnavailable(
-            f"cannot reach Kafka at {settings.kafka_brokers} (PRESENCE_KAFKA_BROKERS): {exc}"
+            f"cannot reach Kafka at {settings.kafka_brokers} (PRESENCE_KAFKA_BROKERS) within "
+            f"{timeout:g} s: {settings.scrub(text)}"
         ) from None
     finally:
         consumer.close()

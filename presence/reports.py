@@ -22,7 +22,7 @@ from pymongo.errors import PyMongoError
 
 from presence.mongo import DEAD_LETTERS, REPORTS, STATUS
 from presence.pings import EPOCH_MS_THRESHOLD, TIME_BUCKET_FORMAT, format_instant
-from presence.settings import Settings, redact_uri
+from presence.settings import Settings, mongo_hosts
 
 MAX_ROWS = 100_000
 """Most rows one query returns (about ten weeks of one-minute buckets)."""
@@ -130,24 +130,34 @@ class ReportRow:
 
 
 def mongo_client(settings: Settings, timeout_ms: int = 3000) -> MongoClient:
-    return MongoClient(
-        settings.mongo_uri,
-        serverSelectionTimeoutMS=timeout_ms,
-        connectTimeoutMS=timeout_ms,
-        socketTimeoutMS=30000,
-        appname="presence-reports",
-        tz_aware=True,
-    )
+    """A client for ``settings.mongo_uri``; a bad URI is :class:`StoreUnavailable`, secrets scrubbed."""
+    try:
+        return MongoClient(
+            settings.mongo_uri,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=30000,
+            appname="presence-reports",
+            tz_aware=True,
+        )
+    except (PyMongoError, ValueError, TypeError) as exc:
+        raise store_error(settings, exc) from None
 
 
-def store_error(settings: Settings, exc: PyMongoError) -> StoreUnavailable:
-    """A one-line message for a MongoDB failure (no secrets, no topology dump)."""
-    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+def store_error(settings: Settings, exc: BaseException) -> StoreUnavailable:
+    """A one-line message for a MongoDB failure: the host list only, no secret, no topology dump.
+
+    pymongo's texts can hold the hosts, and for some errors parts of the URI:
+    every secret of the settings is scrubbed from them.
+    """
+    text = str(exc)
+    detail = text.splitlines()[0] if text.strip() else type(exc).__name__
     detail = detail.split(", Timeout:")[0].split(" (configured timeouts")[0]
+    detail = settings.scrub(" ".join(detail.split()))
     if len(detail) > 160:
         detail = detail[:157] + "..."
     return StoreUnavailable(
-        f"MongoDB at {redact_uri(settings.mongo_uri)} (PRESENCE_MONGO_URI) "
+        f"MongoDB at {mongo_hosts(settings.mongo_uri)} (PRESENCE_MONGO_URI) "
         f"failed: {type(exc).__name__}: {detail}"
     )
 

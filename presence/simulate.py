@@ -257,6 +257,8 @@ class Summary:
     seconds: float = 0.0
     first_event: float | None = None
     last_event: float | None = None
+    interrupted: bool = False
+    """Stopped by Ctrl-C: ``sent`` is what Kafka acknowledged, ``failed`` what it did not."""
 
     def line(self) -> str:
         rate = self.sent / self.seconds if self.seconds > 0 else 0.0
@@ -266,8 +268,11 @@ class Summary:
             span = (f" | events {iso(self.first_event, True, False)}"
                     f" .. {iso(self.last_event, True, False)}")
         failed = f", {self.failed:,} FAILED" if self.failed else ""
+        if self.interrupted:
+            failed = f", {self.failed:,} not delivered"
         return (
-            f"sent {self.sent:,} pings to {self.topic} in {self.seconds:.1f} s "
+            ("interrupted: " if self.interrupted else "")
+            + f"sent {self.sent:,} pings to {self.topic} in {self.seconds:.1f} s "
             f"({rate:,.0f}/s): {self.late:,} late, {self.malformed:,} malformed{failed}"
             f" | per partition {parts or '-'}{span}"
         )
@@ -361,7 +366,8 @@ def delete_topic(
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": brokers, **(extra or {})})
+    admin = AdminClient({"bootstrap.servers": brokers, "log_level": 0, "error_cb": lambda err: None,
+                         **(extra or {})})
     try:
         admin.delete_topics([topic], operation_timeout=timeout)[topic].result(timeout)
     except KafkaException as exc:
@@ -394,6 +400,10 @@ def produce(
     run as its send time is past ``start`` (and, with ``rate``, no faster than
     ``rate`` pings per second). ``progress(simulated seconds done, sent)``
     is called every few thousand pings.
+
+    Ctrl-C (KeyboardInterrupt) stops the sending: what is queued gets at most
+    ``INTERRUPT_FLUSH`` seconds to be delivered, the rest is dropped and
+    counted as not delivered, and the summary says so (``interrupted``).
     """
     summary = Summary(topic)
     failures: list[str] = []
@@ -413,47 +423,61 @@ def produce(
     min_gap = 1.0 / rate if rate else 0.0
     next_allowed = began
     mask = 0xFFF if fast else 0  # paced runs are slow: report every ping
-    for ping in pings:
-        if not fast:
-            due = began + (ping.send_time - start)
-            if rate:
-                due = max(due, next_allowed)
-                next_allowed = due + min_gap
-            wait = due - clock()
-            if wait > 0.002:
+    interrupted = False
+    try:
+        for ping in pings:
+            if not fast:
+                due = began + (ping.send_time - start)
+                if rate:
+                    due = max(due, next_allowed)
+                    next_allowed = due + min_gap
+                wait = due - clock()
+                if wait > 0.002:
+                    poll(0)
+                    sleep(wait)
+            while True:
+                try:
+                    send(topic, ping.value, ping.key, ping.partition, on_delivery=on_error)
+                    break
+                except BufferError:
+                    poll(0.05)
+            sent += 1
+            counts[ping.partition] = counts.get(ping.partition, 0) + 1
+            kind = ping.kind
+            if kind is LATE:
+                late += 1
+            elif kind is BAD:
+                malformed += 1
+            event = ping.event_time
+            if first is None or event < first:
+                first = event
+            if last is None or event > last:
+                last = event
+            if not sent & mask:
                 poll(0)
-                sleep(wait)
-        while True:
-            try:
-                send(topic, ping.value, ping.key, ping.partition, on_delivery=on_error)
-                break
-            except BufferError:
-                poll(0.05)
-        sent += 1
-        counts[ping.partition] = counts.get(ping.partition, 0) + 1
-        kind = ping.kind
-        if kind is LATE:
-            late += 1
-        elif kind is BAD:
-            malformed += 1
-        event = ping.event_time
-        if first is None or event < first:
-            first = event
-        if last is None or event > last:
-            last = event
-        if not sent & mask:
-            poll(0)
-            if progress is not None:
-                progress(ping.send_time - start, sent)
-    remaining = producer.flush(60)
+                if progress is not None:
+                    progress(ping.send_time - start, sent)
+        remaining = producer.flush(60)
+    except KeyboardInterrupt:
+        interrupted = True
+        remaining = producer.flush(INTERRUPT_FLUSH)
+        if remaining:
+            producer.purge()  # the rest is dropped: reported as failed deliveries
+            producer.flush(1)  # serves those reports
+            remaining = len(producer)
     summary.failed += remaining
     summary.sent, summary.late, summary.malformed = sent - summary.failed, late, malformed
     summary.first_event, summary.last_event = first, last
     summary.seconds = clock() - began
-    if summary.failed:
+    summary.interrupted = interrupted
+    if summary.failed and not interrupted:
         why = "; ".join(dict.fromkeys(failures)) or "not delivered in time"
         raise KafkaError(f"{summary.failed:,} of {sent:,} pings were not delivered: {why}")
     return summary
+
+
+INTERRUPT_FLUSH = 5.0
+"""Seconds queued pings get to be delivered after Ctrl-C."""
 
 
 def default_start(fast: bool, minutes: float, now: float | None = None) -> float:

@@ -106,7 +106,7 @@ def test_bad_arguments_are_usage_errors(args, words):
 
 def test_bad_setting_is_one_line_naming_the_variable():
     result = run_installed(["report"], PRESENCE_WINDOW_MINUTES="seven")
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "PRESENCE_WINDOW_MINUTES" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
@@ -139,7 +139,8 @@ def test_kafka_unreachable_is_one_line_and_exit_1():
 def test_secret_in_uri_is_not_shown():
     result = run_installed(["report"], PRESENCE_MONGO_URI="mongodb://bob:hunter2@127.0.0.1:1")
     assert result.returncode == 1
-    assert "hunter2" not in result.stderr and "bob:***@127.0.0.1:1" in result.stderr
+    assert "hunter2" not in result.stderr and "bob" not in result.stderr
+    assert "MongoDB at mongodb://127.0.0.1:1 (PRESENCE_MONGO_URI)" in result.stderr
 
 
 # ------------------------------------------------------------------ table format
@@ -315,3 +316,21 @@ def test_demo_is_repeatable(mongo_uri, kafka_brokers, unique_name, tmp_path):  #
     finally:
         AdminClient({"bootstrap.servers": kafka_brokers}).delete_topics([unique_name])
         MongoClient(mongo_uri).drop_database(unique_name)
+
+
+@pytest.mark.stack
+def test_report_on_an_empty_database_says_how_to_get_rows(mongo_uri, unique_name):  # noqa: F811
+    result = run(["report"], env={"PRESENCE_MONGO_URI": mongo_uri, "PRESENCE_MONGO_DB": unique_name})
+    assert result.exit_code == 0 and result.stdout == ""
+    message = result.stderr.strip()
+    assert message.startswith(f"no rows yet in database {unique_name}")
+    assert "presence simulate" in message and "make run" in message
+
+
+@pytest.mark.stack
+def test_report_outside_the_rows_says_where_they_are(seeded):
+    env, docs = seeded
+    result = run(["report", "--from", "2030-01-01"], env=env)
+    assert result.exit_code == 0
+    assert (f"its rows go from {docs[0]['timeBucket']} to {docs[-1]['timeBucket']} (UTC)"
+            in result.stderr)
