@@ -51,6 +51,12 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     progress_seconds: float = Field(10, gt=0)
     kafka_batch_size: int = Field(5000, gt=0, le=1_000_000)
+    dead_letter_ttl_days: float = Field(30, gt=0, le=36500, allow_inf_nan=False)
+    """Days a dead letter is kept (TTL index on ``receivedAt``)."""
+    api_token: str | None = None
+    """When set, every HTTP endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``."""
+    cors_origins: str = ""
+    """Origins allowed to call the API from a browser: comma-separated, or ``*``; empty = same origin."""
 
     @field_validator("topic")
     @classmethod
@@ -85,6 +91,15 @@ class Settings(BaseModel):
     def _db_name(cls, value: str) -> str:
         if re.search(r'[/\\. "$\x00]', value):
             raise ValueError("must not contain / \\ . space \" $")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for origin in (o.strip() for o in value.split(",")):
+            if origin and origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin (scheme://host[:port], no path), or '*'")
         return value
 
     @field_validator("log_level")
@@ -156,7 +171,7 @@ NOT_SETTINGS_PREFIXES = ("PRESENCE_STACK_", "PRESENCE_FERRETDB_", "PRESENCE_TEST
                          "PRESENCE_BENCH_")
 """``PRESENCE_*`` variables read by other tools (stack scripts, CLI, tests), not the dataflow."""
 
-SECRET_FIELDS = ("mongo_uri", "kafka_config")
+SECRET_FIELDS = ("mongo_uri", "kafka_config", "api_token")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
