@@ -212,7 +212,7 @@ def test_url_range(server, page):
     ("from=1e15", ["from", "out of range"]),
     ("from=2018-01-02&to=2018-01-01", ["after"]),
 ])
-def test_a_refused_range_shows_the_api_error_not_every_row(server, page, query, words):
+def test_a_refused_range_shows_the_api_error_not_every_row(server, page, query, words, tmp_path):
     url, _ = server
     page.goto(f"{url}/?{query}&live=0")
     page.wait_for_selector("#chart[data-state=error]", timeout=15000)
@@ -223,13 +223,14 @@ def test_a_refused_range_shows_the_api_error_not_every_row(server, page, query, 
     assert page.get_attribute("#chart", "data-points") == "0"
     assert "error" in page.inner_text("#updated")
     assert page.errors == []
+    page.screenshot(path=str(tmp_path / "refused-range.png"))
     # Picking a range again clears it.
     page.select_option("#preset", "all")
     page.wait_for_function("window.presence.points === 12", timeout=10000)
     assert not page.is_visible("#reports-error")
 
 
-def test_the_token_is_asked_once_and_sent_as_a_bearer_header(make_server, browser):
+def test_the_token_is_asked_once_and_sent_as_a_bearer_header(make_server, browser, tmp_path):
     url, _ = make_server(api_token=TOKEN)
     context, page = new_page(browser)
     sent = []
@@ -239,6 +240,7 @@ def test_the_token_is_asked_once_and_sent_as_a_bearer_header(make_server, browse
         page.goto(f"{url}/?range=all")
         page.wait_for_selector("#chart[data-state=auth]", timeout=15000)
         assert page.is_visible("#auth") and "PRESENCE_API_TOKEN" in page.inner_text("#auth")
+        page.screenshot(path=str(tmp_path / "token.png"))
         assert page.evaluate("window.presence.points") == 0
         page.fill("#token", "wrong-token")
         page.click("#auth button[type=submit]")
