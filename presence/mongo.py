@@ -6,12 +6,16 @@ every write can be repeated without harm:
 - ``report_summary``: one upsert per row; counts, revision and ``updatedAt``
   go through ``$max``, so a replayed older result never lowers them;
 - ``dead_letters``: unordered inserts keyed by ``topic:partition:offset``; a
-  replayed one fails as a duplicate key, which is ignored;
+  replayed one fails as a duplicate key, which is ignored; kept
+  ``PRESENCE_DEAD_LETTER_TTL_DAYS`` (a TTL index on ``receivedAt``, or, on a
+  server without TTL indexes such as FerretDB 1.x, deletions by the sink);
 - ``pipeline_status``: counters and offsets through ``$max``.
 
 All writes of a batch go in one unordered ``bulk_write``. A connection
-failure is retried with exponential backoff (a WARNING per retry) until the
-server is back; nothing is dropped.
+failure, or a write the server applied but could not confirm (a transient
+write-concern error), is retried with exponential backoff (a WARNING per
+retry) until the server is back; nothing is dropped, and nothing unconfirmed
+is taken as written.
 """
 
 from __future__ import annotations

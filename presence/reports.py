@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from presence.mongo import REPORTS, STATUS
 from presence.pings import EPOCH_MS_THRESHOLD, MIN_EVENT_TIME, TIME_BUCKET_FORMAT, format_instant
@@ -288,15 +288,27 @@ def _int(value: Any) -> int:
         return 0
 
 
+def row_count(coll) -> int:
+    """The collection's document count from its metadata (``$collStats``, summed over
+    shards), not by counting; ``estimatedDocumentCount`` where ``$collStats`` is missing.
+    (FerretDB 1.x answers ``$collStats`` at once but counts for ``estimatedDocumentCount``.)"""
+    try:
+        return sum(int(doc.get("count", 0))
+                   for doc in coll.aggregate([{"$collStats": {"count": {}}}]))
+    except OperationFailure:
+        return coll.estimated_document_count()
+
+
 def report_extent(db: Database) -> dict[str, Any]:
-    """Row count and first/last ``timeBucket``: MongoDB's estimated count (collection
-    metadata) and one indexed, limit-1 query at each end of the unique ``timeBucket``
-    index, so the cost does not grow with the number of rows."""
+    """Row count and first/last ``timeBucket``: the count from collection metadata and
+    one indexed, limit-1 query at each end of the unique ``timeBucket`` index, so with
+    MongoDB the cost does not grow with the number of rows. (FerretDB 1.x does not use
+    indexes to sort: there the two queries scan the collection.)"""
     coll = db[REPORTS]
     first = coll.find_one({}, {"_id": 0, "timeBucket": 1}, sort=[("timeBucket", 1)])
     last = coll.find_one({}, {"_id": 0, "timeBucket": 1}, sort=[("timeBucket", -1)])
     return {
-        "count": coll.estimated_document_count(),
+        "count": row_count(coll),
         "first": first["timeBucket"] if first else None,
         "last": last["timeBucket"] if last else None,
     }

@@ -502,8 +502,8 @@ def test_status_without_kafka(api):
 @pytest.mark.stack
 def test_status_reads_no_collection_scan(mongo_uri, db):
     """Which commands /status sends: none reads dead_letters, none counts or scans
-    report_summary (an estimated count and two indexed limit-1 finds), so its cost
-    does not grow with the data."""
+    report_summary (its count from $collStats metadata and two limit-1 finds on the
+    unique timeBucket index), so with MongoDB its cost does not grow with the data."""
     from pymongo import MongoClient, monitoring
 
     seed(db, new_totals=False)  # an older dataflow's totals: no reasons kept
@@ -533,11 +533,13 @@ def test_status_reads_no_collection_scan(mongo_uri, db):
     sent = [(name, cmd.get(name), cmd) for name, cmd in listener.commands
             if name not in ("endSessions", "hello", "isMaster", "ismaster")]
     assert all(coll != "dead_letters" for _, coll, _ in sent), sent
-    assert not [c for c in sent if c[0] in ("aggregate", "distinct", "mapReduce")]
+    assert not [c for c in sent if c[0] in ("distinct", "mapReduce", "count")]
     finds = [cmd for name, coll, cmd in sent if name == "find" and coll == "report_summary"]
     assert len(finds) == 2 and all(cmd.get("limit") == 1 and cmd.get("sort") for cmd in finds)
-    counts = [cmd for name, coll, cmd in sent if name == "count"]
-    assert counts and all(not cmd.get("query") for cmd in counts)  # estimated: no filter
+    aggregates = [cmd for name, coll, cmd in sent if name == "aggregate"]
+    # The row count from the collection's metadata, not by counting.
+    assert [a["pipeline"] for a in aggregates] == [[{"$collStats": {"count": {}}}]]
+    assert status["reports"]["count"] == 10
     assert [name for name, coll, _ in sent if coll == "pipeline_status"] == ["find"]
 
 
