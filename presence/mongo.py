@@ -221,13 +221,13 @@ def ensure_indexes(db: Database, dead_letter_ttl_days: float = 30.0) -> bool:
 def ensure_ttl_index(coll, field: str, seconds: int, name: str = DEAD_LETTER_TTL_INDEX) -> bool:
     """A TTL index of ``seconds`` on ``field``; an index on it with another TTL (or none)
     is changed with ``collMod``, or dropped and made again. False if TTL indexes are
-    not supported (a plain index on ``field`` is made instead, with a WARNING)."""
+    not supported (a plain index on ``field`` is made instead, and an INFO line says so)."""
     try:
         coll.create_index(field, name=name, expireAfterSeconds=seconds)  # no-op if the same
         return True
     except OperationFailure as exc:
         if exc.code in NOT_SUPPORTED:
-            log.warning(
+            log.info(  # nothing is wrong: the sink does the TTL's work (see README)
                 "this MongoDB server has no TTL indexes (%s): presence deletes dead letters "
                 "older than PRESENCE_DEAD_LETTER_TTL_DAYS itself", str(exc).split(",")[0][:120])
             coll.create_index(field, name=field)

@@ -190,9 +190,9 @@ def test_ttl_index_is_made_again_when_collmod_fails_or_the_index_has_no_ttl():
     assert coll.indexes == {"receivedAt_ttl": {"key": [("receivedAt", 1)], "ttl": 86400}}
 
 
-def test_without_ttl_indexes_a_plain_index_and_a_warning(caplog):
+def test_without_ttl_indexes_a_plain_index_and_a_log_line(caplog):
     coll = FakeIndexes(ttl_supported=False)
-    with caplog.at_level(logging.WARNING, "presence.mongo"):
+    with caplog.at_level(logging.INFO, "presence.mongo"):
         assert ensure_ttl_index(coll, "receivedAt", 86400) is False
     assert coll.indexes == {"receivedAt": {"key": [("receivedAt", 1)], "ttl": None}}
     assert "no TTL indexes" in caplog.text and "PRESENCE_DEAD_LETTER_TTL_DAYS" in caplog.text
@@ -224,3 +224,29 @@ def test_dead_letters_expire_on_the_local_server(mongo_uri, unique_name):
     finally:
         client.drop_database(unique_name)
         client.close()
+
+
+def test_the_dead_letter_sink_deletes_expired_letters_at_most_every_ten_minutes(monkeypatch):
+    from presence.partition import DeadLetter
+
+    deleted = []
+
+    class Coll(FakeCollection):
+        def delete_many(self, query):
+            deleted.append(query)
+            return SimpleNamespace(deleted_count=0)
+
+    clock = [1000.0]
+    monkeypatch.setattr(mongo.time, "monotonic", lambda: clock[0])
+    part = SimpleNamespace(collection=Coll(), next_prune=0.0,
+                           settings=SimpleNamespace(dead_letter_ttl_days=2.0))
+    letter = DeadLetter("t", 0, 1, "invalid_json", "x", "{", 1514779200.0)
+    mongo._write_dead_letters(part, [letter])
+    mongo._write_dead_letters(part, [letter])
+    assert part.collection.calls == 2 and len(deleted) == 1
+    cutoff = deleted[0]["receivedAt"]["$lt"]
+    assert timedelta(days=2) - timedelta(seconds=60) < datetime.now(timezone.utc) - cutoff \
+        < timedelta(days=2) + timedelta(seconds=60)
+    clock[0] += mongo.PRUNE_EVERY
+    mongo._write_dead_letters(part, [letter])
+    assert len(deleted) == 2
