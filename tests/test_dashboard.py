@@ -263,12 +263,16 @@ def test_the_token_is_asked_once_and_sent_as_a_bearer_header(make_server, browse
         assert page.errors == [] and page.outside == []
     finally:
         context.close()
-    # ?token= works once, then leaves the address bar (and browser history).
+    # A link may carry it once as #token=...: a fragment never reaches the server (nor
+    # its access log); the page keeps it and takes it out of the address bar and history.
     context, page = new_page(browser)
+    urls = []
+    page.on("request", lambda req: urls.append(req.url))
     try:
-        page.goto(f"{url}/?range=all&token={TOKEN}&live=0")
+        page.goto(f"{url}/?range=all&live=0#token={TOKEN}")
         page.wait_for_selector("#chart[data-state=ready]", timeout=15000)
         assert "token" not in page.url and "range=all" in page.url
+        assert urls and not [u for u in urls if TOKEN in u]
         assert page.evaluate("sessionStorage.getItem('presence.apiToken')") == TOKEN
         assert page.errors == []
     finally:

@@ -12,14 +12,16 @@
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(window.location.search);
 
-  // The API token (PRESENCE_API_TOKEN): typed into the page once, or given as ?token=,
-  // kept in this tab's sessionStorage only, and taken out of the address bar at once.
-  if (params.has("token")) {
-    if (params.get("token")) sessionStorage.setItem(TOKEN_KEY, params.get("token"));
-    params.delete("token");
-    const rest = params.toString();
-    window.history.replaceState(null, "", window.location.pathname + (rest ? "?" + rest : "") +
-                                window.location.hash);
+  // The API token (PRESENCE_API_TOKEN): typed into the page once, or given in the URL's
+  // fragment as #token=... (a fragment never reaches the server, so no access log holds
+  // it), kept in this tab's sessionStorage only, and taken out of the address bar at once.
+  const fragment = new URLSearchParams(window.location.hash.replace(/^#/, ""));
+  if (fragment.has("token")) {
+    if (fragment.get("token")) sessionStorage.setItem(TOKEN_KEY, fragment.get("token"));
+    fragment.delete("token");
+    const rest = fragment.toString();
+    window.history.replaceState(null, "", window.location.pathname + window.location.search +
+                                (rest ? "#" + rest : ""));
   }
 
   function clamp(value, low, high, fallback) {
