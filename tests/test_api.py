@@ -649,3 +649,26 @@ def test_healthz_answers_within_half_a_second_under_200_concurrent_status_calls(
     assert all(a.json()["totals"]["valid"] == 7 for a in answers)
     assert cache.computations <= 3
     assert health_s < 0.5
+
+
+@pytest.mark.parametrize("args, host, ok", [
+    ([], "127.0.0.1:8000", True),
+    ([], "evil.example:8000", False),
+    (["--allowed-host", "presence.local:8000"], "presence.local:8000", True),
+    (["--allowed-host", "*"], "evil.example:8000", True),
+    (["--host", "0.0.0.0"], "evil.example:8000", True),  # not loopback: names unknown
+])
+def test_serve_checks_the_host_header_on_its_loopback_default(monkeypatch, args, host, ok):
+    import uvicorn
+    from click.testing import CliRunner
+
+    from presence.cli import cli
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    env = {"PRESENCE_MONGO_URI": DOWN, "PRESENCE_KAFKA_BROKERS": NO_KAFKA}
+    result = CliRunner().invoke(cli, ["serve", *args], env=env)
+    assert result.exit_code == 0, result.output
+    with TestClient(served["app"]) as client:
+        res = client.get("/static/dashboard.css", headers={"Host": host})
+        assert (res.status_code == 200) is ok
