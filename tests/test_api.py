@@ -7,7 +7,6 @@ import asyncio
 import socket
 import threading
 import time
-from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,7 +17,7 @@ from presence.reports import (
     KafkaWatermarks, TimeError, TimeRange, parse_range, parse_time, store_status,
 )
 from presence.settings import SettingsError, load_settings
-from tests.known_docs import BASE, known_rows, seed_database
+from tests.known_docs import known_rows, seed_database
 
 DOWN = "mongodb://127.0.0.1:1"
 NO_KAFKA = "127.0.0.1:1"
