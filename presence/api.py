@@ -451,7 +451,7 @@ HELP = {
                              "(the dataflow's totals, not a count of stored documents, "
                              "which expire after PRESENCE_DEAD_LETTER_TTL_DAYS). "
                              + DETERMINISTIC,
-    "presence_report_rows": "Rows in report_summary (MongoDB's estimated document count).",
+    "presence_report_rows": "Rows in report_summary (the count in the collection's metadata).",
     "presence_latest_bucket_seconds": "Bucket start of the newest row in report_summary "
                                       "(epoch seconds).",
 }
