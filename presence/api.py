@@ -1,37 +1,78 @@
 """The reports API and live dashboard (FastAPI; ``presence serve`` runs it with uvicorn).
 
-- ``GET /reports?from=&to=``: ``[{"time", "available", "online"}]`` sorted by
-  time, the shape of the API presence replaces (``revision=true`` adds each
-  row's revision); a bad parameter is a 400 with ``{"error": ...}``;
+- ``GET /reports?from=&to=&limit=&newest=``: ``[{"time", "available", "online"}]``
+  sorted by time, the shape of the API presence replaces (``revision=true``
+  adds each row's revision). One bounded page (``limit``, default 10,000, at
+  most 100,000 rows); when the range holds more, a ``Link: <...>; rel="next"``
+  header gives the next page's URL (and ``X-Next-From``, or with
+  ``newest=true`` ``X-Next-To``, where it starts). A bad parameter is a 400
+  with ``{"error": ...}``;
 - ``GET /status``: pipeline status (offsets, Kafka lag, watermark, retention
-  gaps, dead letters by reason); Kafka being down is reported, not an error;
-- ``GET /metrics``: the same figures in Prometheus text format;
+  gaps, totals, dead letters by reason); Kafka being down is reported, not an
+  error;
+- ``GET /metrics``: the same figures in Prometheus text format (prometheus_client);
 - ``GET /healthz``: 200 when MongoDB answers, 503 otherwise;
 - ``GET /``: the dashboard, served from the package (no CDN).
+
+Security (README "The API and the dashboard"): with ``PRESENCE_API_TOKEN``
+set, every endpoint but ``/healthz`` and the dashboard's static files (``/``
+and ``/static/``, which hold no data) needs ``Authorization: Bearer
+<token>``; ``PRESENCE_CORS_ORIGINS`` lets browser pages on other origins
+call it; bound to a loopback address, requests whose ``Host`` is not that
+loopback name and port are refused (a DNS-rebinding defence).
+
+Cost: ``/status`` and ``/metrics`` read a few documents whatever the size of
+the data, through one cached payload (:data:`STATUS_TTL`) refreshed by one
+request at a time in a worker thread; every MongoDB and Kafka call runs in a
+worker thread, never on the event loop, and ``/healthz`` has threads of its
+own, so it answers while other requests wait for the database.
 """
 
 from __future__ import annotations
 
-import math
-from contextlib import asynccontextmanager
+import asyncio
+import hmac
+import ipaddress
 import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
+import anyio
+import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from presence.reports import (
-    TimeError, fetch_rows, mongo_client, parse_range, pipeline_status, store_error,
+    DEFAULT_PAGE, MAX_PAGE, KafkaWatermarks, TimeError, fetch_page, mongo_client,
+    parse_range, pipeline_status, store_error,
 )
 from presence.settings import Settings, load_settings
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
+
+STATUS_TTL = 1.0
+"""Seconds one ``/status`` payload is served before MongoDB and Kafka are asked again."""
+
+OPEN_PATHS = ("/healthz", "/")
+OPEN_PREFIXES = ("/static/",)
+"""Paths served without the API token: the health probe and the dashboard's files."""
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The text format every Prometheus reads (our names are plain ASCII, so prometheus_client's
+output is that format whatever version it labels it with)."""
 
 
 class ApiError(Exception):
@@ -41,14 +82,186 @@ class ApiError(Exception):
         self.message = message
 
 
-def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0) -> FastAPI:
+def _json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+# ------------------------------------------------------------------ guards
+
+
+def loopback_hosts(host: str, port: int | None) -> frozenset[str] | None:
+    """The ``Host`` header values to accept when serving on ``host``:``port``.
+
+    ``None`` (no check) unless ``host`` is a loopback address or
+    ``localhost``: a server bound to all interfaces is reached under names
+    we cannot know. A port of 0 or ``None`` accepts any port.
+    """
+    name = host.strip("[]").lower()
+    try:
+        loopback = name == "localhost" or ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        return None
+    if not port:
+        return frozenset(LOOPBACK_NAMES)
+    hosts = {f"{n}:{port}" for n in LOOPBACK_NAMES}
+    if port == 80:
+        hosts.update(LOOPBACK_NAMES)
+    return frozenset(hosts)
+
+
+class HostCheck:
+    """Refuse requests whose ``Host`` header is not one we serve (DNS rebinding).
+
+    A page on ``evil.example`` whose name is re-pointed at 127.0.0.1 makes the
+    browser send ``Host: evil.example:8000``: refused with a 400.
+    ``allowed`` entries are ``name`` (any port) or ``name:port``.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Iterable[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(h.lower() for h in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = ""
+            for key, value in scope.get("headers", ()):
+                if key == b"host":
+                    host = value.decode("latin-1").lower()
+                    break
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if host not in self.allowed and name not in self.allowed:
+                shown = host[:100] or "(none)"
+                response = _json_response(400, {"error": (
+                    f"Host header {shown!r} is not served here; use one of "
+                    f"{', '.join(sorted(self.allowed))} (presence serve --allowed-host adds names)")})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class BearerAuth:
+    """``Authorization: Bearer <token>`` on every path but the open ones (constant-time check)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode("utf-8")
+
+    @staticmethod
+    def is_open(path: str) -> bool:
+        return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.is_open(scope.get("path", "")):
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for key, value in scope.get("headers", ()):
+            if key == b"authorization":
+                scheme, _, credentials = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    given = credentials.strip()
+                break
+        if given is not None and hmac.compare_digest(given, self.token):
+            await self.app(scope, receive, send)
+            return
+        if given is None:
+            message = "this endpoint needs the API token: send Authorization: Bearer <PRESENCE_API_TOKEN>"
+            challenge = 'Bearer realm="presence"'
+        else:
+            message = "invalid API token"
+            challenge = 'Bearer realm="presence", error="invalid_token"'
+        response = _json_response(401, {"error": message}, {"WWW-Authenticate": challenge})
+        await response(scope, receive, send)
+
+
+def cors_origins(value: str | tuple[str, ...]) -> list[str]:
+    """``PRESENCE_CORS_ORIGINS`` as a list: empty = none, ``*`` anywhere = any origin."""
+    items = value.split(",") if isinstance(value, str) else value
+    origins = [o.strip().rstrip("/") for o in items if o.strip()]
+    return ["*"] if "*" in origins else origins
+
+
+# ------------------------------------------------------------------ status cache
+
+
+@dataclass
+class _Snapshot:
+    at: float
+    payload: dict[str, Any] | None
+    error: ApiError | None
+
+
+class StatusCache:
+    """The status payload, computed by one worker thread at a time and kept ``ttl`` seconds.
+
+    Any number of concurrent requests cost one computation: while one runs,
+    the others await it (on the event loop, holding no thread). A failure
+    (MongoDB down) is kept just as long, so it is not retried per request.
+    """
+
+    def __init__(self, compute: Callable[[], dict[str, Any]], ttl: float = STATUS_TTL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.compute = compute
+        self.ttl = ttl
+        self.clock = clock
+        self.latest: _Snapshot | None = None
+        self._task: asyncio.Future | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._limiter = anyio.CapacityLimiter(1)
+        self.requests = 0
+        """Requests served (for tests)."""
+        self.computations = 0
+        """Payloads computed (for tests)."""
+
+    async def get(self) -> dict[str, Any]:
+        """The payload, or raise the :class:`ApiError` of the last computation."""
+        self.requests += 1
+        snap = self.latest
+        if snap is None or self.clock() - snap.at >= self.ttl:
+            loop = asyncio.get_running_loop()
+            if self._task is None or self._loop is not loop:
+                self._loop = loop
+                self._task = asyncio.ensure_future(self._refresh())
+            snap = await asyncio.shield(self._task)
+        if snap.error is not None:
+            raise ApiError(snap.error.status, snap.error.message)
+        assert snap.payload is not None
+        return snap.payload
+
+    async def _refresh(self) -> _Snapshot:
+        try:
+            payload = await anyio.to_thread.run_sync(self.compute, limiter=self._limiter)
+            snap = _Snapshot(self.clock(), payload, None)
+        except ApiError as exc:
+            snap = _Snapshot(self.clock(), None, exc)
+        finally:
+            self._task = None
+        self.computations += 1
+        self.latest = snap
+        return snap
+
+
+# ------------------------------------------------------------------ the app
+
+
+def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
+               allowed_hosts: Iterable[str] | None = None,
+               status_ttl: float = STATUS_TTL) -> FastAPI:
+    """The API. ``allowed_hosts``: accepted ``Host`` values (``None``: no check);
+    ``presence serve`` passes :func:`loopback_hosts` of its address."""
     settings = settings or load_settings()
     client = mongo_client(settings, timeout_ms=2000)
     db = client[settings.mongo_db]
+    kafka = KafkaWatermarks(settings, timeout=kafka_timeout)
+    health_threads = anyio.CapacityLimiter(4)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        kafka.close()
         client.close()
 
     app = FastAPI(
@@ -60,79 +273,122 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0) -> 
         version="0.1.0",
     )
     app.state.settings = settings
+    app.state.kafka = kafka
+
+    # Middleware: the last added runs first. Host check, then CORS (a preflight
+    # carries no token, and a 401 must still carry CORS headers), then the token.
+    if settings.api_token:
+        app.add_middleware(BearerAuth, token=settings.api_token)
+    origins = cors_origins(settings.cors_origins)
+    if origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=origins, allow_methods=["GET"],
+            allow_headers=["Authorization"], expose_headers=["Link", "X-Next-From", "X-Next-To"],
+            max_age=600,
+        )
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=allowed_hosts)
 
     @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return _json_response(exc.status, {"error": exc.message})
 
     @app.exception_handler(RequestValidationError)
-    async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
         problems = []
         for err in exc.errors():
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "query")
             problems.append(f"{where}: {err.get('msg', 'invalid')}")
-        return JSONResponse({"error": "; ".join(problems) or "bad request"}, status_code=400)
+        return _json_response(400, {"error": "; ".join(problems) or "bad request"})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _json_response(exc.status_code, {"error": str(exc.detail)}, exc.headers)
 
     def store_failed(exc: PyMongoError) -> ApiError:
         return ApiError(503, str(store_error(settings, exc)))
 
-    @app.get("/reports", summary="Report rows of a time range, sorted by time")
+    # A sync handler: FastAPI runs it in a worker thread, off the event loop.
+    @app.get("/reports", summary="Report rows of a time range, sorted by time (one page)")
     def reports(
+        request: Request,
         start: str | None = Query(None, alias="from",
                                   description="First bucket: ISO-8601 (UTC if no offset) or epoch seconds"),
         end: str | None = Query(None, alias="to",
                                 description="Last bucket: ISO-8601 (UTC if no offset) or epoch seconds"),
+        limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE, description="Most rows in this page"),
+        newest: bool = Query(False, description="The newest rows of the range instead of the "
+                                                "oldest (still sorted by time); the next page is older"),
         revision: bool = Query(False, description="Add each row's revision"),
-    ) -> list[dict[str, Any]]:
+    ) -> Response:
         try:
             time_range = parse_range(start, end)
         except TimeError as exc:
             raise ApiError(400, str(exc)) from None
         try:
-            rows = fetch_rows(db, time_range)
+            page = fetch_page(db, time_range, limit, newest=newest)
         except PyMongoError as exc:
             raise store_failed(exc) from None
         if revision:
-            return [{"time": r.time, "available": r.available, "online": r.online,
-                     "revision": r.revision} for r in rows]
-        return [{"time": r.time, "available": r.available, "online": r.online} for r in rows]
+            body = [{"time": r.time, "available": r.available, "online": r.online,
+                     "revision": r.revision} for r in page.rows]
+        else:
+            body = [{"time": r.time, "available": r.available, "online": r.online}
+                    for r in page.rows]
+        headers = {}
+        if page.next_bucket is not None:
+            at = page.next_bucket.replace(" ", "T") + "Z"
+            if newest:
+                url = request.url.include_query_params(to=at)
+                headers["X-Next-To"] = at
+            else:
+                url = request.url.include_query_params(**{"from": at})
+                headers["X-Next-From"] = at
+            headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
+        return Response(orjson.dumps(body), media_type="application/json", headers=headers)
 
-    def status_payload() -> dict[str, Any]:
+    def compute_status() -> dict[str, Any]:
         try:
-            status = pipeline_status(settings, db, kafka_timeout=kafka_timeout)
+            status = pipeline_status(settings, db, kafka=kafka)
         except PyMongoError as exc:
             raise store_failed(exc) from None
         status["database"] = settings.mongo_db
         status["generatedAt"] = datetime.now().astimezone().isoformat(timespec="seconds")
         return status
 
-    @app.get("/status", summary="Pipeline status: offsets, lag, watermark, gaps, dead letters")
-    def status() -> dict[str, Any]:
-        return status_payload()
+    cache = StatusCache(compute_status, ttl=status_ttl)
+    app.state.status_cache = cache
 
-    @app.get("/metrics", response_class=PlainTextResponse,
-             summary="The status figures in Prometheus text format")
-    def metrics() -> PlainTextResponse:
+    @app.get("/status", summary="Pipeline status: offsets, lag, watermark, gaps, dead letters")
+    async def status() -> Response:
+        return _json_response(200, await cache.get())
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(lambda: cache.latest))
+    app.state.metrics_registry = registry
+
+    @app.get("/metrics", summary="The status figures in Prometheus text format")
+    async def metrics() -> Response:
         try:
-            text = prometheus_text(status_payload(), mongo_up=True)
+            await cache.get()
         except ApiError:
-            text = prometheus_text(None, mongo_up=False)
-        return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+            pass  # presence_mongo_up 0
+        return Response(generate_latest(registry), media_type=METRICS_CONTENT_TYPE)
+
+    def ping() -> float:
+        began = time.perf_counter()
+        client.admin.command("ping")
+        return (time.perf_counter() - began) * 1000
 
     @app.get("/healthz", summary="200 when MongoDB answers")
-    def healthz() -> JSONResponse:
-        began = time.perf_counter()
+    async def healthz() -> Response:
+        # Threads of its own: a flood of other requests cannot hold it up.
         try:
-            client.admin.command("ping")
+            took = await anyio.to_thread.run_sync(ping, limiter=health_threads)
         except PyMongoError as exc:
-            return JSONResponse({"status": "unavailable", "mongo": str(store_error(settings, exc))},
-                                status_code=503)
-        return JSONResponse({"status": "ok", "mongo": "ok",
-                             "mongoMs": round((time.perf_counter() - began) * 1000, 1)})
+            return _json_response(503, {"status": "unavailable",
+                                        "mongo": str(store_error(settings, exc))})
+        return _json_response(200, {"status": "ok", "mongo": "ok", "mongoMs": round(took, 1)})
 
     @app.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
@@ -147,71 +403,139 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0) -> 
 # ------------------------------------------------------------------ metrics
 
 
-def _label(value: Any) -> str:
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 def _epoch(iso: str | None) -> float | None:
     if not iso:
         return None
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+DETERMINISTIC = ("Deterministic: the same topic gives the same total whatever the workers, "
+                 "processes, batching or crashes.")
+DEPENDS_ON_BATCHING = ("A count of writes, not of pings: it depends on batching and timing "
+                       "(how often a row was written before all its pings were read).")
+
+HELP = {
+    "presence_mongo_up": "1 if MongoDB answered the last status query (refreshed at most "
+                         "once a second), else 0; when 0 no other family has samples.",
+    "presence_kafka_up": "1 if Kafka answered the last query for the topic's high "
+                         "watermarks, else 0.",
+    "presence_pings_total": "Messages read by the dataflow, by outcome: valid (counted), "
+                            "invalid (dead-lettered: malformed, or a future timestamp), "
+                            "too_late (dead-lettered: older than its partition's watermark "
+                            "minus the correction horizon). " + DETERMINISTIC,
+    "presence_late_pings_total": "Valid pings older than their own partition's watermark "
+                                 "when read but not too late; counted, and they may correct "
+                                 "rows already written. Part of outcome=\"valid\". "
+                                 + DETERMINISTIC,
+    "presence_corrected_late_pings_total": "Late pings that went into a row already written, "
+                                           "so that the row was rewritten (kept from earlier "
+                                           "versions). Unlike presence_late_pings_total it "
+                                           "depends on batching and timing.",
+    "presence_rows_written_total": "Writes of report rows to report_summary, first writes and "
+                                   "rewrites (one per row revision written). "
+                                   + DEPENDS_ON_BATCHING,
+    "presence_row_rewrites_total": "Writes of a report row that had been written before "
+                                   "(corrections: revision 2 and up). " + DEPENDS_ON_BATCHING,
+    "presence_watermark_seconds": "The dataflow's watermark in epoch seconds: the least of "
+                                  "its partitions' watermarks (greatest event time read minus "
+                                  "the allowed lateness), idle and finished partitions left out.",
+    "presence_partition_next_offset": "Next offset of the partition the dataflow will process.",
+    "presence_partition_high_watermark": "Kafka high watermark of the partition (the offset "
+                                         "the next message produced will get).",
+    "presence_partition_lag": "Messages of the partition not processed yet: Kafka high "
+                              "watermark minus the next offset to process.",
+    "presence_partition_gap_offsets": "Offsets of the partition lost to Kafka retention "
+                                      "before they were read (sum over the recorded gaps).",
+    "presence_partition_max_event_time_seconds": "Greatest event time of a valid ping read "
+                                                 "from the partition (epoch seconds).",
+    "presence_dead_letters": "Messages dead-lettered since the first run, by reason "
+                             "(the dataflow's totals, not a count of stored documents, "
+                             "which expire after PRESENCE_DEAD_LETTER_TTL_DAYS). "
+                             + DETERMINISTIC,
+    "presence_report_rows": "Rows in report_summary (the count in the collection's metadata).",
+    "presence_latest_bucket_seconds": "Bucket start of the newest row in report_summary "
+                                      "(epoch seconds).",
+}
+"""Every metric family served, with what it counts (README "Metrics")."""
+
+
+def status_metrics(status: dict[str, Any] | None, mongo_up: bool) -> list[Metric]:
+    """The metric families of one status payload (``None`` when MongoDB did not answer)."""
+    out: list[Metric] = []
+
+    def gauge(name: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, HELP[name], labels=labels)
+        out.append(family)
+        return family
+
+    def counter(name: str, value: float, labels: list[str] | None = None) -> CounterMetricFamily:
+        family = CounterMetricFamily(name, HELP[name], labels=labels)
+        if labels is None:
+            family.add_metric([], value)
+        out.append(family)
+        return family
+
+    gauge("presence_mongo_up").add_metric([], 1 if mongo_up else 0)
+    if status is None:
+        return out
+    kafka = status.get("kafka", {})
+    gauge("presence_kafka_up", ["topic"]).add_metric(
+        [str(kafka.get("topic", ""))], 1 if kafka.get("reachable") else 0)
+    totals = status.get("totals", {})
+    pings = counter("presence_pings_total", 0, ["outcome"])
+    for outcome, key in (("valid", "valid"), ("invalid", "invalid"), ("too_late", "tooLate")):
+        pings.add_metric([outcome], totals.get(key, 0))
+    counter("presence_late_pings_total", totals.get("late", 0))
+    counter("presence_corrected_late_pings_total", totals.get("correctedLate", 0))
+    counter("presence_rows_written_total", totals.get("rowsWritten", 0))
+    counter("presence_row_rewrites_total", totals.get("rowRewrites", 0))
+    watermark = gauge("presence_watermark_seconds")
+    if _epoch(status.get("watermark")) is not None:
+        watermark.add_metric([], _epoch(status["watermark"]))
+    parts = status.get("partitions", [])
+    per_partition = [
+        ("presence_partition_next_offset", lambda p: p.get("nextOffset")),
+        ("presence_partition_high_watermark", lambda p: p.get("highWatermark")),
+        ("presence_partition_lag", lambda p: p.get("lag")),
+        ("presence_partition_gap_offsets", lambda p: sum(g["lost"] for g in p.get("gaps", []))),
+        ("presence_partition_max_event_time_seconds", lambda p: _epoch(p.get("maxEventTime"))),
+    ]
+    for name, value_of in per_partition:
+        family = gauge(name, ["topic", "partition"])
+        for p in parts:
+            value = value_of(p)
+            if value is not None:
+                family.add_metric([str(p["topic"]), str(p["partition"])], value)
+    dead = gauge("presence_dead_letters", ["reason"])
+    for reason, n in sorted(status.get("deadLetters", {}).get("byReason", {}).items()):
+        dead.add_metric([reason], n)
+    reports = status.get("reports", {})
+    gauge("presence_report_rows").add_metric([], reports.get("count", 0))
+    latest = gauge("presence_latest_bucket_seconds")
+    if reports.get("last"):
+        latest.add_metric([], _epoch(reports["last"].replace(" ", "T") + "+00:00"))
+    return out
+
+
+class StatusCollector:
+    """A prometheus_client collector over the API's cached status payload."""
+
+    def __init__(self, latest: Callable[[], _Snapshot | None]) -> None:
+        self.latest = latest
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to check at registration; families depend on the data
+
+    def collect(self) -> Iterable[Metric]:
+        snap = self.latest()
+        if snap is None or snap.error is not None:
+            return status_metrics(None, mongo_up=False)
+        return status_metrics(snap.payload, mongo_up=True)
+
+
 def prometheus_text(status: dict[str, Any] | None, mongo_up: bool) -> str:
     """The status as Prometheus exposition text (format 0.0.4)."""
-    lines: list[str] = []
-
-    def family(name: str, kind: str, help_text: str,
-               samples: list[tuple[dict[str, Any], float | int | None]]) -> None:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} {kind}")
-        for labels, value in samples:
-            if value is None or (isinstance(value, float) and math.isnan(value)):
-                continue
-            tag = ",".join(f'{k}="{_label(v)}"' for k, v in labels.items())
-            number = repr(float(value)) if isinstance(value, float) else str(int(value))
-            lines.append(f"{name}{{{tag}}} {number}" if tag else f"{name} {number}")
-
-    family("presence_mongo_up", "gauge", "1 if MongoDB answered the status query.",
-           [({}, int(mongo_up))])
-    if status is None:
-        return "\n".join(lines) + "\n"
-    kafka = status.get("kafka", {})
-    family("presence_kafka_up", "gauge", "1 if Kafka answered the offsets query.",
-           [({"topic": kafka.get("topic", "")}, int(bool(kafka.get("reachable"))))])
-    totals = status.get("totals", {})
-    family("presence_pings_total", "counter", "Pings read, by outcome.", [
-        ({"outcome": "valid"}, totals.get("valid", 0)),
-        ({"outcome": "invalid"}, totals.get("invalid", 0)),
-        ({"outcome": "too_late"}, totals.get("tooLate", 0)),
-    ])
-    family("presence_corrected_late_pings_total", "counter",
-           "Late pings that corrected rows already written.",
-           [({}, totals.get("correctedLate", 0))])
-    family("presence_rows_written_total", "counter", "Report rows written (all revisions).",
-           [({}, totals.get("rowsWritten", 0))])
-    family("presence_watermark_seconds", "gauge", "The dataflow's watermark (epoch seconds).",
-           [({}, _epoch(status.get("watermark")))])
-    parts = status.get("partitions", [])
-    key = lambda p: {"topic": p["topic"], "partition": p["partition"]}  # noqa: E731
-    family("presence_partition_next_offset", "gauge", "Next offset the dataflow will process.",
-           [(key(p), p.get("nextOffset")) for p in parts])
-    family("presence_partition_high_watermark", "gauge", "Kafka high watermark of the partition.",
-           [(key(p), p.get("highWatermark")) for p in parts])
-    family("presence_partition_lag", "gauge", "Kafka high watermark minus next offset.",
-           [(key(p), p.get("lag")) for p in parts])
-    family("presence_partition_gap_offsets", "gauge",
-           "Offsets lost to Kafka retention before they were read.",
-           [(key(p), sum(g["lost"] for g in p.get("gaps", []))) for p in parts])
-    family("presence_partition_max_event_time_seconds", "gauge",
-           "Greatest valid event time read from the partition (epoch seconds).",
-           [(key(p), _epoch(p.get("maxEventTime"))) for p in parts])
-    reasons = status.get("deadLetters", {}).get("byReason", {})
-    family("presence_dead_letters", "gauge", "Dead letters stored, by reason.",
-           [({"reason": r}, n) for r, n in sorted(reasons.items())])
-    reports = status.get("reports", {})
-    family("presence_report_rows", "gauge", "Rows in report_summary.",
-           [({}, reports.get("count", 0))])
-    family("presence_latest_bucket_seconds", "gauge", "Start of the newest report row (epoch seconds).",
-           [({}, _epoch(reports["last"].replace(" ", "T") + "+00:00") if reports.get("last") else None)])
-    return "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    snap = _Snapshot(0.0, status, None if mongo_up else ApiError(503, "MongoDB down"))
+    registry.register(StatusCollector(lambda: snap))
+    return generate_latest(registry).decode("utf-8")

@@ -374,19 +374,31 @@ def plot(start: str | None, end: str | None, output: Path, title: str) -> None:
               help="Port to listen on.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True, help="Server log level.")
-def serve(host: str, port: int, log_level: str) -> None:
+@click.option("--allowed-host", "allowed_hosts", multiple=True, metavar="NAME[:PORT]",
+              help="Also accept this Host header (repeatable). On a loopback address only "
+                   "localhost, 127.0.0.1 and [::1] with the port are accepted (a DNS-rebinding "
+                   "defence); '*' turns the check off.")
+def serve(host: str, port: int, log_level: str, allowed_hosts: tuple[str, ...]) -> None:
     """Serve the reports API and the live dashboard.
 
-    GET / (dashboard), /reports?from=&to=, /status, /metrics, /healthz.
+    GET / (dashboard), /reports?from=&to=&limit=, /status, /metrics, /healthz.
+    PRESENCE_API_TOKEN closes every endpoint but /healthz to requests without
+    Authorization: Bearer <token>; PRESENCE_CORS_ORIGINS lets pages on other
+    origins call it.
     """
     import uvicorn
 
-    from presence.api import create_app
+    from presence.api import create_app, loopback_hosts
 
     settings = settings_from_env()
-    app = create_app(settings)
     sock = listen(host, port)  # a busy port is one line and exit 1, before any other output
     port = sock.getsockname()[1]
+    hosts = loopback_hosts(host, port)
+    if "*" in allowed_hosts:
+        hosts = None
+    elif hosts is not None:
+        hosts = hosts | {h.lower() for h in allowed_hosts}
+    app = create_app(settings, allowed_hosts=hosts)
     shown = f"[{host}]" if ":" in host else host
     click.echo(f"dashboard: http://{shown}:{port}/  (database {settings.mongo_db}, "
                f"topic {settings.topic}); Ctrl-C stops", err=True)

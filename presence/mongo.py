@@ -6,12 +6,16 @@ every write can be repeated without harm:
 - ``report_summary``: one upsert per row; counts, revision and ``updatedAt``
   go through ``$max``, so a replayed older result never lowers them;
 - ``dead_letters``: unordered inserts keyed by ``topic:partition:offset``; a
-  replayed one fails as a duplicate key, which is ignored;
+  replayed one fails as a duplicate key, which is ignored; kept
+  ``PRESENCE_DEAD_LETTER_TTL_DAYS`` (a TTL index on ``receivedAt``, or, on a
+  server without TTL indexes such as FerretDB 1.x, deletions by the sink);
 - ``pipeline_status``: counters and offsets through ``$max``.
 
 All writes of a batch go in one unordered ``bulk_write``. A connection
-failure is retried with exponential backoff (a WARNING per retry) until the
-server is back; nothing is dropped.
+failure, or a write the server applied but could not confirm (a transient
+write-concern error), is retried with exponential backoff (a WARNING per
+retry) until the server is back; nothing is dropped, and nothing unconfirmed
+is taken as written.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterable, TypeVar
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pymongo import MongoClient, UpdateOne
 from pymongo.database import Database
-from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure
+from pymongo.errors import (
+    AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError,
+    WriteConcernError,
+)
 
 from presence.partition import DeadLetter, PartitionMark
 from presence.rows import Row, Totals
@@ -43,7 +50,40 @@ STATUS = "pipeline_status"
 
 T = TypeVar("T")
 
-RETRYABLE = (AutoReconnect, ConnectionFailure)
+
+
+class WriteNotConfirmed(PyMongoError):
+    """The server applied a write but could not confirm its write concern (e.g. a
+    ``wtimeout`` or a primary stepping down): retried like an outage, never taken
+    as a success. Writes are idempotent, so running them again is safe."""
+
+
+RETRYABLE = (AutoReconnect, ConnectionFailure, WriteNotConfirmed)
+
+TRANSIENT_WRITE_CONCERN = frozenset({
+    6, 7, 64, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436,
+})
+"""Write-concern error codes worth retrying (HostUnreachable, HostNotFound,
+WriteConcernFailed i.e. wtimeout, NetworkTimeout, ShutdownInProgress,
+PrimarySteppedDown, ExceededTimeLimit, SocketException, NotWritablePrimary,
+InterruptedAtShutdown, InterruptedDueToReplStateChange, NotPrimaryNoSecondaryOk,
+NotPrimaryOrSecondary). Any other (e.g. UnsatisfiableWriteConcern) is raised."""
+
+
+def raise_for_write_concern(details: dict) -> None:
+    """Raise if a bulk result carries ``writeConcernErrors``: :class:`WriteNotConfirmed`
+    (retried) when transient, :class:`~pymongo.errors.WriteConcernError` otherwise."""
+    errors = details.get("writeConcernErrors") or []
+    if not errors:
+        return
+    first = errors[0]
+    code = first.get("code")
+    message = (f"write concern not satisfied ({len(errors)} error(s)): "
+               f"{first.get('errmsg', 'no message')} (code {code})")
+    labels = first.get("errorLabels") or details.get("errorLabels") or ()
+    if code in TRANSIENT_WRITE_CONCERN or "RetryableWriteError" in labels:
+        raise WriteNotConfirmed(message)
+    raise WriteConcernError(message, code, first)
 
 
 def utc(epoch_seconds: float) -> datetime:
@@ -163,9 +203,64 @@ def with_retry(
             attempt += 1
 
 
-def ensure_indexes(db: Database) -> None:
+DEAD_LETTER_TTL_INDEX = "receivedAt_ttl"
+NOT_SUPPORTED = (115, 238)  # CommandNotSupported, NotImplemented (FerretDB 1.x: no TTL indexes)
+INDEX_CONFLICT = (85, 86)  # IndexOptionsConflict, IndexKeySpecsConflict
+
+
+def ensure_indexes(db: Database, dead_letter_ttl_days: float = 30.0) -> bool:
+    """The unique ``timeBucket`` index, and on ``dead_letters`` a ``reason`` index and a
+    TTL index on ``receivedAt``. True if the server expires dead letters itself; False
+    when it has no TTL indexes (then a plain index is made and the dead-letter sink
+    deletes expired ones, see :func:`prune_dead_letters`)."""
     db[REPORTS].create_index("timeBucket", unique=True, name="timeBucket_unique")
     db[DEAD_LETTERS].create_index("reason", name="reason")
+    return ensure_ttl_index(db[DEAD_LETTERS], "receivedAt", round(dead_letter_ttl_days * 86400))
+
+
+def ensure_ttl_index(coll, field: str, seconds: int, name: str = DEAD_LETTER_TTL_INDEX) -> bool:
+    """A TTL index of ``seconds`` on ``field``; an index on it with another TTL (or none)
+    is changed with ``collMod``, or dropped and made again. False if TTL indexes are
+    not supported (a plain index on ``field`` is made instead, and an INFO line says so)."""
+    try:
+        coll.create_index(field, name=name, expireAfterSeconds=seconds)  # no-op if the same
+        return True
+    except OperationFailure as exc:
+        if exc.code in NOT_SUPPORTED:
+            log.info(  # nothing is wrong: the sink does the TTL's work (see README)
+                "this MongoDB server has no TTL indexes (%s): presence deletes dead letters "
+                "older than PRESENCE_DEAD_LETTER_TTL_DAYS itself", str(exc).split(",")[0][:120])
+            coll.create_index(field, name=field)
+            return False
+        if exc.code not in INDEX_CONFLICT:
+            raise
+    existing = [(n, spec) for n, spec in coll.index_information().items()
+                if list(spec.get("key", [])) == [(field, 1)]]
+    for index_name, spec in existing:
+        if "expireAfterSeconds" in spec:
+            try:
+                coll.database.command("collMod", coll.name,
+                                      index={"name": index_name, "expireAfterSeconds": seconds})
+                log.info("dead letters now expire after %d s (index %s changed)", seconds, index_name)
+                return True
+            except OperationFailure:
+                pass  # dropped and made again below
+    for index_name, _ in existing:
+        coll.drop_index(index_name)
+    coll.create_index(field, name=name, expireAfterSeconds=seconds)
+    log.info("dead letters now expire after %d s (index %s made again)", seconds, name)
+    return True
+
+
+PRUNE_EVERY = 600.0
+"""Seconds between two deletions of expired dead letters by one sink partition."""
+
+
+def prune_dead_letters(collection, ttl_days: float, now: datetime) -> int:
+    """Delete dead letters received more than ``ttl_days`` before ``now`` (what a TTL
+    index does; for servers without one, and harmless with one)."""
+    cutoff = now - timedelta(days=ttl_days)
+    return collection.delete_many({"receivedAt": {"$lt": cutoff}}).deleted_count
 
 
 def row_update(row: Row, now: datetime) -> UpdateOne:
@@ -269,12 +364,13 @@ class _MongoPartition(StatelessSinkPartition):
             settings.mongo_db,
             lambda db: with_retry(
                 f"creating indexes at {redact_uri(settings.mongo_uri)}",
-                lambda: ensure_indexes(db),
+                lambda: ensure_indexes(db, settings.dead_letter_ttl_days),
             ),
         )
         self.db = self.client[settings.mongo_db]
         self.collection = self.db[collection]
         self.write = write
+        self.next_prune = 0.0  # monotonic time of the next dead-letter clean-up
 
     def write_batch(self, items: list) -> None:
         if items:
@@ -284,16 +380,21 @@ class _MongoPartition(StatelessSinkPartition):
         if not updates:
             return
 
-        def attempt() -> None:
+        def attempt(again: bool = True) -> None:
             try:
                 self.collection.bulk_write(updates, ordered=False)
-            except OperationFailure as exc:
-                # An upsert racing another writer of the same _id: retrying
-                # applies it as an update.
-                if getattr(exc, "code", None) == 11000 or "E11000" in str(exc):
-                    self.collection.bulk_write(updates, ordered=False)
-                else:
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors") or []
+                if any(e.get("code") != 11000 for e in errors):
                     raise
+                if errors and again:
+                    # An upsert racing another writer of the same _id: running
+                    # the batch again applies it as an update.
+                    attempt(again=False)
+                    return
+                if errors:
+                    raise
+                raise_for_write_concern(exc.details)  # not confirmed: not a success
 
         with_retry(what, attempt)
 
@@ -310,18 +411,31 @@ def _write_rows(part: _MongoPartition, rows: list[Row]) -> None:
 
 
 def _write_dead_letters(part: _MongoPartition, letters: list[DeadLetter]) -> None:
-    """Plain inserts (cheaper than upserts); a replayed one is a duplicate key, ignored."""
-    docs = [dead_letter_doc(d) for d in letters]
+    """Plain inserts (cheaper than upserts); a replayed one is a duplicate key, ignored.
 
+    Write-concern errors are not ignored: a transient one is retried, any other
+    raised. Every :data:`PRUNE_EVERY` seconds, expired dead letters are deleted.
+    """
+    insert_dead_letters(part.collection, [dead_letter_doc(d) for d in letters])
+    if time.monotonic() >= part.next_prune:
+        ttl = part.settings.dead_letter_ttl_days
+        with_retry("deleting expired dead letters",
+                   lambda: prune_dead_letters(part.collection, ttl, datetime.now(timezone.utc)))
+        part.next_prune = time.monotonic() + PRUNE_EVERY
+
+
+def insert_dead_letters(collection, docs: list[dict],
+                        sleep: Callable[[float], None] = time.sleep) -> None:
     def attempt() -> None:
         try:
-            part.collection.insert_many(docs, ordered=False)
+            collection.insert_many(docs, ordered=False)
         except BulkWriteError as exc:
             others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
             if others:
                 raise
+            raise_for_write_concern(exc.details)
 
-    with_retry(f"writing {len(docs)} dead letters", attempt)
+    with_retry(f"writing {len(docs)} dead letters", attempt, sleep=sleep)
 
 
 def _write_status(part: _MongoPartition, items: list) -> None:

@@ -3,30 +3,47 @@
 Shared by ``presence report``, ``presence plot`` and ``presence serve``:
 
 - :func:`parse_time` reads a user's instant (ISO-8601, no offset = UTC, or
-  epoch seconds) and :func:`parse_range` a ``from``/``to`` pair;
-- :func:`fetch_rows` returns the stored rows of a range, sorted by time;
-- :func:`pipeline_status` gathers ``pipeline_status``, dead letters by
-  reason and, when Kafka answers, each partition's lag.
+  epoch seconds) and :func:`parse_range` a ``from``/``to`` pair; instants
+  before 2000-01-01 or after 9999-12-31 are refused;
+- :func:`fetch_page` returns one bounded page of a range's rows, sorted by
+  time, and where the next page starts; :func:`fetch_rows` a bounded list;
+  :func:`load_rows` all rows of a range, page by page;
+- :func:`pipeline_status` gathers ``pipeline_status`` (offsets, totals, dead
+  letters by reason) and, when Kafka answers, each partition's lag, at a cost
+  that does not grow with the data (no collection scan).
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
-from presence.mongo import DEAD_LETTERS, REPORTS, STATUS
-from presence.pings import EPOCH_MS_THRESHOLD, TIME_BUCKET_FORMAT, format_instant
+from presence.mongo import REPORTS, STATUS
+from presence.pings import EPOCH_MS_THRESHOLD, MIN_EVENT_TIME, TIME_BUCKET_FORMAT, format_instant
 from presence.settings import Settings, mongo_hosts
 
-MAX_ROWS = 100_000
-"""Most rows one query returns (about ten weeks of one-minute buckets)."""
+DEFAULT_PAGE = 10_000
+"""Rows of one ``/reports`` page unless ``limit`` says otherwise (about a week of minutes)."""
 
+MAX_PAGE = 100_000
+"""Most rows one page may hold (about ten weeks of one-minute buckets)."""
+
+MAX_ROWS = MAX_PAGE
+"""Kept for callers of :func:`fetch_rows`: its default bound."""
+
+MIN_INSTANT = MIN_EVENT_TIME
+"""2000-01-01T00:00:00Z: no ping (so no row) is older; an earlier bound is a mistake."""
+
+MAX_INSTANT = 253_402_300_799.0
+"""9999-12-31T23:59:59Z: the last instant a ``timeBucket`` can spell."""
 
 
 class TimeError(ValueError):
@@ -41,7 +58,10 @@ def parse_time(text: str | None, name: str = "time") -> float | None:
     """Epoch seconds of ``text``: ISO-8601 (no offset = UTC) or epoch seconds.
 
     ``None`` or an empty string means "no bound". A number at or above 1e11
-    is read as epoch milliseconds, as the pings' timestamps are.
+    is read as epoch milliseconds, as the pings' timestamps are. An instant
+    before 2000-01-01 or after 9999-12-31 (UTC) is a :class:`TimeError`: no
+    row can be there, and outside those years ``timeBucket`` texts no longer
+    sort like the instants they spell.
     """
     if text is None:
         return None
@@ -55,18 +75,26 @@ def parse_time(text: str | None, name: str = "time") -> float | None:
     if number is not None:
         if not math.isfinite(number) or number < 0:
             raise TimeError(f"{name}: {text!r} is not a valid epoch time")
-        return number / 1000.0 if number >= EPOCH_MS_THRESHOLD else number
-    iso = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
-    try:
-        moment = datetime.fromisoformat(iso)
-    except ValueError:
+        epoch = number / 1000.0 if number >= EPOCH_MS_THRESHOLD else number
+    else:
+        iso = text[:-1] + "+00:00" if text[-1:] in ("Z", "z") else text
+        try:
+            moment = datetime.fromisoformat(iso)
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            epoch = moment.timestamp()
+        except (ValueError, OverflowError):
+            raise TimeError(
+                f"{name}: {text!r} is neither an ISO-8601 time (e.g. 2018-01-01T04:00:00Z) "
+                "nor epoch seconds"
+            ) from None
+    if not MIN_INSTANT <= epoch <= MAX_INSTANT:
         raise TimeError(
-            f"{name}: {text!r} is neither an ISO-8601 time (e.g. 2018-01-01T04:00:00Z) "
-            "nor epoch seconds"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
+            f"{name}: {text!r} is out of range: give an instant from 2000-01-01 to "
+            "9999-12-31 (UTC)" + (" (a number of 1e11 or more is epoch milliseconds)"
+                                  if number is not None and number >= EPOCH_MS_THRESHOLD else "")
+        )
+    return epoch
 
 
 @dataclass(frozen=True)
@@ -77,7 +105,12 @@ class TimeRange:
     end: float | None = None
 
     def query(self) -> dict[str, Any]:
-        """A ``report_summary`` filter: ``timeBucket`` strings sort like times."""
+        """A ``report_summary`` filter on the ``timeBucket`` index.
+
+        :func:`parse_time` keeps both bounds within the years 2000 to 9999, where
+        ``YYYY-MM-DD HH:MM:SS`` texts have a fixed width and sort exactly like
+        the instants they spell, so this compares instants.
+        """
         cond: dict[str, str] = {}
         if self.start is not None:
             cond["$gte"] = format_bucket(math.ceil(self.start))
@@ -162,34 +195,85 @@ def store_error(settings: Settings, exc: BaseException) -> StoreUnavailable:
     )
 
 
-def fetch_rows(db: Database, time_range: TimeRange, limit: int = MAX_ROWS) -> list[ReportRow]:
-    """Rows of the range sorted by time (at most ``limit``, the oldest first)."""
+_ROW_FIELDS = {"_id": 0, "timeBucket": 1, "driversOnlineCount": 1,
+               "driversAvailableCount": 1, "revision": 1}
+
+
+def _row(doc: dict[str, Any]) -> ReportRow:
+    return ReportRow(
+        time=doc["timeBucket"],
+        online=int(doc.get("driversOnlineCount", 0)),
+        available=int(doc.get("driversAvailableCount", 0)),
+        revision=int(doc.get("revision", 1)),
+    )
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a range's rows, sorted by time.
+
+    ``next_range`` is the range holding the rest when the page is not the
+    last one (``None`` when it is): the newer rows after the page, or with
+    ``newest`` the older rows before it. ``next_bucket`` is the ``timeBucket``
+    where that next page starts (``from`` of the newer rows, ``to`` of the
+    older ones).
+    """
+
+    rows: list[ReportRow]
+    next_range: TimeRange | None = None
+    next_bucket: str | None = None
+
+
+def fetch_page(db: Database, time_range: TimeRange, limit: int = DEFAULT_PAGE,
+               newest: bool = False) -> Page:
+    """At most ``limit`` rows of the range, sorted by time: the oldest, or the newest.
+
+    One indexed query of ``limit + 1`` rows: the extra row, if any, is where
+    the next page starts (``timeBucket`` is unique, so no row is skipped or
+    repeated when pages are followed).
+    """
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be from 1 to {MAX_PAGE}")
     cursor = (
         db[REPORTS]
-        .find(
-            time_range.query(),
-            {"_id": 0, "timeBucket": 1, "driversOnlineCount": 1,
-             "driversAvailableCount": 1, "revision": 1},
-        )
-        .sort("timeBucket", 1)
-        .limit(limit)
+        .find(time_range.query(), _ROW_FIELDS)
+        .sort("timeBucket", -1 if newest else 1)
+        .limit(limit + 1)
     )
-    return [
-        ReportRow(
-            time=doc["timeBucket"],
-            online=int(doc.get("driversOnlineCount", 0)),
-            available=int(doc.get("driversAvailableCount", 0)),
-            revision=int(doc.get("revision", 1)),
-        )
-        for doc in cursor
-    ]
+    rows = [_row(doc) for doc in cursor]
+    more = len(rows) > limit
+    following = rows[limit] if more else None
+    rows = rows[:limit]
+    if newest:
+        rows.reverse()
+    if following is None:
+        return Page(rows)
+    if newest:
+        rest = TimeRange(time_range.start, following.epoch)
+    else:
+        rest = TimeRange(following.epoch, time_range.end)
+    return Page(rows, rest, following.time)
+
+
+def fetch_rows(db: Database, time_range: TimeRange, limit: int = MAX_ROWS) -> list[ReportRow]:
+    """Rows of the range sorted by time (at most ``limit``, the oldest first)."""
+    return fetch_page(db, time_range, limit).rows
+
+
+def iter_rows(db: Database, time_range: TimeRange, page: int = MAX_PAGE) -> Iterator[ReportRow]:
+    """Every row of the range, oldest first, read a bounded page at a time."""
+    current: TimeRange | None = time_range
+    while current is not None:
+        result = fetch_page(db, current, page)
+        yield from result.rows
+        current = result.next_range
 
 
 def load_rows(settings: Settings, time_range: TimeRange) -> list[ReportRow]:
-    """:func:`fetch_rows` with its own client; :class:`StoreUnavailable` on failure."""
+    """Every row of the range, with its own client; :class:`StoreUnavailable` on failure."""
     client = mongo_client(settings)
     try:
-        return fetch_rows(client[settings.mongo_db], time_range)
+        return list(iter_rows(client[settings.mongo_db], time_range))
     except PyMongoError as exc:
         raise store_error(settings, exc) from None
     finally:
@@ -207,31 +291,62 @@ def _iso(value: Any) -> str | None:
     return None
 
 
-def dead_letters_by_reason(db: Database) -> dict[str, int]:
-    pipeline = [{"$group": {"_id": "$reason", "count": {"$sum": 1}}}]
-    counts = {str(doc["_id"]): int(doc["count"]) for doc in db[DEAD_LETTERS].aggregate(pipeline)}
-    return dict(sorted(counts.items()))
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def row_count(coll) -> int:
+    """The collection's document count from its metadata (``$collStats``, summed over
+    shards), not by counting; ``estimatedDocumentCount`` where ``$collStats`` is missing.
+    (FerretDB 1.x answers ``$collStats`` at once but counts for ``estimatedDocumentCount``.)"""
+    try:
+        return sum(int(doc.get("count", 0))
+                   for doc in coll.aggregate([{"$collStats": {"count": {}}}]))
+    except OperationFailure:
+        return coll.estimated_document_count()
 
 
 def report_extent(db: Database) -> dict[str, Any]:
+    """Row count and first/last ``timeBucket``: the count from collection metadata and
+    one indexed, limit-1 query at each end of the unique ``timeBucket`` index, so with
+    MongoDB the cost does not grow with the number of rows. (FerretDB 1.x does not use
+    indexes to sort: there the two queries scan the collection.)"""
     coll = db[REPORTS]
-    first = coll.find_one({}, {"timeBucket": 1}, sort=[("timeBucket", 1)])
-    last = coll.find_one({}, {"timeBucket": 1}, sort=[("timeBucket", -1)])
+    first = coll.find_one({}, {"_id": 0, "timeBucket": 1}, sort=[("timeBucket", 1)])
+    last = coll.find_one({}, {"_id": 0, "timeBucket": 1}, sort=[("timeBucket", -1)])
     return {
-        "count": coll.count_documents({}),
+        "count": row_count(coll),
         "first": first["timeBucket"] if first else None,
         "last": last["timeBucket"] if last else None,
     }
 
 
+TOTAL_FIELDS = ("valid", "invalid", "late", "correctedLate", "tooLate", "deadLetters",
+                "rowsWritten", "rowRewrites")
+"""The totals the dataflow keeps in ``pipeline_status`` (``_id: "totals"``), as served."""
+
+
 def store_status(db: Database) -> dict[str, Any]:
-    """Everything the pipeline wrote about itself, as plain JSON values."""
+    """Everything the pipeline wrote about itself, as plain JSON values.
+
+    Reads only ``pipeline_status`` (one document per partition and the
+    totals) and the ends of ``report_summary``: dead letters by reason come
+    from the totals the dataflow keeps (``deadLettersByReason``), never from
+    scanning ``dead_letters``. A database written by an older dataflow
+    without them shows no reasons, and its dead-letter total from the
+    ``deadLetters`` total.
+    """
     partitions = []
     totals: dict[str, Any] = {}
     for doc in db[STATUS].find({}):
-        if doc.get("kind") == "totals" or doc.get("_id") == "totals":
+        if doc.get("_id") == "totals" or doc.get("kind") == "totals":
             totals = doc
             continue
+        if doc.get("kind", "partition") != "partition":
+            continue  # other bookkeeping (e.g. the input fingerprint)
         gaps = [
             {"from": int(g.get("from", 0)), "to": int(g.get("to", 0)),
              "lost": int(g.get("lost", int(g.get("to", 0)) - int(g.get("from", 0))))}
@@ -243,87 +358,152 @@ def store_status(db: Database) -> dict[str, Any]:
                 "partition": int(doc.get("partition", str(doc["_id"]).rsplit(":", 1)[-1])),
                 "nextOffset": int(doc.get("nextOffset", 0)),
                 "state": doc.get("state"),
-                "valid": int(doc.get("valid", 0)),
-                "invalid": int(doc.get("invalid", 0)),
-                "tooLate": int(doc.get("tooLate", 0)),
+                "valid": _int(doc.get("valid")),
+                "invalid": _int(doc.get("invalid")),
+                "tooLate": _int(doc.get("tooLate")),
                 "maxEventTime": _iso(doc.get("maxEventTime")),
                 "gaps": gaps,
                 "updatedAt": _iso(doc.get("updatedAt")),
             }
         )
     partitions.sort(key=lambda p: (p["topic"], p["partition"]))
-    by_reason = dead_letters_by_reason(db)
+    reasons = totals.get("deadLettersByReason")
+    by_reason = ({str(r): _int(n) for r, n in sorted(reasons.items())}
+                 if isinstance(reasons, dict) else {})
+    served_totals = {key: _int(totals.get(key)) for key in TOTAL_FIELDS}
+    dead_total = (served_totals["deadLetters"] if "deadLetters" in totals
+                  else sum(by_reason.values()))
     return {
         "watermark": _iso(totals.get("watermark")),
         "updatedAt": _iso(totals.get("updatedAt")),
-        "totals": {
-            key: int(totals.get(key, 0))
-            for key in ("valid", "invalid", "correctedLate", "tooLate", "deadLetters", "rowsWritten")
-        },
+        "totals": served_totals,
         "partitions": partitions,
         "gaps": {
             "count": sum(len(p["gaps"]) for p in partitions),
             "lostOffsets": sum(g["lost"] for p in partitions for g in p["gaps"]),
         },
-        "deadLetters": {"total": sum(by_reason.values()), "byReason": by_reason},
+        "deadLetters": {"total": dead_total, "byReason": by_reason},
         "reports": report_extent(db),
     }
 
 
+class KafkaWatermarks:
+    """One long-lived Kafka consumer that reads a topic's low and high watermarks.
+
+    Made on first use and kept (a new client per call costs a connection and
+    metadata round trips); every call is bounded by ``timeout`` in all. After
+    a failure Kafka is not asked again for ``retry_after`` seconds: the
+    failure is reported again meanwhile, so a page refreshed every second
+    does not wait ``timeout`` on every refresh while Kafka is down.
+    Thread-safe (one query at a time).
+    """
+
+    def __init__(self, settings: Settings, timeout: float = 3.0, retry_after: float = 5.0,
+                 clock=time.monotonic) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._consumer = None
+        self._failed: tuple[float, Exception] | None = None
+        self.queries = 0
+        """Queries that reached Kafka (for tests)."""
+
+    def _client(self):
+        if self._consumer is None:
+            from confluent_kafka import Consumer
+
+            config = {
+                "bootstrap.servers": self.settings.kafka_brokers,
+                "group.id": "presence-status",
+                "enable.auto.commit": False,
+                "socket.connection.setup.timeout.ms": max(1000, int(self.timeout * 1000)),
+                "log_level": 0,
+                "error_cb": lambda err: None,
+            }
+            config.update(self.settings.kafka_extra)
+            self._consumer = Consumer(config)
+        return self._consumer
+
+    def offsets(self, topic: str) -> dict[int, tuple[int, int]]:
+        """``{partition: (low, high)}`` of ``topic``; raises ConnectionError or LookupError."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        with self._lock:
+            if self._failed is not None:
+                at, exc = self._failed
+                if self.clock() - at < self.retry_after:
+                    raise exc
+                self._failed = None
+            self.queries += 1
+            deadline = self.clock() + self.timeout
+            left = lambda: max(0.05, deadline - self.clock())  # noqa: E731
+            try:
+                consumer = self._client()
+                meta = consumer.list_topics(topic, timeout=left())
+                info = meta.topics.get(topic)
+                if info is None or info.error is not None:
+                    why = f": {info.error.str()}" if info is not None and info.error else ""
+                    raise LookupError(f"topic {topic!r} not found{why}")
+                offsets = {}
+                for number in sorted(info.partitions):
+                    offsets[number] = consumer.get_watermark_offsets(
+                        TopicPartition(topic, number), timeout=left(), cached=False
+                    )
+                return offsets
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else exc
+                text = err.str() if hasattr(err, "str") else str(err)
+                failure = ConnectionError(
+                    f"Kafka at {self.settings.kafka_brokers} unreachable: {text}")
+                self._failed = (self.clock(), failure)
+                raise failure from None
+            except LookupError as exc:
+                self._failed = (self.clock(), exc)
+                raise
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
+
+
 def kafka_offsets(settings: Settings, topic: str, timeout: float = 3.0) -> dict[int, tuple[int, int]]:
-    """``{partition: (low, high)}`` watermarks of ``topic``; raises on failure."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    config = {
-        "bootstrap.servers": settings.kafka_brokers,
-        "group.id": "presence-status",
-        "enable.auto.commit": False,
-        "socket.connection.setup.timeout.ms": int(timeout * 1000),
-        "log_level": 0,
-        "error_cb": lambda err: None,
-    }
-    config.update(settings.kafka_extra)
-    consumer = Consumer(config)
+    """``{partition: (low, high)}`` watermarks of ``topic`` with a client of its own."""
+    watermarks = KafkaWatermarks(settings, timeout)
     try:
-        meta = consumer.list_topics(topic, timeout=timeout)
-        info = meta.topics.get(topic)
-        if info is None or info.error is not None:
-            why = f": {info.error.str()}" if info is not None and info.error else ""
-            raise LookupError(f"topic {topic!r} not found{why}")
-        offsets = {}
-        for number in sorted(info.partitions):
-            low, high = consumer.get_watermark_offsets(
-                TopicPartition(topic, number), timeout=timeout, cached=False
-            )
-            offsets[number] = (low, high)
-        return offsets
-    except KafkaException as exc:
-        err = exc.args[0] if exc.args else exc
-        text = err.str() if hasattr(err, "str") else str(err)
-        raise ConnectionError(f"Kafka at {settings.kafka_brokers} unreachable: {text}") from None
+        return watermarks.offsets(topic)
     finally:
-        consumer.close()
+        watermarks.close()
 
 
-def pipeline_status(settings: Settings, db: Database, kafka_timeout: float = 3.0) -> dict[str, Any]:
+def pipeline_status(settings: Settings, db: Database, kafka_timeout: float = 3.0,
+                    kafka: KafkaWatermarks | None = None) -> dict[str, Any]:
     """:func:`store_status` plus each partition's Kafka high watermark and lag.
 
     Kafka being unreachable is reported in ``kafka`` (``reachable: false``),
-    never raised; MongoDB failures raise :class:`PyMongoError`.
+    never raised; MongoDB failures raise :class:`PyMongoError`. ``kafka`` is
+    a long-lived :class:`KafkaWatermarks` to reuse (the API's); without it a
+    client is made for this call.
     """
     status = store_status(db)
     topic = settings.topic
-    kafka: dict[str, Any] = {"brokers": settings.kafka_brokers, "topic": topic}
+    info: dict[str, Any] = {"brokers": settings.kafka_brokers, "topic": topic}
     try:
-        offsets = kafka_offsets(settings, topic, kafka_timeout)
-        kafka.update(reachable=True, error=None)
+        if kafka is not None:
+            offsets = kafka.offsets(topic)
+        else:
+            offsets = kafka_offsets(settings, topic, kafka_timeout)
+        info.update(reachable=True, error=None)
     except (ConnectionError, LookupError, OSError) as exc:
         offsets = None
-        kafka.update(reachable=False, error=str(exc))
+        info.update(reachable=False, error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a status page must not fail on Kafka
         offsets = None
-        kafka.update(reachable=False, error=f"{type(exc).__name__}: {exc}")
-    status["kafka"] = kafka
+        info.update(reachable=False, error=f"{type(exc).__name__}: {exc}")
+    status["kafka"] = info
     known = {(p["topic"], p["partition"]): p for p in status["partitions"]}
     if offsets is not None:
         for number in offsets:
@@ -345,5 +525,5 @@ def pipeline_status(settings: Settings, db: Database, kafka_timeout: float = 3.0
         part["lowWatermark"], part["highWatermark"] = low, high
         part["lag"] = max(0, high - start)
         total_lag += part["lag"]
-    kafka["lag"] = total_lag if offsets is not None else None
+    info["lag"] = total_lag if offsets is not None else None
     return status
