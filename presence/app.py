@@ -13,6 +13,8 @@ from functools import partial
 
 from bytewax.dataflow import Dataflow
 
+from presence import metrics
+from presence.cluster import LayoutError, check_layout, layout_from_argv
 from presence.flow import Sinks, build_flow
 from presence.kafka import KafkaConfigError, KafkaFeed, KafkaUnavailable, partition_count
 from presence.mongo import DEAD_LETTERS, REPORTS, STATUS, MongoSink
@@ -74,6 +76,22 @@ def dataflow_from_env() -> Dataflow:
             "bounded run without a recovery directory (-r): state is not kept, so a "
             "later run starts from the beginning of the topic instead of going on"
         )
+    try:
+        layout = layout_from_argv(sys.argv)
+        found = check_layout(layout)
+    except LayoutError as exc:
+        print(f"presence: bad recovery layout: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if found:
+        log.info("%s", found)
+    if settings.metrics_port is not None:
+        port = settings.metrics_port + layout.port_offset()
+        try:
+            metrics.serve(port, process_id=layout.process_id, processes=layout.processes)
+        except OSError as exc:
+            print(f"presence: cannot serve metrics on port {port} (PRESENCE_METRICS_PORT): "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            raise SystemExit(1) from None
     try:
         return kafka_mongo_flow(settings)
     except KafkaConfigError as exc:

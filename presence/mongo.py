@@ -30,6 +30,7 @@ from pymongo import MongoClient, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import AutoReconnect, BulkWriteError, ConnectionFailure, OperationFailure
 
+from presence import metrics
 from presence.partition import DeadLetter, PartitionMark
 from presence.rows import Row, Totals
 from presence.settings import Settings, redact_uri
@@ -154,6 +155,7 @@ def with_retry(
         try:
             return action()
         except RETRYABLE as exc:
+            metrics.mongo_retry()
             log.warning(
                 "MongoDB unavailable while %s (attempt %d): %s; retrying in %.1f s",
                 what, attempt, type(exc).__name__, wait,
@@ -304,6 +306,7 @@ class _MongoPartition(StatelessSinkPartition):
 def _write_rows(part: _MongoPartition, rows: list[Row]) -> None:
     now = datetime.now(timezone.utc)
     part.bulk(f"writing {len(rows)} rows", [row_update(r, now) for r in rows])
+    metrics.rows_written(len(rows))
     if part.settings.log_rows:
         for row in rows:
             row_log.info(row.log_line())
