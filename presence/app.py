@@ -77,7 +77,8 @@ def dataflow_from_env() -> Dataflow:
             "later run starts from the beginning of the topic instead of going on"
         )
     try:
-        layout = layout_from_argv(sys.argv)
+        # Only bytewax.run's arguments say -i/-a/-r (not, say, pytest's -r).
+        layout = layout_from_argv(sys.argv if sys.argv[0].endswith("run.py") else [""])
         found = check_layout(layout)
     except LayoutError as exc:
         print(f"presence: bad recovery layout: {exc}", file=sys.stderr)

@@ -234,7 +234,7 @@ def test_separate_processes_give_the_oracle_rows(
 def test_kill_9_of_one_process_mid_run_then_cluster_restart_is_exact(
         kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
     topic, db = topic_and_db
-    partitions = stream(31, partitions=4, per_partition=30_000, drivers=3000, horizon=HORIZON, pace=0.03)
+    partitions = stream(31, partitions=4, per_partition=16_000, drivers=3000, horizon=HORIZON, pace=0.05)
     create_topic(kafka_brokers, topic, 4)
     produce(kafka_brokers, topic, partitions)
     total = sum(len(p) for p in partitions)
@@ -260,7 +260,7 @@ def test_kill_9_of_one_process_mid_run_then_cluster_restart_is_exact(
     done = (db.pipeline_status.find_one({"_id": "totals"}) or {}).get("valid", 0)
     assert done < total
 
-    cluster.run(2)  # the whole cluster restarted, same directories
+    cluster.run(2, PRESENCE_KAFKA_BATCH_SIZE="5000")  # the whole cluster restarted, same directories
     assert_exact(db, partitions)
 
 
@@ -335,7 +335,9 @@ def test_each_process_serves_its_own_metrics_and_liveness(
                     return None  # not serving yet
             read = sum(v for metrics in got.values() for (name, _), v in metrics.items()
                        if name == "presence_dataflow_messages_read_total")
-            return got if read == total else None
+            snapshotted = all(any(name == "presence_dataflow_snapshots_total" for name, _ in m)
+                              for m in got.values())
+            return got if read == total and snapshotted else None
 
         per_process = wait_for(read_everything, "every message to be read", timeout=240)
         read = rejected = 0
@@ -372,3 +374,125 @@ def test_each_process_serves_its_own_metrics_and_liveness(
         assert scrape(base, "/nothing")[0] == 404
     finally:
         cluster.kill_all()
+
+
+# -- the Helm chart: rendered, validated, and what each pod runs --------------------------------
+
+CHART = REPO / "deploy" / "helm" / "presence"
+
+
+@pytest.fixture(scope="session")
+def chart_tools() -> tuple[str, str]:
+    """helm and the manifest validator, built once per machine (deploy/tools.sh caches them)."""
+    out = subprocess.run(["bash", str(REPO / "deploy" / "tools.sh")], capture_output=True, text=True,
+                         timeout=3600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    helm, validate = out.stdout.split()
+    return helm, validate
+
+
+def render(tools: tuple[str, str], *args: str) -> list[dict]:
+    helm, validate = tools
+    manifest = subprocess.run([helm, "template", "presence", str(CHART), *args],
+                              capture_output=True, text=True, timeout=300)
+    assert manifest.returncode == 0, manifest.stderr
+    checked = subprocess.run([validate], input=manifest.stdout, capture_output=True, text=True,
+                             timeout=300)
+    assert checked.returncode == 0, checked.stderr
+    import json
+    return json.loads(checked.stdout)
+
+
+def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    assert len(found) == 1, [(d["kind"], d["metadata"]["name"]) for d in docs]
+    return found[0]
+
+
+def run_script(script: str, hostname: str, tmp_path: Path, recovery: Path, real_python: bool) -> list[str]:
+    """Run a container's ``sh -c`` script as pod ``hostname`` would; returns ``python``'s argv."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    argv_file = tmp_path / f"argv-{hostname}"
+    fake = bindir / "python"
+    if real_python:
+        fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {argv_file}\nexec {sys.executable} "$@"\n')
+    else:
+        fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {argv_file}\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOSTNAME": hostname}
+    out = subprocess.run(["sh", "-c", script.replace("/recovery", str(recovery))], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return argv_file.read_text().splitlines() if argv_file.exists() else []
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 4])
+def test_chart_renders_valid_manifests_and_each_pod_is_its_bytewax_process(
+        replicas, chart_tools, tmp_path, monkeypatch) -> None:
+    import bytewax.run
+
+    docs = render(chart_tools, "--set", f"replicas={replicas}")
+    assert sorted(d["kind"] for d in docs) == [
+        "ConfigMap", "Deployment", "Secret", "Service", "Service", "StatefulSet"]
+    sts = one(docs, "StatefulSet", "presence")
+    spec = sts["spec"]
+    assert spec["replicas"] == replicas and spec["serviceName"] == "presence-headless"
+    assert spec["podManagementPolicy"] == "Parallel"
+    headless = one(docs, "Service", "presence-headless")
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
+    assert [c["metadata"]["name"] for c in spec["volumeClaimTemplates"]] == ["recovery"]
+    pod = spec["template"]["spec"]
+    (init,), (container,) = pod["initContainers"], pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert int(env["PRESENCE_METRICS_PORT"]) == ports["metrics"] == 9100
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/recovery"}
+
+    # Settings in the ConfigMap, secrets only in the Secret.
+    settings = one(docs, "ConfigMap")["data"]
+    secret = one(docs, "Secret")["stringData"]
+    assert set(secret) == {"PRESENCE_MONGO_URI", "PRESENCE_KAFKA_CONFIG", "PRESENCE_API_TOKEN"}
+    assert not set(secret) & set(settings)
+    for workload in (sts, one(docs, "Deployment", "presence-api")):
+        refs = workload["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        assert {"configMapRef": {"name": "presence-settings"}} in refs
+        assert {"secretRef": {"name": "presence-secrets"}} in refs
+
+    # What each pod runs, parsed by bytewax.run's own argument parser.
+    addresses = [f"presence-{k}.presence-headless:2101" for k in range(replicas)]
+    recovery_dirs = []
+    for k in range(replicas):
+        recovery = tmp_path / f"pvc-{k}"
+        recovery.mkdir()
+        recovery_dirs.append(recovery)
+        # The init container, twice (a restarted pod): partitions in pod 0's volume only.
+        for _ in range(2):
+            run_script(init["command"][2], f"presence-{k}", tmp_path, recovery, real_python=True)
+        argv = run_script(container["command"][2], f"presence-{k}", tmp_path, recovery, real_python=False)
+        assert argv[:3] == ["-m", "bytewax.run", "dataflow"]
+        monkeypatch.setattr(sys, "argv", ["bytewax.run", *argv[2:]])
+        for name in ("BYTEWAX_PROCESS_ID", "BYTEWAX_ADDRESSES", "BYTEWAX_POD_NAME", "BYTEWAX_RECOVERY_DIRECTORY"):
+            monkeypatch.delenv(name, raising=False)
+        args = bytewax.run._parse_args()
+        assert args.process_id == k
+        assert args.addresses.split(";") == addresses
+        assert args.workers_per_process == 1
+        assert args.recovery_directory == recovery
+        layout = layout_from_argv(["run.py", *argv[2:]], {})
+        assert layout.port_offset() == 0, "every pod serves metrics on the probed port"
+        assert check_layout(layout)  # the layout check passes for every pod
+    assert len(read_partitions(recovery_dirs[0])) == 4
+    assert all(not list(d.iterdir()) for d in recovery_dirs[1:])
+
+
+def test_chart_validation_rejects_a_broken_manifest(chart_tools) -> None:
+    helm, validate = chart_tools
+    manifest = subprocess.run([helm, "template", "presence", str(CHART), "--set", "resources.requests.memory=lots"],
+                              capture_output=True, text=True, timeout=300).stdout
+    bad = subprocess.run([validate], input=manifest, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "quantities must match" in bad.stderr, bad.stderr
+    typo = manifest.replace("serviceName:", "serviceNmae:")
+    bad = subprocess.run([validate], input=typo, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "serviceNmae" in bad.stderr, bad.stderr
