@@ -45,7 +45,7 @@ test: install system-deps stack-up
 
 # Fast tests only: no Kafka or MongoDB needed.
 test-unit: install
-	$(PY) -m pytest -q -m 'not stack'
+	$(PY) -m pytest -q -m 'not stack and not chart'
 
 recovery-init: install
 	@if ls $(RECOVERY)/*.sqlite3 >/dev/null 2>&1; then echo "$(RECOVERY)/ already initialised"; \
