@@ -13,8 +13,7 @@ from functools import partial
 
 from bytewax.dataflow import Dataflow
 
-from presence import metrics
-from presence.cluster import LayoutError, check_layout, layout_from_argv
+from presence.cluster import start_process
 from presence.flow import Sinks, build_flow
 from presence.kafka import KafkaConfigError, KafkaFeed, KafkaUnavailable, partition_count
 from presence.mongo import DEAD_LETTERS, REPORTS, STATUS, MongoSink
@@ -76,23 +75,7 @@ def dataflow_from_env() -> Dataflow:
             "bounded run without a recovery directory (-r): state is not kept, so a "
             "later run starts from the beginning of the topic instead of going on"
         )
-    try:
-        # Only bytewax.run's arguments say -i/-a/-r (not, say, pytest's -r).
-        layout = layout_from_argv(sys.argv if sys.argv[0].endswith("run.py") else [""])
-        found = check_layout(layout)
-    except LayoutError as exc:
-        print(f"presence: bad recovery layout: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if found:
-        log.info("%s", found)
-    if settings.metrics_port is not None:
-        port = settings.metrics_port + layout.port_offset()
-        try:
-            metrics.serve(port, process_id=layout.process_id, processes=layout.processes)
-        except OSError as exc:
-            print(f"presence: cannot serve metrics on port {port} (PRESENCE_METRICS_PORT): "
-                  f"{exc.strerror or exc}", file=sys.stderr)
-            raise SystemExit(1) from None
+    start_process(settings.metrics_port)  # recovery layout check, per-process metrics
     try:
         return kafka_mongo_flow(settings)
     except KafkaConfigError as exc:

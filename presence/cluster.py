@@ -26,11 +26,15 @@ every process sees every partition and each checks that the set is whole.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
+
+log = logging.getLogger("presence")
 
 README = "README 'Running as a cluster'"
 SHARED = "SHARED"
@@ -174,3 +178,33 @@ def check_layout(layout: Layout) -> str | None:
             f"process 0 must hold all of them ({README})"
         )
     return f"{who}recovery directory {directory} holds all {count} recovery partitions"
+
+
+def start_process(metrics_port: int | None, argv: Sequence[str] | None = None) -> Layout:
+    """Start-up of one dataflow process: check its recovery layout, serve its metrics.
+
+    A wrong layout is one line on stderr and exit 2; a metrics port that
+    cannot be bound, one line and exit 1.
+    """
+    from presence import metrics
+
+    argv = sys.argv if argv is None else argv
+    try:
+        # Only bytewax.run's arguments say -i/-a/-r (not, say, pytest's -r).
+        layout = layout_from_argv(argv if argv and argv[0].endswith("run.py") else [""])
+        found = check_layout(layout)
+    except LayoutError as exc:
+        print(f"presence: bad recovery layout: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if found:
+        log.info("%s", found)
+    metrics.publish()  # also on Bytewax's own dataflow API, when enabled
+    if metrics_port is not None:
+        port = metrics_port + layout.port_offset()
+        try:
+            metrics.serve(port, process_id=layout.process_id, processes=layout.processes)
+        except OSError as exc:
+            print(f"presence: cannot serve metrics on port {port} (PRESENCE_METRICS_PORT): "
+                  f"{exc.strerror or exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+    return layout

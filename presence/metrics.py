@@ -7,8 +7,11 @@ in ``-a`` have the same host (:meth:`presence.cluster.Layout.port_offset`):
 the same port in every Kubernetes pod, consecutive ports for processes
 sharing a host (``-a "127.0.0.1:2101;127.0.0.1:2102"``: +0 and +1). The source, the sinks and the stateful
 steps call the plain functions below; they update one process-global
-``prometheus_client`` registry (the default one, so Bytewax's own dataflow
-API, ``BYTEWAX_DATAFLOW_API_ENABLED``, shows them too on its ``/metrics``).
+``prometheus_client`` registry, :data:`REGISTRY` (not the default one, so a
+process that merely imports this module, such as the API server, shows
+none of it). The dataflow's start-up calls :func:`publish`, which adds it to
+the default registry as well, so Bytewax's own dataflow API
+(``BYTEWAX_DATAFLOW_API_ENABLED``) shows the figures too on its ``/metrics``.
 
 ``/healthz`` is liveness: 200 while the process's source partitions keep
 being polled (a live run polls at least once a second, even when quiet),
@@ -28,7 +31,11 @@ from socketserver import ThreadingMixIn
 from typing import Any, Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, Counter, Gauge, make_wsgi_app
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 log = logging.getLogger("presence.metrics")
 
@@ -37,43 +44,51 @@ STALL_SECONDS = 300.0
 
 _PARTITION = ("topic", "partition")
 
+REGISTRY = CollectorRegistry(auto_describe=True)
+"""This process's dataflow metrics."""
+_SYSTEM = CollectorRegistry()
+"""The client's process_*, python_* figures, served beside them (the default registry has its own)."""
+ProcessCollector(registry=_SYSTEM)
+PlatformCollector(registry=_SYSTEM)
+GCCollector(registry=_SYSTEM)
+
 MESSAGES_READ = Counter(
     "presence_dataflow_messages_read", "Kafka messages read, per partition this process owns",
-    _PARTITION)
+    _PARTITION, registry=REGISTRY)
 MESSAGES_REJECTED = Counter(
     "presence_dataflow_messages_rejected",
     "Messages not counted (dead letters: invalid or too late), per partition and reason",
-    _PARTITION + ("reason",))
+    _PARTITION + ("reason",), registry=REGISTRY)
 BATCHES = Counter(
     "presence_dataflow_batches", "Batches read from Kafka (non-empty reads), per partition",
-    _PARTITION)
+    _PARTITION, registry=REGISTRY)
 PARTITION_WATERMARK = Gauge(
     "presence_dataflow_partition_watermark_seconds",
     "A partition's watermark (its greatest valid event time minus the allowed lateness), epoch s",
-    _PARTITION)
+    _PARTITION, registry=REGISTRY)
 NEXT_OFFSET = Gauge(
     "presence_dataflow_partition_next_offset", "Next Kafka offset this process will read",
-    _PARTITION)
+    _PARTITION, registry=REGISTRY)
 MONGO_RETRIES = Counter(
-    "presence_dataflow_mongo_write_retries", "MongoDB writes retried after a connection failure")
+    "presence_dataflow_mongo_write_retries", "MongoDB writes retried after a connection failure", registry=REGISTRY)
 ROWS_WRITTEN = Counter(
-    "presence_dataflow_rows_written", "Report rows written (upserted) to MongoDB by this process")
+    "presence_dataflow_rows_written", "Report rows written (upserted) to MongoDB by this process", registry=REGISTRY)
 SNAPSHOTS = Counter(
     "presence_dataflow_snapshots",
-    "State snapshots taken by Bytewax of this process's stateful steps, per step", ("step",))
+    "State snapshots taken by Bytewax of this process's stateful steps, per step", ("step",), registry=REGISTRY)
 LAST_SNAPSHOT = Gauge(
-    "presence_dataflow_last_snapshot_timestamp_seconds", "When this process last snapshotted state")
+    "presence_dataflow_last_snapshot_timestamp_seconds", "When this process last snapshotted state", registry=REGISTRY)
 WATERMARK = Gauge(
     "presence_dataflow_watermark_seconds",
-    "The least watermark of the partitions this process owns (epoch s; NaN before any valid ping)")
+    "The least watermark of the partitions this process owns (epoch s; NaN before any valid ping)", registry=REGISTRY)
 SNAPSHOT_AGE = Gauge(
     "presence_dataflow_snapshot_age_seconds",
-    "Seconds since this process last snapshotted state (since start before the first)")
+    "Seconds since this process last snapshotted state (since start before the first)", registry=REGISTRY)
 OWNED = Gauge(
-    "presence_dataflow_partitions_owned", "Kafka partitions this process reads")
+    "presence_dataflow_partitions_owned", "Kafka partitions this process reads", registry=REGISTRY)
 PROCESS = Gauge(
     "presence_dataflow_process_info", "This process's id in the cluster and the cluster's size",
-    ("process_id", "processes"))
+    ("process_id", "processes"), registry=REGISTRY)
 
 _lock = threading.Lock()
 _started = time.time()
@@ -149,9 +164,33 @@ def healthy(now: float | None = None) -> tuple[bool, str]:
     return True, f"ok: polled {freshest:.1f} s ago"
 
 
+class _Both:
+    """Collects :data:`REGISTRY` and the process/platform/GC figures."""
+
+    def collect(self):
+        yield from REGISTRY.collect()
+        yield from _SYSTEM.collect()
+
+
+class _Published:
+    def collect(self):
+        yield from REGISTRY.collect()
+
+
+_published = False
+
+
+def publish() -> None:
+    """Add :data:`REGISTRY` to prometheus_client's default registry (Bytewax's API serves that)."""
+    global _published
+    if not _published:
+        prometheus_client.REGISTRY.register(_Published())
+        _published = True
+
+
 def app(metrics_app: Callable | None = None) -> Callable:
     """The WSGI application: ``/metrics`` and ``/healthz``."""
-    metrics_app = metrics_app or make_wsgi_app(REGISTRY)
+    metrics_app = metrics_app or make_wsgi_app(_Both())
 
     def application(environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
