@@ -510,6 +510,12 @@ def test_chart_validation_rejects_a_broken_manifest(chart_tools) -> None:
                               capture_output=True, text=True, timeout=300).stdout
     bad = subprocess.run([validate], input=manifest, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "quantities must match" in bad.stderr, bad.stderr
-    typo = manifest.replace("serviceName:", "serviceNmae:")
+    good = subprocess.run([helm, "template", "presence", str(CHART)], capture_output=True, text=True,
+                          timeout=300).stdout
+    assert subprocess.run([validate], input=good, capture_output=True, text=True, timeout=300).returncode == 0
+    typo = good.replace("serviceName:", "serviceNmae:")
     bad = subprocess.run([validate], input=typo, capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 1 and "serviceNmae" in bad.stderr, bad.stderr
+    assert bad.returncode == 1 and 'unknown field "serviceNmae"' in bad.stderr, bad.stderr
+    nameless = good.replace("serviceName: presence-headless", "serviceName: presence-elsewhere")
+    bad = subprocess.run([validate], input=nameless, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "is not a Service here" in bad.stderr, bad.stderr
