@@ -116,6 +116,31 @@ def test_healthz_turns_503_when_no_owned_partition_is_polled(monkeypatch) -> Non
     assert statuses == ["503 Service Unavailable"] and body.startswith(b"stalled: no source partition polled")
 
 
+def test_mongo_retries_and_rows_written_are_counted() -> None:
+    from pymongo.errors import AutoReconnect
+
+    from presence import metrics
+    from presence.mongo import with_retry
+
+    def value(name: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name) or 0.0
+
+    before = value("presence_dataflow_mongo_write_retries_total")
+    attempts = iter([AutoReconnect("down"), AutoReconnect("still down"), None])
+
+    def action():
+        error = next(attempts)
+        if error:
+            raise error
+        return "written"
+
+    assert with_retry("writing rows", action, sleep=lambda _: None) == "written"
+    assert value("presence_dataflow_mongo_write_retries_total") == before + 2
+    rows = value("presence_dataflow_rows_written_total")
+    metrics.rows_written(3)
+    assert value("presence_dataflow_rows_written_total") == rows + 3
+
+
 # -- separate processes against the real servers --------------------------------------------
 
 def free_ports(count: int) -> list[int]:
