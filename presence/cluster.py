@@ -50,7 +50,7 @@ class Layout:
     """What a process was started with."""
 
     process_id: int | None
-    """``-i``; ``None`` when started without it (one process, or ``bytewax.testing``)."""
+    """``-i``; ``None`` when started without it (a single process)."""
     processes: int
     """How many addresses ``-a`` lists (1 without ``-a``)."""
     recovery_dir: Path | None
