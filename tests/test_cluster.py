@@ -531,6 +531,8 @@ def test_chart_renders_valid_manifests_and_each_pod_is_its_bytewax_process(
 @pytest.mark.chart
 def test_chart_validation_rejects_a_broken_manifest(chart_tools) -> None:
     helm, validate = chart_tools
+    lint = subprocess.run([helm, "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=300)
+    assert lint.returncode == 0 and "0 chart(s) failed" in lint.stdout, lint.stdout + lint.stderr
     manifest = subprocess.run([helm, "template", "presence", str(CHART), "--set", "resources.requests.memory=lots"],
                               capture_output=True, text=True, timeout=300).stdout
     bad = subprocess.run([validate], input=manifest, capture_output=True, text=True, timeout=300)
