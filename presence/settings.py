@@ -51,8 +51,7 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     progress_seconds: float = Field(10, gt=0)
     kafka_batch_size: int = Field(5000, gt=0, le=1_000_000)
-    metrics_port: int | None = Field(None, ge=1, le=65535)
-    """Per-process /metrics and /healthz: process i of a cluster listens on this + i."""
+    metrics_port: int | None = None
 
     @field_validator("topic")
     @classmethod
