@@ -76,3 +76,8 @@ bench: install stack-up
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-output
+
+# Render deploy/helm/presence and validate it offline (CHART_ARGS e.g. "--set replicas=4");
+# builds helm and deploy/validate from the Go module proxy once, cached in ~/.cache/presence/bin.
+chart:
+	@bash deploy/tools.sh render $(CHART_ARGS) >/dev/null && echo "deploy/helm/presence renders and validates"
