@@ -45,7 +45,7 @@ test: install system-deps stack-up
 
 # Fast tests only: no Kafka or MongoDB needed.
 test-unit: install
-	$(PY) -m pytest -q -m 'not stack'
+	$(PY) -m pytest -q -m 'not stack and not chart'
 
 # Idempotent: an initialised directory is left as it is.
 recovery-init: install
@@ -77,3 +77,8 @@ bench: install stack-up
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-output
+
+# Render deploy/helm/presence and validate it offline (CHART_ARGS e.g. "--set replicas=4");
+# builds helm and deploy/validate from the Go module proxy once, cached in ~/.cache/presence/bin.
+chart:
+	@bash deploy/tools.sh render $(CHART_ARGS) >/dev/null && echo "deploy/helm/presence renders and validates"

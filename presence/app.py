@@ -16,6 +16,7 @@ from bytewax.dataflow import Dataflow
 from presence.binding import (
     InputMismatch, StoreUnreachable, bind_input, read_recovery, recovery_directory,
 )
+from presence.cluster import start_process
 from presence.fingerprint import Fingerprint
 from presence.flow import Sinks, build_flow
 from presence.kafka import KafkaConfigError, KafkaFeed, KafkaUnavailable, partition_count
@@ -113,6 +114,7 @@ def dataflow_from_env() -> Dataflow:
         )
     from presence.reports import StoreUnavailable
 
+    start_process(settings.metrics_port)  # recovery layout check, per-process metrics
     try:
         # Bound to its input (SPEC): compared with the recovery directory and the
         # database before bytewax opens either.

@@ -27,6 +27,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from presence import metrics
 from presence.partition import PartitionBatch
 from presence.pings import format_instant
 from presence.rows import Row, RowBook
@@ -84,6 +85,7 @@ class PaneLogic(StatefulBatchLogic):
         return ([report] if report else []), self.RETAIN
 
     def snapshot(self) -> dict:
+        metrics.snapshot("panes")
         return self.state.snapshot()
 
 
@@ -134,6 +136,7 @@ class BookLogic(StatefulBatchLogic):
         return datetime.now(timezone.utc) + timedelta(seconds=max(0.0, due - self.clock()))
 
     def snapshot(self) -> dict:
+        metrics.snapshot("rows")
         return self.book.snapshot()
 
     def _status(self) -> tuple:

@@ -37,6 +37,7 @@ from pymongo.errors import (
     WriteConcernError,
 )
 
+from presence import metrics
 from presence.partition import DeadLetter, PartitionMark
 from presence.rows import Row, Totals
 from presence.settings import Settings, redact_uri
@@ -194,6 +195,7 @@ def with_retry(
         try:
             return action()
         except RETRYABLE as exc:
+            metrics.mongo_retry()
             log.warning(
                 "MongoDB unavailable while %s (attempt %d): %s; retrying in %.1f s",
                 what, attempt, type(exc).__name__, wait,
@@ -405,6 +407,7 @@ class _MongoPartition(StatelessSinkPartition):
 def _write_rows(part: _MongoPartition, rows: list[Row]) -> None:
     now = datetime.now(timezone.utc)
     part.bulk(f"writing {len(rows)} rows", [row_update(r, now) for r in rows])
+    metrics.rows_written(len(rows))
     if part.settings.log_rows:
         for row in rows:
             row_log.info(row.log_line())

@@ -17,6 +17,7 @@ from typing import Callable, Protocol
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from presence import metrics
 from presence.partition import Message, PartitionBatch, PartitionReader
 from presence.windows import WindowSpec
 
@@ -94,6 +95,7 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
             raise StopIteration()
         self._awake = None
         reader = self.reader
+        metrics.polled(reader.topic, reader.partition)
         now = self.clock()
         if self.end is not None and reader.next_offset >= self.end:
             self._done = True
@@ -113,7 +115,9 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
             ended = self.end is not None and messages[-1].offset() + 1 >= self.end
             self._done = ended
             self._last_emit = now
-            return [reader.read(messages, now, ended=ended)]
+            batch = reader.read(messages, now, ended=ended)
+            metrics.batch_read(reader.topic, reader.partition, len(messages), batch, reader.spec.lateness)
+            return [batch]
 
         self._awake = datetime.now(timezone.utc) + timedelta(seconds=POLL_PAUSE)
         if now - self._last_emit >= self.heartbeat:
@@ -134,6 +138,7 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
         return self._awake
 
     def snapshot(self) -> dict:
+        metrics.snapshot("pings")
         return self.reader.snapshot()
 
     def close(self) -> None:
