@@ -151,22 +151,21 @@ _FIGURE = re.compile(r"(\d[\d,.:TZ+-]*\d(?:Z)?|\d)")
 
 
 def merge_runs(first: str, second: str) -> str:
-    """What two runs printed alike; a figure that differs becomes [varies], a line
-    only one run printed is left out."""
+    """What two runs printed alike: lines are paired by their text without figures;
+    a figure that differs becomes [varies]; a line only one run printed is left out."""
     import difflib
 
     a, b = first.splitlines(), second.splitlines()
+    split_a, split_b = [_FIGURE.split(x) for x in a], [_FIGURE.split(y) for y in b]
+    skel_a = ["\0".join(parts[0::2]) for parts in split_a]
+    skel_b = ["\0".join(parts[0::2]) for parts in split_b]
     out: list[str] = []
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if op == "equal":
-            out.extend(a[i1:i2])
-        elif op == "replace" and i2 - i1 == j2 - j1:
-            for x, y in zip(a[i1:i2], b[j1:j2]):
-                xs, ys = _FIGURE.split(x), _FIGURE.split(y)
-                if len(xs) != len(ys) or xs[0::2] != ys[0::2]:
-                    continue  # not the same line with other figures: leave it out
-                out.append("".join(p if k % 2 == 0 or p == q else VARIES
-                                   for k, (p, q) in enumerate(zip(xs, ys))))
+    matcher = difflib.SequenceMatcher(None, skel_a, skel_b, autojunk=False)
+    for block in matcher.get_matching_blocks():
+        for k in range(block.size):
+            xs, ys = split_a[block.a + k], split_b[block.b + k]
+            out.append("".join(p if n % 2 == 0 or p == q else VARIES
+                               for n, (p, q) in enumerate(zip(xs, ys))))
     return "\n".join(out)
 
 
