@@ -68,7 +68,7 @@ _VARYING = [
     re.compile(r"(?P<n>\d[\d,]*)(?P<post>\s+(?:rows?\s+)?(?:late-)?corrected\b)", re.I),
     re.compile(r"(?P<pre>\b(?:late-)?corrected rows?:?\s+)(?P<n>\d[\d,]*)", re.I),
 ]
-_DROP_SECTIONS = re.compile(r"^==> (Fresh start|Dashboard)", re.I)
+_DROP_SECTIONS = re.compile(r"^==> Fresh start", re.I)
 _END = re.compile(r"^(Done in\b|Done\.)")
 
 
@@ -232,6 +232,7 @@ def run_demo(env: dict[str, str], log: Path) -> str:
 def screenshot_dashboard(env: dict[str, str], out: Path) -> None:
     if not Path(CHROMIUM).exists():
         raise SystemExit(f"docs-assets: {CHROMIUM} missing (make system-deps installs Debian's chromium)")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     port = _free_port()
@@ -260,8 +261,12 @@ def screenshot_dashboard(env: dict[str, str], out: Path) -> None:
             try:
                 page = browser.new_page(viewport=VIEWPORT)
                 page.goto(f"{url}/?range=all")
-                page.wait_for_selector("#chart[data-state=ready]", timeout=60000)
-                page.wait_for_load_state("networkidle", timeout=30000)
+                try:
+                    page.wait_for_selector("#chart[data-state=ready]", timeout=60000)
+                    page.wait_for_load_state("networkidle", timeout=30000)
+                except PlaywrightTimeout:
+                    raise SystemExit("docs-assets: the dashboard did not draw its chart within 60 s"
+                                     " (#chart[data-state=ready])") from None
                 page.wait_for_timeout(1000)  # let the status panel and the legend settle
                 out.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(out), full_page=True)

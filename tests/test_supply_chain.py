@@ -223,9 +223,10 @@ def _sample(readme: str) -> str:
 def test_readme_demo_sample_is_generated_and_shows_only_stable_figures():
     sample = _sample((ROOT / "README.md").read_text())
     assert "==> " in sample and "dead letters by reason" in sample
-    assert re.search(r"^time bucket \(UTC\)\s*\|\s*online\s*\|\s*available\s*$", sample, re.M)
-    assert "revision" not in sample and "(late-corrected)" not in sample
-    assert not re.search(r"\d\s?(ms|s)\b|/s\b", sample), "a timing or rate in the sample"
+    header = next(line for line in sample.splitlines() if line.startswith("time bucket"))
+    assert "online" in header and "available" in header and "revision" not in header
+    assert "(late-corrected)" not in sample
+    assert not re.search(r"\bin \d[\d.,]*\s?(ms|s)\b|[\d,]+/s\b", sample), "a timing or rate in the sample"
     assert "make docs-assets" in (ROOT / "README.md").read_text()
     for png in ("dashboard.png", "demo-chart.png"):
         assert (ROOT / "docs" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
