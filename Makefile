@@ -7,16 +7,26 @@ STAMP := $(VENV)/.installed
 RECOVERY ?= recovery
 WORKERS ?= 2
 
-.PHONY: install system-deps test test-unit demo stack-up stack-down stack-status run run-bounded \
-        recovery-init recovery-reset bench clean
+.PHONY: install lock system-deps test test-unit demo docs-assets stack-up stack-down stack-status \
+        run run-bounded recovery-init recovery-reset bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# From the lock file only: every package pinned and checked against its sha256
+# (requirements-test.lock: runtime + test + bench extras + the build backend), then
+# the project itself, editable, built with that same locked setuptools.
+$(STAMP): pyproject.toml requirements.lock requirements-test.lock
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements-test.lock
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(PY) scripts/check_lock.py
 	@touch $(STAMP)
+
+# Re-resolve the lock files from pyproject.toml (after adding or changing a
+# dependency there): keeps current pins. `make lock UPGRADE=1` moves every pin
+# to the newest version pyproject.toml allows. Then `make install` and the tests.
+lock:
+	@UPGRADE=$(UPGRADE) PYTHON=$(PYTHON) bash scripts/lock.sh
 
 # Debian's chromium, for the dashboard tests (Playwright drives the system browser).
 system-deps:
@@ -29,6 +39,11 @@ system-deps:
 # The walkthrough: simulate, run the dataflow bounded, report, chart (demo-output/).
 demo: install stack-up
 	@bash scripts/demo.sh
+
+# README's demo sample, docs/demo-chart.png and docs/dashboard.png, regenerated
+# from a real `make demo` run on the local stack (scripts/docs_assets.py --help).
+docs-assets: install system-deps stack-up
+	$(PY) scripts/docs_assets.py
 
 stack-up:
 	@bash stack/stack.sh up
@@ -67,16 +82,15 @@ run-bounded: install recovery-init
 # hand-written loop, stock Bytewax windows and Quix Streams (own venv). BENCH_ARGS e.g.
 # "--pings 100000 --no-latency --no-state". Writes bench/results/<date>.md and .json.
 bench: install stack-up
-	$(PY) -m pip install -q -e '.[bench]'
-	@if [ ! -f bench/.quix-venv/.installed ] || [ bench/requirements-quix.txt -nt bench/.quix-venv/.installed ]; then \
+	@if [ ! -f bench/.quix-venv/.installed ] || [ bench/requirements-quix.lock -nt bench/.quix-venv/.installed ]; then \
 	  $(PYTHON) -m venv bench/.quix-venv && \
-	  bench/.quix-venv/bin/python -m pip install -q -r bench/requirements-quix.txt && \
+	  bench/.quix-venv/bin/python -m pip install -q --require-hashes -r bench/requirements-quix.lock && \
 	  touch bench/.quix-venv/.installed; \
 	fi
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis demo-output
+	rm -rf $(VENV) $(VENV)-lock .pytest_cache .hypothesis demo-output
 
 # Render deploy/helm/presence and validate it offline (CHART_ARGS e.g. "--set replicas=4");
 # builds helm and deploy/validate from the Go module proxy once, cached in ~/.cache/presence/bin.

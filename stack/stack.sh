@@ -7,6 +7,7 @@
 #   bash stack/stack.sh status   one line per service; exit 0 only if both are up
 #   bash stack/stack.sh reset    down, then wipe the runtime state (topics, databases, logs)
 #   bash stack/stack.sh build    only fetch the Kafka jars and build the FerretDB binary
+#   bash stack/stack.sh pin-kafka-jars   fetch the pom's jars, rewrite stack/kafka/jars.sha256
 #   bash stack/stack.sh logs [kafka|ferretdb]   last lines of the logs
 #
 # Environment (all optional):
@@ -135,27 +136,71 @@ take_lock() {
 
 # ---------------------------------------------------------------- build / fetch
 
+# Maven runs with --strict-checksums (a download whose .sha1/.md5 from the
+# repository does not match is an error, not a warning), and the jars it copies
+# must then be exactly those listed, with their sha256, in stack/kafka/jars.sha256
+# (like go.sum for the FerretDB build): a changed or extra jar, from the network
+# or from a tampered ~/.m2, stops `up`. After changing versions in the pom, run
+# `bash stack/stack.sh pin-kafka-jars` to fetch them and rewrite that list.
+KAFKA_SUMS="$STACK_DIR/kafka/jars.sha256"
+
+kafka_libs_match() { # dir -> 0 if its jars are exactly those in jars.sha256
+  local dir="$1"
+  [[ -f "$KAFKA_SUMS" ]] || return 1
+  diff -q <(awk '!/^#/ && NF {print $2}' "$KAFKA_SUMS" | sort) \
+    <(cd "$dir" 2>/dev/null && ls -1 -- *.jar 2>/dev/null | sort) >/dev/null || return 1
+  (cd "$dir" && sha256sum --quiet --strict -c "$KAFKA_SUMS") >/dev/null 2>&1
+}
+
+fetch_kafka_jars() { # into dir
+  command -v mvn >/dev/null || die "mvn not found (needed once to fetch the Kafka jars from Maven Central)"
+  say "fetching Kafka jars from Maven Central into $1 (first time only; log: $CACHE/mvn.log)..."
+  if ! mvn -q -B --strict-checksums -f "$STACK_DIR/kafka/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$1" >"$CACHE/mvn.log" 2>&1; then
+    rm -rf "$1"
+    show_log "$CACHE/mvn.log" 30 >&2
+    die "maven could not fetch the Kafka jars (log: $CACHE/mvn.log)"
+  fi
+}
+
 ensure_kafka_libs() {
-  local pom="$STACK_DIR/kafka/pom.xml" want tmp
-  want="$(hash_files "$pom")"
-  if [[ -f "$LIBS/.stamp" && "$(cat "$LIBS/.stamp")" == "$want" ]] &&
-    compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then
+  local want tmp bad
+  want="$(hash_files "$STACK_DIR/kafka/pom.xml")"
+  # Checked on every `up` (a fraction of a second): jars already there and
+  # exactly the pinned ones, nothing to fetch. (.stamp: the pom it came from.)
+  if kafka_libs_match "$LIBS"; then
+    [[ -f "$LIBS/.stamp" && "$(cat "$LIBS/.stamp")" == "$want" ]] || echo "$want" >"$LIBS/.stamp"
     return 0
   fi
-  command -v mvn >/dev/null || die "mvn not found (needed once to fetch the Kafka jars from Maven Central)"
   mkdir -p "$CACHE"
   tmp="$CACHE/kafka-libs.tmp.$$"
   rm -rf "$tmp"
-  say "fetching Kafka jars from Maven Central into $LIBS (first time only; log: $CACHE/mvn.log)..."
-  if ! mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
-    -DoutputDirectory="$tmp" >"$CACHE/mvn.log" 2>&1; then
+  fetch_kafka_jars "$tmp"
+  if ! kafka_libs_match "$tmp"; then
+    bad="$(cd "$tmp" && { sha256sum --strict -c "$KAFKA_SUMS" 2>&1 | grep -v ': OK$' | head -n 5;
+      diff <(awk '!/^#/ && NF {print $2}' "$KAFKA_SUMS" | sort) <(ls -1 -- *.jar | sort) | grep '^[<>]' | head -n 5; } || true)"
     rm -rf "$tmp"
-    show_log "$CACHE/mvn.log" 30 >&2
-    die "maven could not fetch the Kafka jars (log: $CACHE/mvn.log)"
+    die "the fetched Kafka jars differ from stack/kafka/jars.sha256 (a changed download, or the pom changed without 'bash stack/stack.sh pin-kafka-jars'): $(echo "$bad" | tr '\n' ' ')"
   fi
   echo "$want" >"$tmp/.stamp"
   rm -rf "$LIBS"
   mv "$tmp" "$LIBS"
+}
+
+# Fetch the pom's jars (strict checksums) and write their sha256 list: run after
+# changing a version in stack/kafka/pom.xml, and review the diff of jars.sha256.
+cmd_pin_kafka_jars() {
+  local tmp="$CACHE/kafka-libs.pin.$$"
+  mkdir -p "$CACHE"
+  rm -rf "$tmp"
+  fetch_kafka_jars "$tmp"
+  {
+    echo "# sha256 of every jar stack/stack.sh runs Kafka with (mvn --strict-checksums, then"
+    echo "# checked here). Written by 'bash stack/stack.sh pin-kafka-jars' from stack/kafka/pom.xml."
+    (cd "$tmp" && sha256sum -- *.jar)
+  } >"$KAFKA_SUMS"
+  rm -rf "$tmp"
+  say "wrote $KAFKA_SUMS ($(grep -vc '^#' "$KAFKA_SUMS") jars)"
 }
 
 # The binary is built from stack/ferretdb (main.go, go.mod, go.sum) against a
@@ -503,12 +548,16 @@ cmd_logs() {
   esac
 }
 
+# Sourced (tests): define the functions only.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
+
 case "${1:-}" in
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
 reset) cmd_reset ;;
 build) cmd_build ;;
+pin-kafka-jars) cmd_pin_kafka_jars ;;
 logs) shift; cmd_logs "$@" ;;
 -h | --help | help) usage ;;
 *) usage >&2; exit 2 ;;
