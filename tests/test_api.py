@@ -236,7 +236,7 @@ def test_api_token_is_a_secret_setting():
     with pytest.raises(SettingsError) as err:
         load_settings({"PRESENCE_API_TOKEN": TOKEN, "PRESENCE_CORS_ORIGINS": "nope"})
     assert "PRESENCE_CORS_ORIGINS" in str(err.value) and TOKEN not in str(err.value)
-    assert load_settings({"PRESENCE_API_TOKEN": ""}).api_token is None  # empty = unset
+    assert not load_settings({"PRESENCE_API_TOKEN": ""}).api_token  # empty = off
 
 
 def test_loopback_hosts():
