@@ -26,7 +26,7 @@ Its :meth:`PartitionReader.snapshot` is the partition's recovery state.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from operator import itemgetter
 from typing import Iterator, Protocol, Sequence
 
@@ -149,9 +149,24 @@ class PartitionMark:
     rejected: tuple[tuple[str, int], ...] = ()
     """Invalid messages by reason (``too_late`` is :attr:`too_late`), sorted by reason."""
 
+    def __getstate__(self) -> list:
+        return [getattr(self, f) for f in _MARK_FIELDS]
+
+    def __setstate__(self, state: list) -> None:
+        # A mark pickled by an older version has fewer fields: the rest take
+        # their defaults, so old recovery snapshots still restore.
+        for name, value in zip(_MARK_FIELDS, state):
+            object.__setattr__(self, name, value)
+        for name in _MARK_FIELDS[len(state):]:
+            object.__setattr__(self, name, _MARK_DEFAULTS[name])
+
     @property
     def key(self) -> str:
         return partition_key(self.topic, self.partition)
+
+
+_MARK_FIELDS = tuple(f.name for f in fields(PartitionMark))
+_MARK_DEFAULTS = {f.name: f.default for f in fields(PartitionMark) if f.default is not MISSING}
 
 
 @dataclass(frozen=True, slots=True)

@@ -116,7 +116,8 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
             return [reader.read(messages, now, ended=ended)]
 
         self._awake = datetime.now(timezone.utc) + timedelta(seconds=POLL_PAUSE)
-        if now - self._last_emit >= self.heartbeat:
+        # (``now`` before the last emit: the clock stepped back; beat anyway.)
+        if now - self._last_emit >= self.heartbeat or now < self._last_emit:
             self._last_emit = now
             return [reader.read([], now)]
         return []
@@ -144,7 +145,9 @@ class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
     """A topic's partitions as bytewax source partitions.
 
     ``open_feed(partition)`` gives the I/O of one partition, ``partitions``
-    how many the topic has.
+    how many the topic has. ``fingerprint`` (what the state is bound to) goes
+    into every partition's snapshot; the one a resumed snapshot carried is
+    the reader's ``resumed_fingerprint``.
     """
 
     def __init__(
@@ -156,8 +159,10 @@ class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
         bounded: bool,
         batch_size: int = 5000,
         clock: Callable[[], float] = time.time,
+        fingerprint: dict | None = None,
     ) -> None:
         self.topic = topic
+        self.fingerprint = fingerprint
         self.partitions = partitions
         self.open_feed = open_feed
         self.spec = spec
@@ -173,7 +178,8 @@ class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
     ) -> PingPartition:
         partition = int(for_part)
         reader = PartitionReader(
-            self.topic, partition, self.partitions, self.spec, self.clock(), resume_state
+            self.topic, partition, self.partitions, self.spec, self.clock(), resume_state,
+            fingerprint=self.fingerprint,
         )
         return PingPartition(
             self.open_feed(partition), reader, self.bounded, self.batch_size, self.clock
