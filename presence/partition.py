@@ -352,9 +352,9 @@ class PartitionReader:
         for message in messages:
             value = message.value()
             # The fast path of presence.pings.parse_ping, inlined (the hot loop):
-            # short values of the usual shape, within the batch's future bound.
+            # short ASCII values of the usual shape, within the batch's future bound.
             fast = False
-            if value is not None and len(value) < SHALLOW_BYTES:
+            if value is not None and len(value) < SHALLOW_BYTES and value.isascii():
                 try:
                     shape = decode(value)
                     driver = shape.driver_id

@@ -124,7 +124,13 @@ def parse_ping(value: bytes | None, latest_allowed: float) -> Parsed:
     size = len(value)
     # A text nested deeper than MAX_DEPTH needs two bytes per level, so
     # shorter values are safe for msgspec (it fails on them or sees <= 64 levels).
-    if size > MAX_VALUE_BYTES or (size >= SHALLOW_BYTES and too_deep(value)):
+    # msgspec does not check the UTF-8 of what it skips (other fields): non-ASCII
+    # values must be valid UTF-8 first.
+    if (
+        size > MAX_VALUE_BYTES
+        or (size >= SHALLOW_BYTES and too_deep(value))
+        or not (value.isascii() or _is_utf8(value))
+    ):
         return parse_ping_checked(value, latest_allowed)
     try:
         shape = _decode_shape(value)
@@ -148,6 +154,14 @@ _STEP = [0] * 256
 _STEP[ord("[")] = _STEP[ord("{")] = 1
 _STEP[ord("]")] = _STEP[ord("}")] = -1
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def too_deep(value: bytes) -> bool:
