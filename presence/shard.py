@@ -115,7 +115,10 @@ class ShardState:
         oldest = oldest_countable(marks, spec)
         if oldest > self.oldest:
             self.oldest = oldest
-            self.panes.drop_before(spec.oldest_kept_pane(oldest))
+            keep_from = spec.oldest_kept_pane(oldest)
+            if self.dirty:  # never the panes of a row still to be reported
+                keep_from = min(keep_from, min(self.dirty) + spec.bucket - spec.window)
+            self.panes.drop_before(keep_from)
 
         summary = (watermark, flush, self.oldest, self.not_counted)
         if not partials and not final and summary == self._last_sent:

@@ -66,16 +66,25 @@ def oldest_countable(marks: Iterable[PartitionMark], spec: WindowSpec) -> float:
     A ping is too late when older than its own partition's watermark minus
     the correction horizon, so the least of those over all partitions (idle
     and ended ones included: they may wake up) bounds what can still arrive.
+
     A partition that has had no valid ping yet has no watermark and judges
-    against the dataflow's instead (SPEC), which is never below this bound:
-    it is left out, so a partition that stays empty never holds clean-up
-    back. A ping it later brings that is older than the state kept is too
-    late (see :class:`presence.shard.ShardState`).
+    against the dataflow's instead (SPEC): once it is idle or ended it is
+    left out, so a partition that stays empty never holds clean-up back, and
+    a ping it later brings that is older than the state kept is too late
+    (see :class:`presence.shard.ShardState`). While it is live (at most
+    ``idle`` seconds without a valid ping, e.g. the first fetch of a run) it
+    holds the dataflow watermark back, and clean-up with it: its first pings
+    may be as old as any other partition's.
     """
     marks = list(marks)
     if not _complete(marks):
         return NO_EVENT
-    known = [m.max_event for m in marks if m.max_event > NO_EVENT]
+    known = []
+    for m in marks:
+        if m.max_event > NO_EVENT:
+            known.append(m.max_event)
+        elif m.state == LIVE:
+            return NO_EVENT
     if not known:
         return NO_EVENT
     return min(known) - spec.lateness - spec.horizon

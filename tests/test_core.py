@@ -100,9 +100,11 @@ def test_quiet_run_writes_by_the_wall_clock_but_keeps_event_time() -> None:
 def test_oldest_countable_is_the_least_partition_watermark_minus_the_horizon() -> None:
     marks = [mark(0, 3, T0 + 100), mark(1, 3, T0, state=IDLE), mark(2, 3, T0 + 50, state=ENDED)]
     assert oldest_countable(marks, SPEC) == T0 - 30 - 3600
-    # A partition without any ping yet never holds clean-up back (SPEC "Time").
-    for state in (LIVE, IDLE, ENDED):
+    # A partition without any ping yet never holds clean-up back once idle or ended
+    # (SPEC "Time"); live (at most `idle` seconds), it holds it like the watermark.
+    for state in (IDLE, ENDED):
         assert oldest_countable(marks[:2] + [mark(2, 3, NO_EVENT, state=state)], SPEC) == T0 - 30 - 3600
+    assert oldest_countable(marks[:2] + [mark(2, 3, NO_EVENT, state=LIVE)], SPEC) == NO_EVENT
     # ...but until every partition has been heard from, nothing may go.
     assert oldest_countable(marks[:2], SPEC) == NO_EVENT
     assert oldest_countable([mark(0, 1, NO_EVENT)], SPEC) == NO_EVENT
