@@ -95,7 +95,7 @@ class _Shape(msgspec.Struct, gc=False):
     """
 
     driver_id: Union[
-        # msgspec bounds stop at int64; larger ids (up to orjson's u64) take the checked path
+        # msgspec bounds stop at int64; larger ids (any size) take the checked path
         Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)],
         Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DRIVER_ID_CHARS)],
     ]
@@ -149,7 +149,9 @@ def parse_ping(value: bytes | None, latest_allowed: float) -> Parsed:
 
 SHALLOW_BYTES = 2 * (MAX_DEPTH + 1)
 """A value shorter than this cannot be valid JSON nested deeper than MAX_DEPTH."""
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A string, or an unterminated one to the end (so no match ever fails and
+# rescans: linear on any input).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _STEP = [0] * 256
 _STEP[ord("[")] = _STEP[ord("{")] = 1
 _STEP[ord("]")] = _STEP[ord("}")] = -1
