@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 import random
+from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
@@ -258,3 +259,27 @@ def test_an_unjudgeable_message_is_a_rejection_with_its_error() -> None:
     (letter,) = batch.dead_letters
     assert letter.reason == "invalid_json" and "RuntimeError" in letter.detail
     assert isinstance(Rejection(letter.reason, letter.detail), Rejection)
+
+
+def test_a_clock_stepping_back_never_holds_heartbeats_or_writes_back() -> None:
+    """Scheduling by the wall clock: a step back of a day must not silence a day."""
+    from presence.flow import BookLogic
+    from presence.memory import MemoryTopic
+    from presence.source import PingSource
+
+    clock = [NOW]
+    spec = WindowSpec(bucket=60, window=60, lateness=5, idle=10, shards=1)
+    topic = MemoryTopic("t", 1)
+    part = PingSource("t", 1, topic.feed, spec, bounded=False, clock=lambda: clock[0]).build_part(
+        "pings", "0", None)
+    assert part.next_batch()  # the first heartbeat
+    clock[0] = NOW - 86_400
+    assert part.next_batch(), "a heartbeat right after the clock stepped back"
+
+    book = BookLogic(spec, None, lambda: clock[0], progress_seconds=10)
+    clock[0] = NOW
+    assert book.on_notify()[0]  # status due
+    clock[0] = NOW - 86_400
+    out, _ = book.on_notify()
+    assert out, "status still written after the clock stepped back"
+    assert (book.notify_at() - datetime.now(timezone.utc)).total_seconds() <= 1.5
