@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Mapping
 
-STATE_FORMAT = 1
-"""The layout of the recovery state. Raise it when a snapshot's shape changes
-incompatibly: state of another format is refused, not misread."""
+STATE_FORMAT = 2
+"""The layout of the recovery state (1: before snapshots carried ``format``).
+Raise it when a snapshot's shape changes incompatibly: state of another
+format is refused, not misread."""
 
 NO_TOPIC_ID = ""
 """The topic id when the broker gives none (Kafka before 2.8, some services)."""

@@ -133,7 +133,9 @@ class BookLogic(StatefulBatchLogic):
         due = self._next_status
         if self.book.pending:
             due = min(due, self._next_rows)
-        return datetime.now(timezone.utc) + timedelta(seconds=max(0.0, due - self.clock()))
+        # At most one status period ahead, even if the clock stepped back.
+        wait = min(max(0.0, due - self.clock()), self.status_seconds)
+        return datetime.now(timezone.utc) + timedelta(seconds=wait)
 
     def snapshot(self) -> dict:
         metrics.snapshot("rows")
@@ -143,16 +145,20 @@ class BookLogic(StatefulBatchLogic):
         return (tuple(self.book.marks.values()), self.book.totals())
 
     def _due(self) -> list:
-        """Rows (batched over ROW_FLUSH_SECONDS), status and progress when due."""
+        """Rows (batched over ROW_FLUSH_SECONDS), status and progress when due.
+
+        A time further ahead than its period means the clock stepped back:
+        due now, so a clock step never holds writes back.
+        """
         now = self.clock()
         out: list[Any] = []
-        if now >= self._next_rows and self.book.pending:
+        if self.book.pending and _due(now, self._next_rows, ROW_FLUSH_SECONDS):
             self._next_rows = now + ROW_FLUSH_SECONDS
             out += self.book.take_rows()
-        if now >= self._next_status:
+        if _due(now, self._next_status, self.status_seconds):
             self._next_status = now + self.status_seconds
             out.append(self._status())
-        if now >= self._next_progress:
+        if _due(now, self._next_progress, self.progress_seconds):
             self._next_progress = now + self.progress_seconds
             self._progress()
         return out
@@ -162,9 +168,10 @@ class BookLogic(StatefulBatchLogic):
         totals = self.book.totals()
         if totals.not_counted > self._not_counted:
             log.warning(
-                "%d pings were not counted: older than the state kept, from a partition "
-                "added to the topic after that state was dropped (pipeline_status "
-                "totals.notCounted)", totals.not_counted - self._not_counted,
+                "%d pings were too late: older than the state kept, from a partition that "
+                "had no watermark yet when that state was dropped (an empty or new "
+                "partition); not counted, no dead letter (pipeline_status totals.tooLate "
+                "and notCounted)", totals.not_counted - self._not_counted,
             )
             self._not_counted = totals.not_counted
         then, valid_then = self._last_progress
@@ -177,12 +184,16 @@ class BookLogic(StatefulBatchLogic):
             else "none yet"
         )
         log.info(
-            "%s | %d pings counted (%.0f/s) | %d rows written | %d dead letters "
-            "(%d too late) | %d corrected late | watermark %s",
+            "%s | %d pings counted (%.0f/s) | %d rows written (%d rewrites) | %d dead "
+            "letters | %d late | %d too late | watermark %s",
             "done" if final else "progress",
-            totals.valid, rate, totals.rows_written, totals.invalid + totals.too_late,
-            totals.too_late, totals.corrected_late, shown,
+            totals.valid, rate, totals.rows_written, totals.row_rewrites,
+            totals.dead_letters, totals.late, totals.too_late, shown,
         )
+
+
+def _due(now: float, due: float, period: float) -> bool:
+    return now >= due or due - now > period
 
 
 def _book_items_from_reports(item: tuple[str, ShardReport]) -> tuple[str, tuple]:

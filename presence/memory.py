@@ -5,10 +5,16 @@ between runs (incremental bounded runs), ``purge`` deletes the oldest offsets
 as retention would, and ``ABORT`` placed in a partition makes the reading
 worker abort the execution once (like ``bytewax.testing.TestingSource.ABORT``),
 to test crash and resume with recovery.
+
+Every appended message has a Kafka timestamp (create time): the one given
+to ``append``, or the wall clock when it was appended. A bare value put in a
+partition's list directly has none (the reader then uses its read time).
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -27,18 +33,33 @@ class Abort:
 ABORT = Abort
 
 
+@dataclass(frozen=True, slots=True)
+class Stamped:
+    """A value with its Kafka timestamp (epoch milliseconds)."""
+
+    value: bytes | None
+    timestamp_ms: int
+
+
 class MemoryTopic:
     def __init__(self, name: str = "driver-pings", partitions: int = 1) -> None:
         self.name = name
         self.partitions: list[list[Any]] = [[] for _ in range(partitions)]
         self.low = [0] * partitions
 
-    def append(self, partition: int, *values: Any) -> None:
-        """Append values: bytes as they are, ``None``, an ``Abort()``, or JSON-able objects."""
+    def append(self, partition: int, *values: Any, timestamp_ms: int | None = None) -> None:
+        """Append values: bytes as they are, ``None``, an ``Abort()``, or JSON-able objects.
+
+        Each gets the Kafka timestamp ``timestamp_ms`` (default: now).
+        """
+        stamp = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         for value in values:
-            if value is not None and not isinstance(value, (bytes, Abort)):
+            if isinstance(value, Abort):
+                self.partitions[partition].append(value)
+                continue
+            if value is not None and not isinstance(value, bytes):
                 value = orjson.dumps(value)
-            self.partitions[partition].append(value)
+            self.partitions[partition].append(Stamped(value, stamp))
 
     def purge(self, partition: int, before: int) -> None:
         """Delete offsets below ``before``, as Kafka retention does."""
@@ -76,7 +97,10 @@ class MemoryFeed:
                 # no consumer sees, e.g. a transaction marker).
                 self.position += 1
                 continue
-            out.append(RawMessage(self.position, value))
+            if isinstance(value, Stamped):
+                out.append(RawMessage(self.position, value.value, value.timestamp_ms))
+            else:
+                out.append(RawMessage(self.position, value))
             self.position += 1
         return out
 

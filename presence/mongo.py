@@ -323,6 +323,7 @@ def status_updates(
                         "nextOffset": mark.next_offset,
                         "valid": mark.valid,
                         "invalid": mark.invalid,
+                        "late": mark.late,
                         "tooLate": mark.too_late,
                         **_time_field("maxEventTime", mark.max_event),
                     },
@@ -335,13 +336,20 @@ def status_updates(
             {"_id": "totals"},
             {
                 "$set": {"kind": "totals", "updatedAt": now},
+                # Ping totals are deterministic (the partitions' own counters);
+                # rowsWritten and rowRewrites count writes (they depend on batching).
+                # correctedLate is late under its former name, kept for its readers.
                 "$max": {
                     "valid": totals.valid,
                     "invalid": totals.invalid,
-                    "correctedLate": totals.corrected_late,
+                    "late": totals.late,
+                    "correctedLate": totals.late,
                     "tooLate": totals.too_late,
-                    "deadLetters": totals.invalid + totals.too_late,
+                    "deadLetters": totals.dead_letters,
+                    **{f"deadLettersByReason.{reason}": count
+                       for reason, count in totals.dead_letters_by_reason},
                     "rowsWritten": totals.rows_written,
+                    "rowRewrites": totals.row_rewrites,
                     "notCounted": totals.not_counted,
                     **_time_field("watermark", totals.watermark),
                 },

@@ -5,6 +5,11 @@ A row is written once every shard's watermark has passed its interval's end
 whenever a late ping changes its counts afterwards. At the end of a bounded
 run every pending row is written whatever the watermark. The book also keeps
 the partitions' latest marks, for ``pipeline_status`` and progress lines.
+
+Every ping total (:class:`Totals`) comes from the partitions' own counters,
+kept in their recovery state, so it is the same whatever the workers,
+processes, batching or crashes; only the counts of writes (rows written,
+rewrites) depend on how reads were batched.
 """
 
 from __future__ import annotations
@@ -44,12 +49,30 @@ class Totals:
     """Pipeline-wide counters, for ``pipeline_status`` and progress lines."""
 
     valid: int
+    """Pings counted."""
     invalid: int
-    corrected_late: int
+    """Messages that are not valid pings (dead letters, every reason but too_late)."""
+    late: int
+    """Valid pings older than their partition's watermark when read, not too late."""
     too_late: int
+    """Pings too late to count: dead-lettered by their partition, plus ``not_counted``."""
     watermark: float
     not_counted: int
+    """Too-late pings judged against the state kept (no dead letter): from a
+    partition that had no watermark yet when that state was dropped."""
     rows_written: int
+    """Row writes, first writes and rewrites."""
+    row_rewrites: int = 0
+    """Row writes with ``revision`` > 1 (depends on batching)."""
+    dead_letters: int = 0
+    """Dead letters stored: ``invalid`` plus the too-late pings judged by their partition."""
+    dead_letters_by_reason: tuple[tuple[str, int], ...] = ()
+    """``(reason, count)`` of every dead letter, sorted by reason."""
+
+    @property
+    def corrected_late(self) -> int:
+        """The ``correctedLate`` status field: the late pings (kept for its users)."""
+        return self.late
 
 
 class RowBook:
@@ -60,7 +83,6 @@ class RowBook:
         resume = resume or {}
         self.watermarks: dict[str, float] = dict(resume.get("watermarks", {}))
         self.oldest: dict[str, float] = dict(resume.get("oldest", {}))
-        self.late: dict[str, int] = dict(resume.get("late", {}))
         self.not_counted: dict[str, int] = dict(resume.get("not_counted", {}))
         self.partials: dict[int, dict[str, tuple[int, int]]] = {
             row: dict(parts) for row, parts in resume.get("partials", {}).items()
@@ -69,24 +91,27 @@ class RowBook:
         self.pending: set[int] = set(resume.get("pending", ()))
         self.marks: dict[str, PartitionMark] = dict(resume.get("marks", {}))
         self.rows_written: int = resume.get("rows_written", 0)
+        self.row_rewrites: int = resume.get("row_rewrites", 0)
+        # Shards' flush watermarks (may follow the wall clock): never stored.
+        self.flush: dict[str, float] = {}
 
     def snapshot(self) -> dict:
         return {
             "watermarks": dict(self.watermarks),
             "oldest": dict(self.oldest),
-            "late": dict(self.late),
             "not_counted": dict(self.not_counted),
             "partials": {row: dict(parts) for row, parts in self.partials.items()},
             "written": dict(self.written),
             "pending": tuple(self.pending),
             "marks": dict(self.marks),
             "rows_written": self.rows_written,
+            "row_rewrites": self.row_rewrites,
         }
 
     def add_report(self, shard: str, report: ShardReport) -> None:
         self.watermarks[shard] = max(self.watermarks.get(shard, NO_EVENT), report.watermark)
         self.oldest[shard] = max(self.oldest.get(shard, NO_EVENT), report.oldest_countable)
-        self.late[shard] = max(self.late.get(shard, 0), report.corrected_late)
+        self.flush[shard] = report.flush
         self.not_counted[shard] = max(self.not_counted.get(shard, 0), report.not_counted)
         for row, counts in report.partials.items():
             self.partials.setdefault(row, {})[shard] = counts
@@ -102,10 +127,19 @@ class RowBook:
             return NO_EVENT
         return min(self.watermarks.values())
 
+    @property
+    def flush_watermark(self) -> float:
+        """Rows ending at or before it are written now (in a quiet live run it
+        follows the wall clock; never stored)."""
+        if len(self.watermarks) < self.spec.shards:
+            return NO_EVENT
+        flush = self.flush
+        return min(max(w, flush.get(s, NO_EVENT)) for s, w in self.watermarks.items())
+
     def take_rows(self, final: bool = False) -> list[Row]:
         """Rows to (re)write now, oldest first; ``final`` takes every pending row."""
         spec = self.spec
-        watermark = self.watermark
+        watermark = self.flush_watermark
         ready = sorted(r for r in self.pending if final or spec.row_end(r) <= watermark)
         rows = []
         for row in ready:
@@ -122,6 +156,7 @@ class RowBook:
             )
         self.pending.difference_update(ready)
         self.rows_written += len(rows)
+        self.row_rewrites += sum(1 for r in rows if r.revision > 1)
         self._forget_final_rows()
         return rows
 
@@ -139,12 +174,24 @@ class RowBook:
 
     def totals(self) -> Totals:
         marks = self.marks.values()
+        not_counted = sum(self.not_counted.values())
+        by_reason: dict[str, int] = {}
+        for mark in marks:
+            for reason, count in mark.rejected:
+                by_reason[reason] = by_reason.get(reason, 0) + count
+        invalid = sum(m.invalid for m in marks)
+        too_late = sum(m.too_late for m in marks)
+        if too_late:
+            by_reason["too_late"] = too_late
         return Totals(
-            valid=sum(m.valid for m in marks),
-            invalid=sum(m.invalid for m in marks),
-            corrected_late=sum(self.late.values()),
-            too_late=sum(m.too_late for m in marks),
+            valid=sum(m.valid for m in marks) - not_counted,
+            invalid=invalid,
+            late=sum(m.late for m in marks),
+            too_late=too_late + not_counted,
             watermark=self.watermark,
-            not_counted=sum(self.not_counted.values()),
+            not_counted=not_counted,
             rows_written=self.rows_written,
+            row_rewrites=self.row_rewrites,
+            dead_letters=invalid + too_late,
+            dead_letters_by_reason=tuple(sorted(by_reason.items())),
         )

@@ -3,10 +3,16 @@
 Drivers are split over :data:`presence.windows.SHARDS` shards by a stable
 hash, so a shard's drivers are disjoint from every other shard's and a row's
 distinct counts are the *sum* of the shards' partial counts. Each shard
-receives every partition's marks, keeps the dataflow watermark as it sees it,
-and reports the partial counts of the rows that changed once they are closed
-(their interval ended before the watermark), or all of them at the end of a
-bounded run. :mod:`presence.rows` adds the reports up.
+receives every partition's marks, keeps the dataflow watermark as it sees it
+(event time only: nothing it stores depends on the wall clock), and reports
+the partial counts of the rows that changed once they are closed (their
+interval ended before the flush watermark, which in a quiet live run follows
+the wall clock), or all of them at the end of a bounded run.
+:mod:`presence.rows` adds the reports up.
+
+A ping older than the state kept (only possible from a partition that had
+no watermark yet when the state was dropped: SPEC "Time") is too late here:
+not counted, and reported in :attr:`ShardReport.not_counted`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass, field, replace
 
 from presence.panes import ShardPanes
 from presence.partition import LIVE, NO_EVENT, PartitionMark, ShardPart
-from presence.watermark import dataflow_watermark, oldest_countable
+from presence.watermark import dataflow_watermark, flush_watermark, oldest_countable
 from presence.windows import WindowSpec
 
 
@@ -24,16 +30,18 @@ class ShardReport:
     """What a shard tells the row book."""
 
     watermark: float
-    """The dataflow watermark as this shard sees it: rows ending at or
-    before it are complete in this shard."""
+    """The dataflow watermark as this shard sees it (event time only): rows
+    ending at or before it are complete in this shard."""
     oldest_countable: float
     partials: dict[int, tuple[int, int]] = field(default_factory=dict)
     """``{row: (online, available)}`` of this shard's drivers, for changed rows."""
-    corrected_late: int = 0
-    """Pings counted after their row had closed (cumulative)."""
     not_counted: int = 0
-    """Pings older than the oldest countable time (cumulative): only possible
-    from a partition added to the topic after state was dropped."""
+    """Pings too late because older than the state kept (cumulative): only
+    possible from a partition that had no watermark when that state was
+    dropped (an empty partition, or one added to the topic)."""
+    flush: float = NO_EVENT
+    """Rows ending at or before it may be written now: ``watermark``, or in a
+    quiet live run the wall clock minus the lateness. Never stored."""
 
 
 class ShardState:
@@ -50,7 +58,6 @@ class ShardState:
             self.watermark: float = resume["watermark"]
             self.oldest: float = resume["oldest"]
             self.dirty: set[int] = set(resume["dirty"])
-            self.corrected_late: int = resume["corrected_late"]
             self.not_counted: int = resume.get("not_counted", 0)
         else:
             self.panes = ShardPanes(spec)
@@ -58,7 +65,6 @@ class ShardState:
             self.watermark = NO_EVENT
             self.oldest = NO_EVENT
             self.dirty = set()
-            self.corrected_late = 0
             self.not_counted = 0
         self._last_sent: tuple | None = None
 
@@ -69,7 +75,6 @@ class ShardState:
             "watermark": self.watermark,
             "oldest": self.oldest,
             "dirty": tuple(self.dirty),
-            "corrected_late": self.corrected_late,
             "not_counted": self.not_counted,
         }
 
@@ -79,8 +84,8 @@ class ShardState:
         spec = self.spec
         # Every countable ping is at or after ``self.oldest``; older panes
         # are kept only to recompute rows. An older ping can only come from a
-        # partition the topic did not have when state was dropped: counting
-        # it would rewrite rows from incomplete panes.
+        # partition that had no watermark when state was dropped: it is too
+        # late (counting it would rewrite rows from incomplete panes).
         countable = NO_EVENT if self.oldest == NO_EVENT else spec.bucket_of(self.oldest)
         for pane, (online, off_duty, pings) in part.buckets.items():
             if pane < countable:
@@ -88,28 +93,35 @@ class ShardState:
                 continue
             if self.panes.add(pane, online, off_duty):
                 self.dirty.update(spec.rows_of_pane(pane))
-            if spec.row_end(pane) <= self.watermark:
-                self.corrected_late += pings
 
     def report(self, now: float, final: bool = False) -> ShardReport | None:
-        """Closed changed rows, or every changed row if ``final``; None if nothing new."""
+        """Closed changed rows, or every changed row if ``final``; None if nothing new.
+
+        ``now`` (the wall clock) only moves the flush watermark of a quiet
+        live run; the watermark kept and the state dropped never see it.
+        """
         spec = self.spec
-        watermark = max(self.watermark, dataflow_watermark(self.marks.values(), now, spec))
+        marks = self.marks.values()
+        watermark = max(self.watermark, dataflow_watermark(marks, spec))
         self.watermark = watermark
+        flush = max(watermark, flush_watermark(marks, now, spec))
         if final:
             closed = list(self.dirty)
         else:
-            closed = [r for r in self.dirty if spec.row_end(r) <= watermark]
+            closed = [r for r in self.dirty if spec.row_end(r) <= flush]
         partials = {row: self.panes.row_counts(row) for row in closed}
         self.dirty.difference_update(closed)
 
-        oldest = oldest_countable(self.marks.values(), spec)
+        oldest = oldest_countable(marks, spec)
         if oldest > self.oldest:
             self.oldest = oldest
-            self.panes.drop_before(spec.oldest_kept_pane(oldest))
+            keep_from = spec.oldest_kept_pane(oldest)
+            if self.dirty:  # never the panes of a row still to be reported
+                keep_from = min(keep_from, min(self.dirty) + spec.bucket - spec.window)
+            self.panes.drop_before(keep_from)
 
-        summary = (watermark, self.oldest, self.corrected_late, self.not_counted)
+        summary = (watermark, flush, self.oldest, self.not_counted)
         if not partials and not final and summary == self._last_sent:
             return None
         self._last_sent = summary
-        return ShardReport(watermark, self.oldest, partials, self.corrected_late, self.not_counted)
+        return ShardReport(watermark, self.oldest, partials, self.not_counted, flush)

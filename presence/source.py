@@ -120,7 +120,8 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
             return [batch]
 
         self._awake = datetime.now(timezone.utc) + timedelta(seconds=POLL_PAUSE)
-        if now - self._last_emit >= self.heartbeat:
+        # (``now`` before the last emit: the clock stepped back; beat anyway.)
+        if now - self._last_emit >= self.heartbeat or now < self._last_emit:
             self._last_emit = now
             return [reader.read([], now)]
         return []
@@ -149,7 +150,9 @@ class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
     """A topic's partitions as bytewax source partitions.
 
     ``open_feed(partition)`` gives the I/O of one partition, ``partitions``
-    how many the topic has.
+    how many the topic has. ``fingerprint`` (what the state is bound to) goes
+    into every partition's snapshot; the one a resumed snapshot carried is
+    the reader's ``resumed_fingerprint``.
     """
 
     def __init__(
@@ -164,6 +167,7 @@ class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
         fingerprint: dict | None = None,
     ) -> None:
         self.topic = topic
+        self.fingerprint = fingerprint
         self.partitions = partitions
         self.open_feed = open_feed
         self.spec = spec

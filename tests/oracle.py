@@ -59,3 +59,20 @@ def oracle(
                 available[row].add(str(ping.driver))
     rows = {row: (len(online[row]), len(available[row])) for row in online}
     return rows, too_late, invalid
+
+
+def late_pings(partitions: list[list[object]], lateness: float, horizon: float) -> set[tuple[int, int]]:
+    """(partition, offset)s of the late pings: valid, older than their own partition's
+    watermark (greatest counted time so far minus ``lateness``) when read, not too late."""
+    late: set[tuple[int, int]] = set()
+    for pid, messages in enumerate(partitions):
+        greatest = None
+        for offset, msg in enumerate(messages):
+            if not isinstance(msg, P):
+                continue
+            if greatest is not None and msg.time < greatest - lateness - horizon:
+                continue  # too late
+            if greatest is not None and msg.time < greatest - lateness:
+                late.add((pid, offset))
+            greatest = msg.time if greatest is None else max(greatest, msg.time)
+    return late

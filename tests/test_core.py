@@ -10,7 +10,7 @@ from presence.panes import ShardPanes
 from presence.partition import (
     ENDED, IDLE, LIVE, NO_EVENT, PartitionMark, PartitionReader, RawMessage,
 )
-from presence.watermark import dataflow_watermark, oldest_countable
+from presence.watermark import dataflow_watermark, flush_watermark, oldest_countable
 from presence.windows import WindowSpec
 from tests.core_sim import Core
 from tests.oracle import P
@@ -71,33 +71,43 @@ def test_dropping_and_compacting_keeps_counts_exact() -> None:
 
 def test_watermark_is_least_live_partition_minus_lateness() -> None:
     marks = [mark(0, 3, T0 + 100), mark(1, 3, T0 + 50), mark(2, 3, T0 + 900)]
-    assert dataflow_watermark(marks, NOW, SPEC) == T0 + 50 - 30
+    assert dataflow_watermark(marks, SPEC) == T0 + 50 - 30
+    assert flush_watermark(marks, NOW, SPEC) == T0 + 50 - 30
 
 
 def test_watermark_waits_for_every_partition() -> None:
-    assert dataflow_watermark([mark(0, 2, T0)], NOW, SPEC) == NO_EVENT
-    assert dataflow_watermark([mark(0, 2, T0), mark(1, 2, NO_EVENT)], NOW, SPEC) == NO_EVENT
+    assert dataflow_watermark([mark(0, 2, T0)], SPEC) == NO_EVENT
+    assert flush_watermark([mark(0, 2, T0)], NOW, SPEC) == NO_EVENT
+    assert dataflow_watermark([mark(0, 2, T0), mark(1, 2, NO_EVENT)], SPEC) == NO_EVENT
 
 
 def test_idle_and_ended_partitions_are_left_out() -> None:
     marks = [mark(0, 3, T0 + 100), mark(1, 3, T0, state=IDLE), mark(2, 3, T0 - 999, state=ENDED)]
-    assert dataflow_watermark(marks, NOW, SPEC) == T0 + 100 - 30
+    assert dataflow_watermark(marks, SPEC) == T0 + 100 - 30
 
 
-def test_quiet_dataflow_watermark_is_the_wall_clock_minus_lateness() -> None:
+def test_quiet_run_writes_by_the_wall_clock_but_keeps_event_time() -> None:
     marks = [mark(0, 2, T0 + 100, IDLE, read_at=NOW - 12), mark(1, 2, T0 + 40, ENDED, read_at=NOW - 50)]
-    assert dataflow_watermark(marks, NOW, SPEC) == NOW - 30
+    # When rows may be written follows the wall clock...
+    assert flush_watermark(marks, NOW, SPEC) == NOW - 30
+    # ...the watermark that is kept does not: the freshest partition's.
+    assert dataflow_watermark(marks, SPEC) == T0 + 100 - 30
     # Pings stamped ahead of the wall clock (within the allowed skew) carry on from there.
     ahead = [mark(0, 1, NOW + 200, IDLE, read_at=NOW - 12)]
-    assert dataflow_watermark(ahead, NOW, SPEC) == NOW + 200 + 12 - 30
+    assert flush_watermark(ahead, NOW, SPEC) == NOW + 200 + 12 - 30
 
 
 def test_oldest_countable_is_the_least_partition_watermark_minus_the_horizon() -> None:
     marks = [mark(0, 3, T0 + 100), mark(1, 3, T0, state=IDLE), mark(2, 3, T0 + 50, state=ENDED)]
     assert oldest_countable(marks, SPEC) == T0 - 30 - 3600
-    # A partition without any ping yet may bring anything, now or in a later run.
-    for state in (LIVE, IDLE, ENDED):
-        assert oldest_countable(marks[:2] + [mark(2, 3, NO_EVENT, state=state)], SPEC) == NO_EVENT
+    # A partition without any ping yet never holds clean-up back once idle or ended
+    # (SPEC "Time"); live (at most `idle` seconds), it holds it like the watermark.
+    for state in (IDLE, ENDED):
+        assert oldest_countable(marks[:2] + [mark(2, 3, NO_EVENT, state=state)], SPEC) == T0 - 30 - 3600
+    assert oldest_countable(marks[:2] + [mark(2, 3, NO_EVENT, state=LIVE)], SPEC) == NO_EVENT
+    # ...but until every partition has been heard from, nothing may go.
+    assert oldest_countable(marks[:2], SPEC) == NO_EVENT
+    assert oldest_countable([mark(0, 1, NO_EVENT)], SPEC) == NO_EVENT
 
 
 # --- partitions ---------------------------------------------------------------
@@ -161,7 +171,10 @@ def test_rows_are_written_once_the_watermark_passes_and_corrected_when_late() ->
     assert core.store.rows[T0 + 120]["revision"] == 1  # driver 4 is not in its interval
     core.read(0, 1, bounded=False)  # the same driver again: nothing changes
     assert core.store.rows[T0]["revision"] == 2
-    assert core.book.totals().corrected_late == 2
+    # Both pings of driver 4 were late (older than the partition's watermark when read).
+    totals = core.book.totals()
+    assert totals.late == totals.corrected_late == 2
+    assert (totals.rows_written, totals.row_rewrites) == (5, 2)
     core.finish()
     assert core.store.rows[T0 + 180] == {"online": 1, "available": 1, "revision": 1}
 
@@ -212,4 +225,5 @@ def test_pings_older_than_dropped_state_are_reported_not_miscounted() -> None:
     grown.finish()
     after = grown.store.counts()
     assert before and all(after[b] == counts for b, counts in before.items())
-    assert grown.book.totals().not_counted == 1
+    totals = grown.book.totals()
+    assert totals.not_counted == 1 and totals.too_late == 1 and totals.valid == 20

@@ -172,3 +172,51 @@ def test_live_run_writes_closed_rows_when_pings_stop(kafka_brokers, mongo_uri, t
                 assert counts == expected_rows[bucket]
     finally:
         kill_hard(proc)
+
+
+def test_totals_are_the_same_with_one_worker_two_workers_and_two_processes(
+        kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
+    """Issue 14.5: one topic, three bounded runs into three databases; every ping total
+    in pipeline_status is the same (writes may differ)."""
+    import socket
+
+    from tests.oracle import late_pings
+    from tests.stack_helpers import start_dataflow
+
+    topic, db = topic_and_db
+    partitions = stream(17, partitions=3, per_partition=600, horizon=HORIZON)
+    create_topic(kafka_brokers, topic, 3)
+    produce(kafka_brokers, topic, partitions)
+    client = MongoClient(mongo_uri)
+    names = [topic, topic + "w2", topic + "p2"]
+    try:
+        run_dataflow(dataflow_env(kafka_brokers, mongo_uri, topic, names[0]), "-w", "1")
+        run_dataflow(dataflow_env(kafka_brokers, mongo_uri, topic, names[1]), "-w", "2")
+        sockets = [socket.socket() for _ in range(2)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        addresses = ";".join(f"127.0.0.1:{s.getsockname()[1]}" for s in sockets)
+        for s in sockets:
+            s.close()
+        env = dataflow_env(kafka_brokers, mongo_uri, topic, names[2])
+        procs = [start_dataflow(env, "-i", str(i), "-a", addresses) for i in range(2)]
+        for proc in procs:
+            finish(proc)
+
+        keys = ("valid", "invalid", "late", "correctedLate", "tooLate", "deadLetters",
+                "deadLettersByReason")
+        docs = [client[name].pipeline_status.find_one({"_id": "totals"}) for name in names]
+        found = [{k: doc.get(k) for k in keys} for doc in docs]
+        assert found[1] == found[0] and found[2] == found[0]
+        rows, too_late, invalid = expected(partitions)
+        late = late_pings(partitions, 30, HORIZON)
+        assert found[0]["late"] == found[0]["correctedLate"] == len(late) > 0
+        assert found[0]["tooLate"] == len(too_late) and found[0]["invalid"] == len(invalid)
+        assert sum(found[0]["deadLettersByReason"].values()) == found[0]["deadLetters"]
+        for name in names:
+            assert stored_rows(client[name]) == rows
+            assert client[name].dead_letters.count_documents({}) == len(too_late) + len(invalid)
+    finally:
+        for name in names[1:]:
+            client.drop_database(name)
+        client.close()
