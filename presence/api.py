@@ -427,10 +427,10 @@ HELP = {
                                  "when read but not too late; counted, and they may correct "
                                  "rows already written. Part of outcome=\"valid\". "
                                  + DETERMINISTIC,
-    "presence_corrected_late_pings_total": "Late pings that went into a row already written, "
-                                           "so that the row was rewritten (kept from earlier "
-                                           "versions). Unlike presence_late_pings_total it "
-                                           "depends on batching and timing.",
+    "presence_corrected_late_pings_total": "The same count as presence_late_pings_total "
+                                           "(the name earlier versions used): valid pings older "
+                                           "than their own partition's watermark when read, "
+                                           "not too late. " + DETERMINISTIC,
     "presence_rows_written_total": "Writes of report rows to report_summary, first writes and "
                                    "rewrites (one per row revision written). "
                                    + DEPENDS_ON_BATCHING,
