@@ -652,23 +652,30 @@ def test_healthz_answers_within_half_a_second_under_200_concurrent_status_calls(
 
 
 @pytest.mark.parametrize("args, host, ok", [
-    ([], "127.0.0.1:8000", True),
-    ([], "evil.example:8000", False),
-    (["--allowed-host", "presence.local:8000"], "presence.local:8000", True),
-    (["--allowed-host", "*"], "evil.example:8000", True),
-    (["--host", "0.0.0.0"], "evil.example:8000", True),  # not loopback: names unknown
+    ([], "127.0.0.1:{port}", True),
+    ([], "evil.example:{port}", False),
+    (["--allowed-host", "presence.local:{port}"], "presence.local:{port}", True),
+    (["--allowed-host", "*"], "evil.example:{port}", True),
+    (["--host", "0.0.0.0"], "evil.example:{port}", True),  # not loopback: names unknown
 ])
 def test_serve_checks_the_host_header_on_its_loopback_default(monkeypatch, args, host, ok):
+    import socket
+
     import uvicorn
     from click.testing import CliRunner
 
     from presence.cli import cli
 
+    with socket.socket() as probe:  # a port free now, as `presence serve` would be given
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     served = {}
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.setattr(uvicorn.Server, "run",
+                        lambda self, sockets=None: served.update(app=self.config.app))
     env = {"PRESENCE_MONGO_URI": DOWN, "PRESENCE_KAFKA_BROKERS": NO_KAFKA}
-    result = CliRunner().invoke(cli, ["serve", *args], env=env)
+    args = [a.format(port=port) for a in args]
+    result = CliRunner().invoke(cli, ["serve", "--port", str(port), *args], env=env)
     assert result.exit_code == 0, result.output
     with TestClient(served["app"]) as client:
-        res = client.get("/static/dashboard.css", headers={"Host": host})
+        res = client.get("/static/dashboard.css", headers={"Host": host.format(port=port)})
         assert (res.status_code == 200) is ok
