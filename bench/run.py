@@ -171,6 +171,7 @@ def flink_setup(log=None) -> tuple[str | None, str]:
         if done.returncode != 0:
             tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
             return None, "Maven build failed: " + " | ".join(tail)
+        cp_file.touch()  # Maven leaves an unchanged classpath file as it was
         log(f"flink: built in {time.perf_counter() - began:.0f} s")
     classpath = cp_file.read_text().strip()
     return str(FLINK_DIR / "target" / "classes") + os.pathsep + classpath, ""
