@@ -245,7 +245,9 @@ def run_system(system: str, topic: str, run_id: str, pings: int, oracle: dict, a
     db = f"bench_{run_id}_{system.replace('-', '_')}"
     mongo().drop_database(db)
     cmd, env = command(system, topic, db, args)
-    log(f"{system}: {' '.join(cmd[1:])}")
+    classpath = getattr(args, "flink_classpath", None)
+    shown = ["CLASSPATH" if classpath and c == classpath else c for c in cmd[1:]]
+    log(f"{system}: {' '.join(shown)}")
     m = run_measured(cmd, env, str(REPO), timeout=args.timeout)
     wall = m.wall
     if system == "quix":
@@ -880,7 +882,8 @@ def main(argv=None) -> int:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
         (out / f"{stamp}.md").write_text(text)
         (out / f"{stamp}.json").write_text(json.dumps(
-            {"args": {k: v for k, v in vars(args).items() if k != "flink_classpath"}, "machine": mach, "load": load, "results": results,
+            {"args": {k: v for k, v in vars(args).items() if k != "flink_classpath"},
+             "machine": mach, "load": load, "results": results,
              "latency": lat, "state": state}, indent=2, default=str))
         log(f"written {out / (stamp + '.md')}")
     return 0
