@@ -576,10 +576,18 @@ def machine() -> dict:
     return {
         "cpu": model, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "os": platform.platform(), "python": platform.python_version(),
-        "versions": versions, "quixstreams": quix_version(),
+        "versions": versions, "quixstreams": quix_version(), "java": java_version(),
         "kafka": "Apache Kafka 4.1 (KRaft, 1 node, local)", "mongo": "FerretDB v1 (SQLite), local",
         "git": rev + (" (presence/ modified)" if dirty else ""),
     }
+
+
+def java_version() -> str:
+    """The JVM the Flink rows run on (Flink 2.2.1, flink-sql-connector-kafka 5.0.0-2.2)."""
+    if shutil.which("java") is None:
+        return "not installed"
+    out = subprocess.run(["java", "-version"], capture_output=True, text=True)
+    return (out.stderr.splitlines() or ["?"])[0]
 
 
 def fmt_rate(x: float) -> str:
