@@ -1,4 +1,4 @@
-"""``make bench``: presence side by side with a ceiling, a hand loop, stock Bytewax and Quix.
+"""``make bench``: presence side by side with a ceiling, a hand loop, Bytewax, Quix and Flink.
 
 One run loads a workload into a fresh 3-partition topic, computes the oracle
 rows once, then runs every system one after another over the same topic,
@@ -9,6 +9,13 @@ one table and writes it, with the machine description, to
 
     python -m bench.run                       # the full run (1,000,000 pings)
     python -m bench.run --pings 50000 --only ceiling,presence-1w --no-latency --no-state
+    python -m bench.run --no-flink            # without the Flink SQL rows (no Java needed)
+
+The ``*-mixed`` systems read a second topic whose ``timestamp`` mixes every
+shape the SPEC accepts (``--timestamps``). The ``flink-*`` systems run
+``bench/peers/flink`` (Flink SQL on a local MiniCluster), built once with
+Maven into ``~/.cache/presence/m2``; without ``java`` or ``mvn`` they are
+skipped with one line saying so.
 """
 
 from __future__ import annotations
@@ -42,8 +49,19 @@ BROKERS = os.environ.get("BENCH_BROKERS", "127.0.0.1:9092")
 MONGO_URI = os.environ.get("BENCH_MONGO_URI", "mongodb://127.0.0.1:27017")
 PY = sys.executable
 
+FLINK_DIR = REPO / "bench" / "peers" / "flink"
+M2 = Path(os.environ.get("BENCH_M2", Path.home() / ".cache" / "presence" / "m2"))
+"""Maven's local repository for the Flink peer (like the stack's jars, under ~/.cache)."""
+
+FLINK_SYSTEMS = ("flink-exact", "flink-exact-tuned", "flink-natural", "flink-natural-tuned")
+MIXED_SYSTEMS = ("ceiling-mixed", "handloop-mixed", "presence-1w-mixed")
 SYSTEMS = ("ceiling", "ceiling-2p", "handloop", "presence-1w", "presence-1w-fetch", "presence-2p",
-           "presence-2p-fetch", "bytewax", "quix")
+           "presence-2p-fetch", "bytewax", "quix") + FLINK_SYSTEMS + MIXED_SYSTEMS
+FLINK_WATERMARK = {"exact": 660, "natural": 30}
+"""Watermark delay (s) of each Flink setting: 11 minutes covers the workload's partition
+skew in a backlog read and its 10-minute late pings (exact); 30 s is presence's lateness."""
+FLINK_TUNED_JVM = ["-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
+"""The fastest whole run of the JVM flags tried (issue 12): serial GC, C1 JIT only."""
 FETCH_CONFIG = json.dumps({"max.partition.fetch.bytes": TUNED_FETCH["max.partition.fetch.bytes"]})
 """The peers' fetch size, given to the *-fetch presence runs (presence sets the backoff itself)."""
 
@@ -57,6 +75,14 @@ NOTES = {
     "presence-2p-fetch": "same + PRESENCE_KAFKA_CONFIG max.partition.fetch.bytes 10 MiB",
     "bytewax": "SlidingWindower + fold_window(sets), ordered=False, wait {wait:g} s",
     "quix": "quixstreams {quix}: group_by + hopping_window.collect().final(), grace {grace:g} s",
+    "flink-exact": "Flink 2.2.1 SQL, MiniCluster p=1, HOP + COUNT(DISTINCT), watermark "
+                   "11 min; default JVM; fetch 10 MiB; rows via collect()",
+    "flink-exact-tuned": "same, JVM -XX:+UseSerialGC -XX:TieredStopAtLevel=1",
+    "flink-natural": "same as flink-exact with watermark 30 s; default JVM",
+    "flink-natural-tuned": "same, JVM -XX:+UseSerialGC -XX:TieredStopAtLevel=1",
+    "ceiling-mixed": "ceiling on the mixed-timestamp topic (orjson.loads only: no instant computed)",
+    "handloop-mixed": "handloop on the mixed-timestamp topic (ms rule + datetime.fromisoformat)",
+    "presence-1w-mixed": "presence-1w on the mixed-timestamp topic",
 }
 
 
@@ -118,7 +144,64 @@ def compare(rows: dict, oracle: dict) -> tuple[bool, str]:
 
 # ------------------------------------------------------------------ systems
 
+def flink_setup(log=None) -> tuple[str | None, str]:
+    """(classpath, "") once the Flink peer is built, or (None, why it is skipped).
+
+    Built with Maven on first use (``-C``: strict checksums), offline (``-o``)
+    once its dependencies are in :data:`M2`; rebuilt when pom.xml or the
+    source is newer than the classpath file."""
+    log = log or (lambda _msg: None)
+    for tool in ("java", "mvn"):
+        if shutil.which(tool) is None:
+            return None, f"{tool} not found (the Flink rows need a JDK 17+ and Maven)"
+    cp_file = FLINK_DIR / "target" / "classpath.txt"
+    sources = [FLINK_DIR / "pom.xml", *sorted((FLINK_DIR / "src").rglob("*.java"))]
+    fresh = cp_file.exists() and all(f.stat().st_mtime <= cp_file.stat().st_mtime
+                                     for f in sources)
+    if not fresh:
+        base = ["mvn", "-B", "-q", "-C", f"-Dmaven.repo.local={M2}", "compile"]
+        offline = M2.is_dir() and any(M2.iterdir())
+        log(f"flink: building bench/peers/flink with Maven"
+            f"{' (offline)' if offline else ' (first time: downloads Flink, a few minutes)'}")
+        began = time.perf_counter()
+        done = subprocess.run(base[:1] + ["-o"] + base[1:] if offline else base,
+                              cwd=FLINK_DIR, capture_output=True, text=True)
+        if done.returncode != 0 and offline:  # a dependency not yet in the cache
+            done = subprocess.run(base, cwd=FLINK_DIR, capture_output=True, text=True)
+        if done.returncode != 0:
+            tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+            return None, "Maven build failed: " + " | ".join(tail)
+        cp_file.touch()  # Maven leaves an unchanged classpath file as it was
+        log(f"flink: built in {time.perf_counter() - began:.0f} s")
+    classpath = cp_file.read_text().strip()
+    return str(FLINK_DIR / "target" / "classes") + os.pathsep + classpath, ""
+
+
+def flink_command(system: str, topic: str, classpath: str) -> list[str]:
+    """The JVM command of a ``flink-*`` system: the same job, two watermark delays,
+    the JVM's default flags or the tuned ones."""
+    setting = system.split("-")[1]
+    jvm = FLINK_TUNED_JVM if system.endswith("-tuned") else []
+    return ["java", *jvm, "-cp", classpath, "presence.bench.FlinkPeer",
+            "--topic", topic, "--brokers", BROKERS,
+            "--watermark-seconds", str(FLINK_WATERMARK[setting]),
+            "--kafka", f"max.partition.fetch.bytes={TUNED_FETCH['max.partition.fetch.bytes']}"]
+
+
+FLINK_STATS = re.compile(r"^flink-stats (\{.*\})$", re.M)
+FLINK_ROW = re.compile(r'^\{"row":(\d+),"online":(\d+),"available":(\d+)\}$', re.M)
+
+
+def flink_rows(output: str) -> dict[int, tuple[int, int]]:
+    """The rows a Flink run printed (its JSON lines), keyed like the oracle."""
+    return {int(r): (int(on), int(av)) for r, on, av in FLINK_ROW.findall(output)}
+
+
 def command(system: str, topic: str, db: str, args) -> tuple[list[str], dict]:
+    if system.endswith("-mixed"):
+        return command(system[: -len("-mixed")], topic, db, args)
+    if system.startswith("flink-"):
+        return flink_command(system, topic, args.flink_classpath), base_env()
     if system == "ceiling":
         return [PY, "-m", "bench.peers.ceiling", topic], base_env()
     if system == "ceiling-2p":
@@ -162,7 +245,9 @@ def run_system(system: str, topic: str, run_id: str, pings: int, oracle: dict, a
     db = f"bench_{run_id}_{system.replace('-', '_')}"
     mongo().drop_database(db)
     cmd, env = command(system, topic, db, args)
-    log(f"{system}: {' '.join(cmd[1:])}")
+    classpath = getattr(args, "flink_classpath", None)
+    shown = ["CLASSPATH" if classpath and c == classpath else c for c in cmd[1:]]
+    log(f"{system}: {' '.join(shown)}")
     m = run_measured(cmd, env, str(REPO), timeout=args.timeout)
     wall = m.wall
     if system == "quix":
@@ -187,15 +272,21 @@ def run_system(system: str, topic: str, run_id: str, pings: int, oracle: dict, a
         result["steady_pings_per_s"] = float(steady.group(1))
     if "error connecting to worker" in m.output:
         result["connect_retry"] = True
+    stats = FLINK_STATS.search(m.output)
+    if stats:
+        result["flink"] = json.loads(stats.group(1))
     if system.startswith("ceiling"):
         result["exact"], result["exactness"] = None, "no rows (reads only)"
+    elif system.startswith("flink-"):
+        result["exact"], result["exactness"] = compare(flink_rows(m.output), oracle)
     else:
         result["exact"], result["exactness"] = compare(stored_rows(db), oracle)
         if not args.keep_dbs:
             mongo().drop_database(db)
     log(f"{system}: {wall:.1f} s wall, {m.cpu:.1f} s CPU, "
         f"{result['pings_per_s']:,.0f} pings/s, {result['pings_per_cpu_s']:,.0f} pings/CPU-s, "
-        f"{result['peak_rss_mb']:.0f} MB, {result['exactness']}")
+        f"{result['peak_rss_mb']:.0f} MB, {result['exactness']}"
+        + (f", flink {result['flink']}" if "flink" in result else ""))
     return result
 
 
@@ -213,6 +304,7 @@ def median_run(runs: list[dict]) -> dict:
     if steady:
         out["steady_pings_per_s"] = steady[(len(steady) - 1) // 2]
     out["connect_retries"] = sum(1 for r in runs if r.get("connect_retry"))
+    out["exact_runs"] = sum(1 for r in runs if r["exact"] is True)
     wrong = [r for r in runs if r["exact"] is False]
     if wrong:
         out["exact"] = False
@@ -484,10 +576,18 @@ def machine() -> dict:
     return {
         "cpu": model, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "os": platform.platform(), "python": platform.python_version(),
-        "versions": versions, "quixstreams": quix_version(),
+        "versions": versions, "quixstreams": quix_version(), "java": java_version(),
         "kafka": "Apache Kafka 4.1 (KRaft, 1 node, local)", "mongo": "FerretDB v1 (SQLite), local",
         "git": rev + (" (presence/ modified)" if dirty else ""),
     }
+
+
+def java_version() -> str:
+    """The JVM the Flink rows run on (Flink 2.2.1, flink-sql-connector-kafka 5.0.0-2.2)."""
+    if shutil.which("java") is None:
+        return "not installed"
+    out = subprocess.run(["java", "-version"], capture_output=True, text=True)
+    return (out.stderr.splitlines() or ["?"])[0]
 
 
 def fmt_rate(x: float) -> str:
@@ -535,6 +635,17 @@ def targets(by: dict, lat: dict | None, state: dict | None) -> list[tuple[str, s
     if p1:
         x = p1["pings_per_cpu_s"]
         out.append(("1 worker >= 300,000 pings/CPU-s", fmt_rate(x), x >= 300_000))
+    flink = [by[s] for s in ("flink-exact", "flink-exact-tuned") if by.get(s)]
+    if p1 and flink:
+        best = max(flink, key=lambda r: r["pings_per_cpu_s"])
+        x = p1["pings_per_cpu_s"] / best["pings_per_cpu_s"]
+        note = "" if best["exact"] else " (peer inexact)"
+        out.append((f"1 worker >= 2 x Flink exact, best JVM ({best['system']}) (pings/CPU-s)",
+                    f"{x:.2f} x{note}", x >= 2 and p1["exact"] is True))
+    if by.get("presence-1w-mixed") and by.get("ceiling-mixed"):
+        x = by["presence-1w-mixed"]["pings_per_s"] / by["ceiling-mixed"]["pings_per_s"]
+        out.append(("presence-1w-mixed >= 0.4 x ceiling-mixed (wall; mixed timestamp shapes)",
+                    f"{x:.2f} x", x >= 0.4 and by["presence-1w-mixed"]["exact"] is True))
     for peer, need in (("handloop", 0.5), ("bytewax", 4), ("quix", 10)):
         if p1 and by.get(peer):
             x = p1["pings_per_cpu_s"] / by[peer]["pings_per_cpu_s"]
@@ -569,7 +680,31 @@ def render(args, mach: dict, results: list[dict], lat: dict | None, state: dict 
               f"1 min, ~2% late (1-10 min), 3 partitions of 20/30/50% "
               f"(loaded in {produce_s:.1f} s). Oracle: {load['rows']} rows, "
               f"{load['too_late']} too late.", ""]
+    if "mixed_rows" in load:
+        lines += [f"The `*-mixed` rows read a second topic of the same pings whose `timestamp` "
+                  f"mixes, in equal shares, float and integer epoch seconds, epoch ms and "
+                  f"ISO-8601 strings with `Z`, `+02:00` and no offset (loaded in "
+                  f"{load['mixed_produce_s']:.1f} s; oracle {load['mixed_rows']} rows, "
+                  f"{load['mixed_too_late']} too late); their vs-ceiling columns are against "
+                  f"`ceiling` (float topic): compare them with `ceiling-mixed`.", ""]
     lines += [table(results, by.get("ceiling")), ""]
+    fl = [r for r in results if r.get("flink")]
+    if fl:
+        parts = []
+        for r in fl:
+            f = r["flink"]
+            if "first_record_s" not in f:
+                continue
+            rest = r["wall_s"] - f["first_record_s"]
+            parts.append(
+                f"{r['system']}: first record read {f['first_record_s']:.2f} s after the JVM "
+                f"started (job submitted at {f['submitted_s']:.2f} s), read phase "
+                f"{f['read_s']:.2f} s at **{fmt_rate(f['read_rate'])} pings/s**, "
+                f"{rest:.2f} s from first record to exit; exact in {r['exact_runs']} of "
+                f"{r['runs']} runs")
+        if parts:
+            lines += ["Flink's time (median run; the probe in its SQL counts records as the "
+                      "source hands them on): " + "; ".join(parts) + ".", ""]
     fixed = [f"{r['system']} {r['startup_s']:.2f} s" for r in results if "startup_s" in r]
     if fixed:
         lines += ["Fixed cost of a run (start-up and shut-down, bounded run over 3 pings): "
@@ -640,6 +775,15 @@ def parse_args(argv=None):
     ap.add_argument("--repeat-under", type=float, default=30.0,
                     help="only systems whose first run took under this many seconds "
                          "are repeated (the slow peers run once)")
+    ap.add_argument("--flink-repeat-under", type=float, default=120.0,
+                    help="the same for the flink-* systems (whose start-up alone takes "
+                         "seconds; the natural setting's exactness is counted over the runs)")
+    ap.add_argument("--no-flink", action="store_true",
+                    help="leave out the flink-* systems (no Java or Maven needed)")
+    ap.add_argument("--timestamps", choices=("float", "mixed", "both"), default="both",
+                    help="float: only the float-timestamp topic; mixed: only the *-mixed "
+                         "systems, on a topic mixing every timestamp shape the SPEC accepts; "
+                         "both (default): both topics")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--keep-dbs", action="store_true")
     ap.add_argument("--results", default=str(RESULTS), help="where to write the results")
@@ -647,32 +791,67 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def select_systems(args) -> list[str]:
+    """The systems of this run: --only less --skip, --no-flink and --timestamps."""
     systems = [s for s in args.only.split(",") if s and s not in args.skip.split(",")]
     for s in systems:
         if s not in SYSTEMS:
             raise SystemExit(f"unknown system {s!r}; choose from {', '.join(SYSTEMS)}")
+    if args.no_flink:
+        systems = [s for s in systems if s not in FLINK_SYSTEMS]
+    if args.timestamps == "float":
+        systems = [s for s in systems if s not in MIXED_SYSTEMS]
+    elif args.timestamps == "mixed":
+        systems = [s for s in systems if s in MIXED_SYSTEMS]
+    return systems
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    systems = select_systems(args)
     if "quix" in systems and not QUIX_PY.exists():
         log("quix: bench/.quix-venv missing (make bench creates it); skipped")
         systems.remove("quix")
+    args.flink_classpath = None
+    if any(s in FLINK_SYSTEMS for s in systems):
+        args.flink_classpath, why = flink_setup(log)
+        if args.flink_classpath is None:
+            log(f"flink: skipped: {why}")
+            systems = [s for s in systems if s not in FLINK_SYSTEMS]
     run_id = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
     load = {"start": tuple(round(x, 2) for x in os.getloadavg())}
     mach = machine()
 
-    w = wl.generate(args.pings, args.drivers)
-    oracle, too_late = wl.oracle_rows(w)
-    load.update(rows=len(oracle), too_late=too_late)
-    topic = f"bench-{run_id}"
-    wl.create_topic(BROKERS, topic, 3)
-    log(f"producing {w.pings:,} pings to {topic} "
-        f"(partitions {[len(d) for d in w.drivers]}, {w.late:,} late)")
-    produce_s = wl.produce(BROKERS, topic, w)
-    log(f"produced in {produce_s:.1f} s; oracle {len(oracle)} rows, {too_late} too late")
+    # One topic per timestamp shape in use: (topic, oracle) by shape.
+    shapes = sorted({"mixed" if s in MIXED_SYSTEMS else "float" for s in systems}) or ["float"]
+    topics: dict[str, tuple[str, dict]] = {}
+    produce_s = 0.0
+    try:
+        for shape in shapes:
+            w = wl.generate(args.pings, args.drivers, timestamps=shape)
+            oracle, too_late = wl.oracle_rows(w)
+            if shape == shapes[0]:
+                load.update(rows=len(oracle), too_late=too_late)
+            load[f"{shape}_rows"], load[f"{shape}_too_late"] = len(oracle), too_late
+            topic = f"bench-{run_id}" + ("-mixed" if shape == "mixed" else "")
+            wl.create_topic(BROKERS, topic, 3)
+            topics[shape] = (topic, oracle)
+            log(f"producing {w.pings:,} pings ({shape} timestamps) to {topic} "
+                f"(partitions {[len(d) for d in w.drivers]}, {w.late:,} late)")
+            took = wl.produce(BROKERS, topic, w)
+            load[f"{shape}_produce_s"] = took
+            produce_s += took
+            log(f"produced in {took:.1f} s; oracle {len(oracle)} rows, {too_late} too late")
+            del w
+    except BaseException:
+        for topic, _ in topics.values():
+            wl.delete_topic(BROKERS, topic)
+        raise
 
     startup = {}
-    if any(s.startswith("presence") for s in systems) and not args.no_startup:
-        startup = measure_startup(run_id, [s for s in systems if s.startswith("presence")], args)
+    first_runs = [s for s in systems if s.startswith("presence") and s not in MIXED_SYSTEMS]
+    if first_runs and not args.no_startup:
+        startup = measure_startup(run_id, first_runs, args)
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     quix = mach["quixstreams"]
     try:
@@ -680,12 +859,15 @@ def main(argv=None) -> int:
             if round_no:
                 log(f"round {round_no + 1} of {args.repeat}")
             for system in systems:
-                if round_no and runs[system][0]["wall_s"] >= args.repeat_under:
+                under = args.flink_repeat_under if system in FLINK_SYSTEMS else args.repeat_under
+                if round_no and runs[system][0]["wall_s"] >= under:
                     continue
-                runs[system].append(run_system(system, topic, run_id, w.pings, oracle, args))
+                topic, oracle = topics["mixed" if system in MIXED_SYSTEMS else "float"]
+                runs[system].append(run_system(system, topic, run_id, args.pings, oracle, args))
     finally:
-        wl.delete_topic(BROKERS, topic)
-        _delete_quix_topics(topic)
+        for topic, _ in topics.values():
+            wl.delete_topic(BROKERS, topic)
+            _delete_quix_topics(topic)
     results = []
     for system in systems:
         r = median_run(runs[system])
@@ -708,7 +890,8 @@ def main(argv=None) -> int:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H%M%SZ")
         (out / f"{stamp}.md").write_text(text)
         (out / f"{stamp}.json").write_text(json.dumps(
-            {"args": vars(args), "machine": mach, "load": load, "results": results,
+            {"args": {k: v for k, v in vars(args).items() if k != "flink_classpath"},
+             "machine": mach, "load": load, "results": results,
              "latency": lat, "state": state}, indent=2, default=str))
         log(f"written {out / (stamp + '.md')}")
     return 0

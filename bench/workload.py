@@ -7,6 +7,14 @@ Drivers are spread over the partitions with unequal weights (20/30/50 % by
 default), so in a backlog the small partition is read "ahead" in event time
 of the big one -- the case where a single event-time watermark loses data.
 
+``timestamps="float"`` (the default) writes every ``timestamp`` as float
+epoch seconds with three decimals. ``timestamps="mixed"`` mixes, in equal
+shares chosen per ping, the shapes the SPEC accepts (:data:`SHAPES`): float
+and integer epoch seconds, integer epoch milliseconds, and ISO-8601 strings
+with ``Z``, with a ``+02:00`` offset and without offset (UTC). The event
+times of integer-second pings are whole seconds, so every shape states its
+instant exactly and the oracle counts the same instants.
+
 :func:`oracle_rows` is an independent, vectorised version of
 ``tests/oracle.py``: it applies the SPEC's too-late rule per partition (in
 each partition's send order) and counts distinct drivers per row.
@@ -25,27 +33,64 @@ from presence.simulate import delete_topic as simulate_delete_topic
 START = 1_704_067_200.0
 """2024-01-01 00:00:00 UTC: event time of the first ping of a backlog workload."""
 WEIGHTS = (0.2, 0.3, 0.5)
+TIMESTAMPS = ("float", "mixed")
+SHAPES = ("float_s", "int_s", "int_ms", "iso_z", "iso_offset", "iso_naive")
+"""The timestamp shapes of a mixed workload, by their index in ``Workload.shapes``."""
+_PLUS_2H_MS = 2 * 3600 * 1000
 
 
 @dataclass
 class Workload:
-    """Per partition, in send (offset) order: driver ids, event times, duty, values."""
+    """Per partition, in send (offset) order: driver ids, event times, duty, values.
+
+    ``shapes`` (mixed workloads only): per partition, the index in
+    :data:`SHAPES` of each ping's timestamp shape."""
 
     drivers: list[np.ndarray]
     times: list[np.ndarray]
     duty: list[np.ndarray]
     late: int
+    shapes: list[np.ndarray] | None = None
 
     @property
     def pings(self) -> int:
         return sum(len(d) for d in self.drivers)
 
     def values(self, p: int) -> list[bytes]:
+        if self.shapes is None:
+            return [
+                b'{"driver_id":%d,"timestamp":%.3f,"on_duty":%d}' % (d, t, u)
+                for d, t, u in zip(self.drivers[p].tolist(), self.times[p].tolist(),
+                                   self.duty[p].tolist())
+            ]
+        stamps = timestamp_texts(self.times[p], self.shapes[p])
         return [
-            b'{"driver_id":%d,"timestamp":%.3f,"on_duty":%d}' % (d, t, u)
-            for d, t, u in zip(self.drivers[p].tolist(), self.times[p].tolist(),
-                               self.duty[p].tolist())
+            b'{"driver_id":%d,"timestamp":%s,"on_duty":%d}' % (d, s, u)
+            for d, s, u in zip(self.drivers[p].tolist(), stamps, self.duty[p].tolist())
         ]
+
+
+def timestamp_texts(times: np.ndarray, shapes: np.ndarray) -> list[bytes]:
+    """The JSON text of each ``timestamp`` in its shape (vectorised where it counts)."""
+    ms = np.round(times * 1000.0).astype(np.int64)
+    iso_utc = np.datetime_as_string(ms.astype("datetime64[ms]"), unit="ms")
+    iso_plus2 = np.datetime_as_string((ms + _PLUS_2H_MS).astype("datetime64[ms]"), unit="ms")
+    out = []
+    for t, m, shape, utc, plus2 in zip(times.tolist(), ms.tolist(), shapes.tolist(),
+                                       iso_utc.tolist(), iso_plus2.tolist()):
+        if shape == 0:
+            out.append(b"%.3f" % t)
+        elif shape == 1:
+            out.append(b"%d" % (m // 1000))
+        elif shape == 2:
+            out.append(b"%d" % m)
+        elif shape == 3:
+            out.append(b'"%sZ"' % utc.encode())
+        elif shape == 4:
+            out.append(b'"%s+02:00"' % plus2.encode())
+        else:
+            out.append(b'"%s"' % utc.encode())
+    return out
 
 
 def partition_of(driver: np.ndarray, weights=WEIGHTS) -> np.ndarray:
@@ -62,7 +107,10 @@ def generate(
     late_fraction: float = 0.02,
     start: float = START,
     weights=WEIGHTS,
+    timestamps: str = "float",
 ) -> Workload:
+    if timestamps not in TIMESTAMPS:
+        raise ValueError(f"timestamps must be one of {TIMESTAMPS}, not {timestamps!r}")
     rng = np.random.default_rng(seed)
     rounds = -(-pings // drivers) + 2
     phase = rng.uniform(0.0, 30.0, drivers)
@@ -73,19 +121,26 @@ def generate(
     times = np.round(times.ravel(), 3)
     order = np.argsort(times, kind="stable")[:pings]
     ids, times = ids[order], times[order]
+    shape = None
+    if timestamps == "mixed":
+        # Its own generator: the float workload stays what it always was.
+        shape = np.random.default_rng(seed + 1).integers(0, len(SHAPES), pings)
+        times = np.where(shape == 1, np.floor(times), times)  # integer seconds
     period = (times // 900).astype(np.int64)
     duty = ((ids * 7919 + period * 104729) % 10 < 8).astype(np.int64)
     late = rng.random(pings) < late_fraction
     send = times + np.where(late, rng.uniform(60.0, 600.0, pings), 0.0)
     parts = partition_of(ids, weights)
-    out_d, out_t, out_u = [], [], []
+    out_d, out_t, out_u, out_s = [], [], [], []
     for p in range(len(weights)):
         idx = np.nonzero(parts == p)[0]
         idx = idx[np.argsort(send[idx], kind="stable")]
         out_d.append(ids[idx])
         out_t.append(times[idx])
         out_u.append(duty[idx])
-    return Workload(out_d, out_t, out_u, int(late.sum()))
+        if shape is not None:
+            out_s.append(shape[idx])
+    return Workload(out_d, out_t, out_u, int(late.sum()), out_s if shape is not None else None)
 
 
 def live_values(rng: np.random.Generator, n: int, drivers: int, now: float,

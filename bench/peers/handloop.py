@@ -1,7 +1,8 @@
 """The whole job in plain Python, no framework: what a framework-free program reaches.
 
 consume -> parse (orjson; driver id, timestamp, on_duty normalised as the
-SPEC says for the formats of the workload) -> per-partition too-late rule ->
+SPEC says for the formats of the workload: float seconds, and on the mixed
+workload integer seconds, epoch ms and ISO-8601 text with ``datetime.fromisoformat``) -> per-partition too-late rule ->
 per-bucket sets of online / available drivers -> at the end, for every row,
 the union of its panes -> one upsert per row. No recovery, no scale-out, no
 corrections of written rows, no dead letters: the floor under presence's
@@ -11,6 +12,7 @@ overhead. ``python -m bench.peers.handloop TOPIC DB``
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timezone
 
 import orjson
 from confluent_kafka import Consumer, TopicPartition
@@ -19,6 +21,17 @@ from bench.peers.common import BUCKET, WINDOW, collection, consumer_config, end_
 
 LATENESS = 30.0
 HORIZON = 3600.0
+EPOCH_MS = 1e11
+
+
+def instant(stamp) -> float:
+    """Epoch seconds of a timestamp of any shape the SPEC accepts (no validation)."""
+    if type(stamp) is str:
+        moment = datetime.fromisoformat(stamp)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        return moment.timestamp()
+    return stamp / 1000.0 if stamp >= EPOCH_MS else float(stamp)
 
 
 def main(topic: str, db: str) -> None:
@@ -40,7 +53,9 @@ def main(topic: str, db: str) -> None:
                 left.pop(p, None)
             obj = loads(msg.value())
             driver = str(obj["driver_id"])
-            t = float(obj["timestamp"])
+            t = obj["timestamp"]
+            if type(t) is not float or t >= EPOCH_MS:
+                t = instant(t)
             if t > greatest[p]:
                 greatest[p] = t
             elif t < greatest[p] - LATENESS - HORIZON:

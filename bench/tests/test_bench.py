@@ -113,3 +113,151 @@ def test_tiny_end_to_end_run(tmp_path):
     # presence's own "done" line is found: the steady rate of the scaling target.
     assert by["presence-1w"]["steady_pings_per_s"] > 0
     assert list(tmp_path.glob("*.md"))
+
+
+# ------------------------------------------------------------------ mixed timestamps
+
+def test_mixed_workload_states_every_instant_in_every_accepted_shape():
+    from presence.pings import Rejection, parse_ping
+
+    w = wl.generate(3_000, 100, timestamps="mixed")
+    seen = set()
+    for p in range(3):
+        for value, d, t, shape in zip(w.values(p), w.drivers[p], w.times[p], w.shapes[p]):
+            ping = parse_ping(value, 4e9)
+            assert not isinstance(ping, Rejection), (value, ping)
+            # exactly the oracle's instant, whatever the shape
+            assert ping[0] == str(d) and ping[1] == t, value
+            seen.add(wl.SHAPES[shape])
+            if wl.SHAPES[shape] == "iso_offset":
+                assert b'+02:00"' in value
+    assert seen == set(wl.SHAPES)
+
+
+def test_mixed_oracle_equals_the_brute_force_oracle():
+    w = wl.generate(6_000, 150, late_fraction=0.2, timestamps="mixed")
+    rows, too_late = wl.oracle_rows(w)
+    parts = [[P(int(d), float(t), bool(u)) for d, t, u in zip(w.drivers[p], w.times[p], w.duty[p])]
+             for p in range(3)]
+    expected, expected_late, _ = oracle(parts, 60, 300, 30.0, 3600.0)
+    assert rows == expected and too_late == len(expected_late)
+
+
+def test_float_workload_is_unchanged_by_the_mixed_option():
+    a = wl.generate(2_000, 100)
+    assert a.shapes is None
+    assert a.values(0)[0] == b'{"driver_id":%d,"timestamp":%.3f,"on_duty":%d}' % (
+        a.drivers[0][0], a.times[0][0], a.duty[0][0])
+    with pytest.raises(ValueError):
+        wl.generate(10, 10, timestamps="iso")
+
+
+def test_handloop_reads_every_shape_like_presence():
+    from bench.peers.handloop import instant
+
+    t = 1_704_067_205.123
+    for stamp in (t, 1_704_067_205, 1_704_067_205_123, "2024-01-01T00:00:05.123Z",
+                  "2024-01-01T02:00:05.123+02:00", "2024-01-01T00:00:05.123"):
+        expected = float(int(t)) if stamp == 1_704_067_205 else t
+        assert instant(stamp) == expected, stamp
+
+
+# ------------------------------------------------------------------ Flink runner
+
+def _args(*argv):
+    return bench_run.parse_args(list(argv))
+
+
+def test_flink_commands_differ_only_in_watermark_and_jvm_flags():
+    cmds = {s: bench_run.flink_command(s, "t1", "CP") for s in bench_run.FLINK_SYSTEMS}
+    for system, cmd in cmds.items():
+        assert cmd[0] == "java" and cmd[cmd.index("-cp") + 1] == "CP"
+        assert "presence.bench.FlinkPeer" in cmd
+        assert cmd[cmd.index("--topic") + 1] == "t1"
+        delay = cmd[cmd.index("--watermark-seconds") + 1]
+        assert delay == ("660" if "exact" in system else "30")
+        tuned = "-XX:+UseSerialGC" in cmd and "-XX:TieredStopAtLevel=1" in cmd
+        assert tuned == system.endswith("-tuned")
+        # the same fetch size as every other consumer of the bench
+        assert "max.partition.fetch.bytes=10485760" in cmd
+    # the harness dispatches flink-* systems to that command
+    args = _args()
+    args.flink_classpath = "CP"
+    assert bench_run.command("flink-exact", "t1", "db", args)[0] == cmds["flink-exact"]
+
+
+def test_flink_rows_and_stats_are_read_from_its_output():
+    out = ('noise\n{"row":1704067200,"online":10000,"available":8000}\n'
+           '{"row":1704067260,"online":9,"available":0}\n'
+           'flink-stats {"rows":2,"records":5,"submitted_s":1.5,"first_record_s":2.0,'
+           '"read_s":0.5,"read_rate":10,"end_s":3.0}\n')
+    assert bench_run.flink_rows(out) == {1704067200: (10000, 8000), 1704067260: (9, 0)}
+    stats = json.loads(bench_run.FLINK_STATS.search(out).group(1))
+    assert stats["first_record_s"] == 2.0 and stats["read_rate"] == 10
+
+
+def test_flink_is_skipped_with_a_reason_without_java_or_maven(monkeypatch):
+    monkeypatch.setattr(bench_run.shutil, "which", lambda tool: None)
+    classpath, why = bench_run.flink_setup()
+    assert classpath is None and "java not found" in why
+
+
+def test_system_selection_by_no_flink_and_timestamps():
+    every = bench_run.select_systems(_args())
+    assert set(bench_run.FLINK_SYSTEMS) <= set(every) and set(bench_run.MIXED_SYSTEMS) <= set(every)
+    no_flink = bench_run.select_systems(_args("--no-flink"))
+    assert not set(bench_run.FLINK_SYSTEMS) & set(no_flink) and "presence-1w" in no_flink
+    assert bench_run.select_systems(_args("--timestamps", "mixed")) == list(bench_run.MIXED_SYSTEMS)
+    assert not set(bench_run.MIXED_SYSTEMS) & set(bench_run.select_systems(
+        _args("--timestamps", "float")))
+    with pytest.raises(SystemExit):
+        bench_run.select_systems(_args("--only", "flink"))
+
+
+def test_flink_and_mixed_targets_render():
+    base = dict(wall_s=1.0, cpu_s=1.0, peak_rss_mb=10.0, load_before=0.1, load_after=0.2,
+                note="n", exactness="ok", exact=True)
+    by = {
+        "presence-1w": {**base, "system": "presence-1w", "pings_per_s": 60.0,
+                        "pings_per_cpu_s": 90.0},
+        "flink-exact": {**base, "system": "flink-exact", "pings_per_s": 5.0,
+                        "pings_per_cpu_s": 30.0},
+        "flink-exact-tuned": {**base, "system": "flink-exact-tuned", "pings_per_s": 6.0,
+                              "pings_per_cpu_s": 50.0},
+        "ceiling-mixed": {**base, "system": "ceiling-mixed", "exact": None, "pings_per_s": 100.0,
+                          "pings_per_cpu_s": 100.0},
+        "presence-1w-mixed": {**base, "system": "presence-1w-mixed", "pings_per_s": 30.0,
+                              "pings_per_cpu_s": 30.0},
+    }
+    got = {name: (val, ok) for name, val, ok in bench_run.targets(by, None, None)}
+    # against the better JVM of the exact setting: 90 / 50
+    assert got["1 worker >= 2 x Flink exact, best JVM (flink-exact-tuned) (pings/CPU-s)"] == (
+        "1.80 x", False)
+    assert got["presence-1w-mixed >= 0.4 x ceiling-mixed (wall; mixed timestamp shapes)"] == (
+        "0.30 x", False)
+
+
+FLINK_CLASSES = bench_run.FLINK_DIR / "target" / "classes" / "presence" / "bench" / "FlinkPeer.class"
+
+
+@pytest.mark.skipif(not FLINK_CLASSES.exists() or bench_run.shutil.which("java") is None,
+                    reason="the Flink peer is not built (make bench builds it; no Maven in CI)")
+def test_flink_peer_command_line():
+    import subprocess
+
+    cp = str(bench_run.FLINK_DIR / "target" / "classes")
+    help_ = subprocess.run(["java", "-cp", cp, "presence.bench.FlinkPeer", "--help"],
+                           capture_output=True, text=True, timeout=120)
+    assert help_.returncode == 0 and "--watermark-seconds" in help_.stdout
+    bad = subprocess.run(["java", "-cp", cp, "presence.bench.FlinkPeer", "--topic", "t",
+                          "--watermark-seconds", "-1"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "--watermark-seconds must be >= 0" in bad.stderr
+    sql = subprocess.run(["java", "-cp", cp, "presence.bench.FlinkPeer", "--topic", "t",
+                          "--print-sql", *bench_run.flink_command("flink-exact", "t", cp)[6:]],
+                         capture_output=True, text=True, timeout=120)
+    assert sql.returncode == 0, sql.stderr
+    assert "ts - INTERVAL '11' MINUTE" in sql.stdout
+    assert "'scan.bounded.mode' = 'latest-offset'" in sql.stdout
+    assert "HOP(TABLE read_pings, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)" \
+        in sql.stdout
