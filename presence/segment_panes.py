@@ -79,6 +79,12 @@ def decode(container: int | bytes) -> Sequence[int]:
 def encode(positions: set[int] | Sequence[int]) -> int | bytes:
     """The smaller container for these (distinct) positions."""
     count = len(positions)
+    if count == 1:
+        for only in positions:
+            if only < 16:
+                return 1 << only
+            if only < 65536:
+                return only.to_bytes(2, "little")
     top = max(positions)
     if top < 65536:
         if top < count << 4:
@@ -235,22 +241,75 @@ class SegmentPanes:
         """
         if not groups:
             return False
+        by_positions = {}
+        for value, (online, off_duty, pings) in groups.items():
+            on = self._positions(online, pane)
+            if off_duty:
+                off = set(self._positions(off_duty, pane))
+                av = [p for p in on if p not in off]
+            else:
+                av = on
+            by_positions[value] = (on, av, pings)
+        return self._merge_positions(pane, number, by_positions)
+
+    def add_panes(self, groups_by_pane: Mapping[int, Sequence[Groups]]) -> bool:
+        """``{pane: [groups of definition 0, groups of definition 1, ...]}``."""
+        changed = False
+        for pane, per_definition in groups_by_pane.items():
+            for number, groups in enumerate(per_definition):
+                if groups and self.add(pane, number, groups):
+                    changed = True
+        return changed
+
+    def add_pings(self, pane: int, pings: Iterable[tuple[str, bool, tuple]]) -> bool:
+        """Add the pings of one pane, as ``(driver, on_duty, values)``; true if any set grew.
+
+        ``values`` holds one value (or ``None``) per definition, as
+        :class:`presence.segments.ValueExtractor` gives them. The fast path:
+        each driver id is looked up once, whatever the number of definitions,
+        and nothing is grouped into sets of ids first.
+        """
+        positions = self.index.positions
+        ids = self.index.ids
+        last = self._last_pane
+        per_definition: list[dict] = [{} for _ in self.definitions]
+        for driver, on_duty, values in pings:
+            pos = positions.get(driver)
+            if pos is None:
+                pos = positions[driver] = len(ids)
+                ids.append(driver)
+                last.append(pane)
+            elif last[pos] < pane:
+                last[pos] = pane
+            for groups, value in zip(per_definition, values):
+                if value is None:
+                    continue
+                lists = groups.get(value)
+                if lists is None:
+                    lists = groups[value] = [[], [], 0]
+                lists[0].append(pos)
+                if on_duty:
+                    lists[1].append(pos)
+                lists[2] += 1
+        changed = False
+        for number, groups in enumerate(per_definition):
+            if groups and self._merge_positions(pane, number, groups):
+                changed = True
+        return changed
+
+    def _merge_positions(self, pane: int, number: int, groups: dict) -> bool:
+        """``groups``: ``{value: (online positions, available positions, pings)}``
+        (positions may repeat)."""
         pane_values = self.panes[number].get(pane)
         if pane_values is None:
             pane_values = self.panes[number][pane] = {}
         changed_any = False
         dirty = self.dirty
         rows = self.spec.rows_of_pane(pane)
-        for value, (online, off_duty, pings) in groups.items():
+        for value, (on_new, av_new, pings) in groups.items():
             code, value, redirected = self._code(number, value, pane, pane_values)
             if redirected:
                 self.other_pings[number] += pings
-            on_new = self._positions(online, pane)
-            if off_duty:
-                off = set(self._positions(off_duty, pane))
-                av_new = [p for p in on_new if p not in off]
-            else:
-                av_new = on_new
             entry = pane_values.get(code)
             if entry is None:
                 old_on = old_av = None
@@ -259,8 +318,8 @@ class SegmentPanes:
             else:
                 old_on = old_av = entry
             new_on = merge(old_on, on_new)
-            if old_av is old_on and av_new is on_new:
-                new_av = new_on
+            if old_av is old_on and (av_new is on_new or len(av_new) == len(on_new)):
+                new_av = new_on  # every one of these pings on duty
             else:
                 new_av = merge(old_av, av_new)
             if new_on is old_on and new_av is old_av:
@@ -275,15 +334,6 @@ class SegmentPanes:
         if changed_any:
             self._blobs[number].pop(pane, None)
         return changed_any
-
-    def add_panes(self, groups_by_pane: Mapping[int, Sequence[Groups]]) -> bool:
-        """``{pane: [groups of definition 0, groups of definition 1, ...]}``."""
-        changed = False
-        for pane, per_definition in groups_by_pane.items():
-            for number, groups in enumerate(per_definition):
-                if groups and self.add(pane, number, groups):
-                    changed = True
-        return changed
 
     # -- output --------------------------------------------------------------
 

@@ -322,3 +322,26 @@ def test_drop_before_frees_values_and_compacts_drivers() -> None:
     assert state.row_counts(0, ("c5",), T + 600) == (1, 1)
     restored = SegmentPanes.restore(SPEC, state.definitions, pickle.loads(pickle.dumps(state.snapshot())))
     assert restored.row_counts(0, ("c0",), T + 660) == (100, 50)
+
+
+def test_add_pings_equals_grouped_add() -> None:
+    defs = parse_segments("city;city,vehicle_type;h3:9")
+    extract = ValueExtractor(defs)
+    pings = [(f"d{i % 37}", T + (i * 13) % 240, i % 4 != 0,
+              extract.of_object({"city": f"c{i % 3}", "vehicle_type": "van" if i % 5 else 7,
+                                 "lat": 22 + (i % 11) / 300, "lng": 114 if i % 9 else None}))
+             for i in range(500)]
+    grouped = SegmentPanes(SPEC, defs, max_values=6)
+    grouped.add_panes(group_pings(SPEC, pings, 3))
+    fast = SegmentPanes(SPEC, defs, max_values=6)
+    for i in range(0, 500, 70):  # a few batches
+        by_pane: dict = {}
+        for d, t, on, v in pings[i:i + 70]:
+            by_pane.setdefault(SPEC.bucket_of(t), []).append((d, on, v))
+        for pane, items in by_pane.items():
+            fast.add_pings(pane, items)
+    assert fast.other_pings == grouped.other_pings and fast.other_pings[2] > 0
+    assert fast.overflow == grouped.overflow
+    assert set(fast.dirty) == set(grouped.dirty)
+    for key in grouped.dirty:
+        assert fast.row_counts(*key) == grouped.row_counts(*key)

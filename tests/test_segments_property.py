@@ -76,8 +76,10 @@ def pings(draw, start: float = BASE, span: int = 900, most: int = 80) -> list[SP
 class Shards:
     """A few shards' segment panes and what they reported (latest partial per shard)."""
 
-    def __init__(self, definitions) -> None:
+    def __init__(self, definitions, fast: bool = False) -> None:
         self.definitions = definitions
+        self.fast = fast
+        """Feed :meth:`SegmentPanes.add_pings` instead of ``group_pings`` + ``add_panes``."""
         self.extract = ValueExtractor(definitions)
         self.shards = [SegmentPanes(SPEC, definitions) for _ in range(SPEC.shards)]
         self.reported: dict[tuple, tuple[int, int, bool]] = {}
@@ -89,7 +91,14 @@ class Shards:
             per_shard[shard_of(driver, SPEC.shards)].append(
                 (driver, p.time, p.on_duty, self.extract.of_object(p.obj())))
         for shard, items in zip(self.shards, per_shard):
-            shard.add_panes(group_pings(SPEC, items, len(self.definitions)))
+            if self.fast:
+                by_pane: dict[int, list] = {}
+                for driver, time, on_duty, values in items:
+                    by_pane.setdefault(SPEC.bucket_of(time), []).append((driver, on_duty, values))
+                for pane, pings in by_pane.items():
+                    shard.add_pings(pane, pings)
+            else:
+                shard.add_panes(group_pings(SPEC, items, len(self.definitions)))
 
     def report(self, watermark: float | None) -> None:
         for s, shard in enumerate(self.shards):
@@ -144,7 +153,7 @@ def test_segment_rows_equal_oracle(data) -> None:
     text = data.draw(SEGMENTS)
     definitions = parse_segments(text)
     items = data.draw(pings())
-    shards = Shards(definitions)
+    shards = Shards(definitions, data.draw(st.booleans()))
     feed(shards, shuffled_with_duplicates(data, items), data)
     shards.report(None)
     expected = segment_oracle(items, [d.name for d in definitions], SPEC.bucket, SPEC.window)
@@ -159,7 +168,7 @@ def test_drop_before_then_newer_pings_equal_oracle(data) -> None:
     cut = BASE + 600
     old = data.draw(pings(BASE, 599))
     new = data.draw(pings(cut + SPEC.window, 600))
-    shards = Shards(definitions)
+    shards = Shards(definitions, data.draw(st.booleans()))
     feed(shards, shuffled_with_duplicates(data, old), data)
     shards.report(None)
     for shard in shards.shards:
