@@ -96,6 +96,8 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--panes", type=int, default=65)
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--compare-grouped", action="store_true",
+                        help="also time group_pings + add_panes (the per-value id-set path)")
     args = parser.parse_args()
 
     spec = WindowSpec(bucket=60, window=300)
@@ -108,7 +110,8 @@ def main() -> None:
                      "panes": args.panes, "segments": SEGMENTS}
 
     state = SegmentPanes(spec, definitions)
-    t_values = t_group = t_add = 0.0
+    grouped = SegmentPanes(spec, definitions) if args.compare_grouped else None
+    t_values = t_group = t_add = t_fast = 0.0
     pings = 0
     rss0 = rss_mb()
     for minute in range(args.panes):
@@ -119,16 +122,31 @@ def main() -> None:
         t_values += time.process_time() - start
         # Batches of ~1,000 pings, as a partition read would hand them over.
         for i in range(0, len(items), 1000):
+            batch = items[i:i + 1000]
             start = time.process_time()
-            groups = group_pings(spec, items[i:i + 1000], len(definitions))
-            t_group += time.process_time() - start
-            start = time.process_time()
-            state.add_panes(groups)
-            t_add += time.process_time() - start
+            by_pane: dict = {}
+            for d, t, on, v in batch:
+                pane = int(t // 60) * 60
+                rows = by_pane.get(pane)
+                if rows is None:
+                    rows = by_pane[pane] = []
+                rows.append((d, on, v))
+            for pane, rows in by_pane.items():
+                state.add_pings(pane, rows)
+            t_fast += time.process_time() - start
+            if grouped is not None:
+                start = time.process_time()
+                groups = group_pings(spec, batch, len(definitions))
+                t_group += time.process_time() - start
+                start = time.process_time()
+                grouped.add_panes(groups)
+                t_add += time.process_time() - start
     figures["pings"] = pings
+    figures["us_per_ping_add_pings"] = round(t_fast / pings * 1e6, 2)
     figures["us_per_ping_values_3_segments"] = round(t_values / pings * 1e6, 2)
-    figures["us_per_ping_group"] = round(t_group / pings * 1e6, 2)
-    figures["us_per_ping_add"] = round(t_add / pings * 1e6, 2)
+    if grouped is not None:
+        figures["us_per_ping_group_pings"] = round(t_group / pings * 1e6, 2)
+        figures["us_per_ping_add_panes"] = round(t_add / pings * 1e6, 2)
 
     # The cell cache: parked drivers repeat exact coordinates only without GPS noise.
     sample = pings_of_minute(shard, 0, random.Random(2))[:20_000]
@@ -180,7 +198,11 @@ def main() -> None:
     figures["snapshot_bytes_per_triple"] = round(len(blob) / triples, 2)
     # One more batch into the newest pane, then the next epoch's snapshot.
     last = pings_of_minute(shard, args.panes - 1, rng)[:1000]
-    state.add_panes(group_pings(spec, [(d, t, on, extract.of_object(f)) for d, t, on, f in last], 3))
+    by_pane = {}
+    for d, t, on, f in last:
+        by_pane.setdefault(int(t // 60) * 60, []).append((d, on, extract.of_object(f)))
+    for pane, rows in by_pane.items():
+        state.add_pings(pane, rows)
     start = time.process_time()
     pickle.dumps(state.snapshot())
     figures["snapshot_warm_ms"] = round((time.process_time() - start) * 1e3, 1)

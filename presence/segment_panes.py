@@ -149,6 +149,27 @@ def union_size(containers: Sequence[int | bytes]) -> int:
     return mask.bit_count()
 
 
+def _counts(tables: list[dict], code: int) -> tuple[int, int]:
+    """(online, available): sizes of the unions of one value's sets over these panes."""
+    online: set = set()  # of containers: a driver parked in one cell counts once, cheaply
+    available: set = set()
+    for values in tables:
+        entry = values.get(code)
+        if entry is None:
+            continue
+        if type(entry) is tuple:
+            online.add(entry[0])
+            if entry[1] is not None:
+                available.add(entry[1])
+        else:
+            online.add(entry)
+            available.add(entry)
+    count = union_size(list(online))
+    if available == online:
+        return count, count
+    return count, union_size(list(available))
+
+
 def remap(container: int | bytes, renumber: Mapping[int, int]) -> int | bytes:
     return encode([renumber[p] for p in decode(container)])
 
@@ -342,24 +363,18 @@ class SegmentPanes:
         code = self.codes[number].get(value)
         if code is None:
             return 0, 0
-        online = []
-        available = []
+        return _counts(self._row_panes(number, row), code)
+
+    def _row_panes(self, number: int, row: int) -> list[dict]:
+        """The value tables of the panes of row ``row`` that exist."""
         panes = self.panes[number]
-        for pane in self.spec.panes_of_row(row):
+        bucket = self.spec.bucket
+        out = []
+        for pane in range(row + bucket - self.spec.window, row + bucket, bucket):
             values = panes.get(pane)
-            if not values:
-                continue
-            entry = values.get(code)
-            if entry is None:
-                continue
-            if type(entry) is tuple:
-                online.append(entry[0])
-                if entry[1] is not None:
-                    available.append(entry[1])
-            else:
-                online.append(entry)
-                available.append(entry)
-        return union_size(online), union_size(available)
+            if values:
+                out.append(values)
+        return out
 
     def row_overflow(self, number: int, row: int) -> bool:
         """True if some pane of the row sent values of this definition to ``other``."""
@@ -378,13 +393,24 @@ class SegmentPanes:
         if watermark is None:
             closed = list(self.dirty)
         else:
-            bucket = self.spec.bucket
-            closed = [k for k in self.dirty if k[2] + bucket <= watermark]
+            last_row = watermark - self.spec.bucket
+            closed = [k for k in self.dirty if k[2] <= last_row]
+        by_row: dict[tuple[int, int], list] = {}
+        for number, value, row in closed:
+            values = by_row.get((number, row))
+            if values is None:
+                by_row[(number, row)] = [value]
+            else:
+                values.append(value)
         out = {}
-        for key in closed:
-            number, value, row = key
-            online, available = self.row_counts(number, value, row)
-            out[key] = (online, available, self.row_overflow(number, row))
+        for (number, row), values in by_row.items():
+            tables = self._row_panes(number, row)
+            overflow = self.row_overflow(number, row)
+            codes = self.codes[number]
+            for value in values:
+                code = codes.get(value)
+                online, available = (0, 0) if code is None else _counts(tables, code)
+                out[(number, value, row)] = (online, available, overflow)
         self.dirty.difference_update(closed)
         return out
 
