@@ -193,8 +193,11 @@ class SegmentPanes:
         self.index = DriverIndex()
         self._last_pane = array("q")
         """Per driver position: the latest pane it is in (for compaction)."""
-        self.panes: list[dict[int, dict[int, object]]] = [{} for _ in range(count)]
-        """Per definition: ``{pane: {value code: entry}}``."""
+        self.panes: list[dict[int, dict | bytes]] = [{} for _ in range(count)]
+        """Per definition: ``{pane: {value code: entry}}``; a *cold* pane (see
+        :meth:`freeze_closed`) is its pickled table instead, until needed."""
+        self._touched: set[tuple[int, int]] = set()
+        """(definition number, pane) changed since the last :meth:`freeze_closed`."""
         self.codes: list[dict[tuple, int]] = [{} for _ in range(count)]
         self.values: list[list[tuple | None]] = [[] for _ in range(count)]
         self._free: list[list[int]] = [[] for _ in range(count)]
@@ -321,7 +324,7 @@ class SegmentPanes:
     def _merge_positions(self, pane: int, number: int, groups: dict) -> bool:
         """``groups``: ``{value: (online positions, available positions, pings)}``
         (positions may repeat)."""
-        pane_values = self.panes[number].get(pane)
+        pane_values = self._table(number, pane)
         if pane_values is None:
             pane_values = self.panes[number][pane] = {}
         changed_any = False
@@ -354,6 +357,7 @@ class SegmentPanes:
                 dirty.add((number, value, row))
         if changed_any:
             self._blobs[number].pop(pane, None)
+            self._touched.add((number, pane))
         return changed_any
 
     # -- output --------------------------------------------------------------
@@ -365,16 +369,48 @@ class SegmentPanes:
             return 0, 0
         return _counts(self._row_panes(number, row), code)
 
+    def _table(self, number: int, pane: int) -> dict | None:
+        """The value table of a pane (thawed if it was cold), or None."""
+        panes = self.panes[number]
+        table = panes.get(pane)
+        if type(table) is bytes:
+            table = panes[pane] = pickle.loads(table)  # its blob stays cached
+        return table
+
     def _row_panes(self, number: int, row: int) -> list[dict]:
         """The value tables of the panes of row ``row`` that exist."""
-        panes = self.panes[number]
         bucket = self.spec.bucket
         out = []
         for pane in range(row + bucket - self.spec.window, row + bucket, bucket):
-            values = panes.get(pane)
+            values = self._table(number, pane)
             if values:
                 out.append(values)
         return out
+
+    def freeze_closed(self, watermark: float) -> int:
+        """Keep panes that no open row holds as their snapshot bytes; returns how many.
+
+        A pane ``P`` is in rows ``P .. P + window - bucket``; once all of them
+        ended before ``watermark`` it only matters to late pings and their
+        corrections, which thaw it again (and it freezes at the next call if
+        nothing changed it). Memory per (driver, bucket, value) drops to the
+        snapshot's few bytes; a pane changed since the last call stays thawed.
+        """
+        frozen = 0
+        window = self.spec.window
+        touched = self._touched
+        for number, panes in enumerate(self.panes):
+            blobs = self._blobs[number]
+            for pane, table in panes.items():
+                if type(table) is bytes or pane + window > watermark or (number, pane) in touched:
+                    continue
+                blob = blobs.get(pane)
+                if blob is None:
+                    blob = blobs[pane] = pickle.dumps(table, _PICKLE_PROTOCOL)
+                panes[pane] = blob
+                frozen += 1
+        touched.clear()
+        return frozen
 
     def row_overflow(self, number: int, row: int) -> bool:
         """True if some pane of the row sent values of this definition to ``other``."""
@@ -466,7 +502,8 @@ class SegmentPanes:
         self.index = DriverIndex(ids[p] for p in kept)
         self._last_pane = array("q", (self._last_pane[p] for p in kept))
         for number, panes in enumerate(self.panes):
-            for pane, values in panes.items():
+            for pane in list(panes):
+                values = self._table(number, pane)
                 for code, entry in list(values.items()):
                     if type(entry) is tuple:
                         on, av = entry
@@ -486,6 +523,9 @@ class SegmentPanes:
             blobs = self._blobs[number]
             out = {}
             for pane, values in panes.items():
+                if type(values) is bytes:
+                    out[pane] = values
+                    continue
                 blob = blobs.get(pane)
                 if blob is None:
                     blob = blobs[pane] = pickle.dumps(values, _PICKLE_PROTOCOL)
@@ -531,7 +571,7 @@ class SegmentPanes:
             panes._code_last[number] = dict(snap["code_last"][number])
             blobs = dict(snap["panes"][number])
             panes._blobs[number] = blobs
-            panes.panes[number] = {p: pickle.loads(b) for p, b in blobs.items()}
+            panes.panes[number] = dict(blobs)  # cold: each is thawed when first needed
             panes.overflow[number] = set(snap["overflow"][number])
         panes.other_pings = list(snap["other_pings"])
         panes.dirty = set(snap["dirty"])

@@ -345,3 +345,28 @@ def test_add_pings_equals_grouped_add() -> None:
     assert set(fast.dirty) == set(grouped.dirty)
     for key in grouped.dirty:
         assert fast.row_counts(*key) == grouped.row_counts(*key)
+
+
+def test_cold_panes_keep_their_bytes_and_thaw_when_needed() -> None:
+    pings = [(f"d{i}", T + (i % 5) * 60 + 1, True, {"city": "HK", "lat": 22 + i / 500, "lng": 114})
+             for i in range(200)]
+    state, extract = panes_with(pings)
+    before = {k: state.row_counts(*k) for k in state.dirty}
+    assert state.freeze_closed(T + 180) == 0   # just changed: waits one call
+    assert state.freeze_closed(T + 180) == 2   # pane T (rows T..T+120) in both definitions
+    assert type(state.panes[0][T]) is bytes and type(state.panes[0][T + 60]) is dict
+    snap = state.snapshot()
+    assert snap["panes"][0][T] is state.panes[0][T]
+    # Recounts thaw; nothing changed, so the next call freezes them again.
+    assert {k: state.row_counts(*k) for k in before} == before
+    assert type(state.panes[0][T]) is dict
+    assert state.freeze_closed(T + 180) == 2
+    # A late ping thaws and changes it; it stays thawed once, then freezes.
+    state.add_pings(T, [("late", True, extract.of_object({"city": "HK"}))])
+    assert state.row_counts(0, ("HK",), T) == (before[(0, ("HK",), T)][0] + 1,) * 2
+    assert type(state.panes[1][T]) is bytes       # unlocated: the h3 pane was not needed
+    assert state.freeze_closed(T + 180) == 0      # the changed city pane waits one call
+    assert state.freeze_closed(T + 180) == 1
+    restored = SegmentPanes.restore(SPEC, state.definitions, pickle.loads(pickle.dumps(state.snapshot())))
+    assert all(type(t) is bytes for p in restored.panes for t in p.values())
+    assert restored.row_counts(0, ("HK",), T) == state.row_counts(0, ("HK",), T)

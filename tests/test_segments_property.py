@@ -4,7 +4,8 @@ Random pings with random optional fields (missing, invalid, bad lat/lng,
 many cities and cells), over a few driver shards, added in random order and
 batches with duplicates, with partial reports along the way, snapshots
 (pickled, as bytewax does) and crashes that replay from the last snapshot,
-and clean-up (``drop_before``) followed by pings only newer than the cut.
+cold panes (``freeze_closed``) that later pings thaw, and clean-up
+(``drop_before``) followed by pings only newer than the cut.
 """
 
 from __future__ import annotations
@@ -132,9 +133,12 @@ def feed(shards: Shards, stream: list[SP], data) -> None:
         size = data.draw(st.integers(1, 15))
         shards.add(stream[i:i + size])
         i += size
-        action = data.draw(st.sampled_from(["go"] * 5 + ["report", "snapshot", "crash"]))
+        action = data.draw(st.sampled_from(["go"] * 5 + ["report", "freeze", "snapshot", "crash"]))
         if action == "report":
             shards.report(data.draw(st.sampled_from([BASE + 300, BASE + 600, BASE + 2000, None])))
+        elif action == "freeze":  # cold panes: later pings and recounts thaw them
+            for shard in shards.shards:
+                shard.freeze_closed(data.draw(st.sampled_from([BASE + 300, BASE + 900, BASE + 3000])))
         elif action == "snapshot":
             blob, since = shards.snapshot(), i
         elif action == "crash":
@@ -176,7 +180,7 @@ def test_drop_before_then_newer_pings_equal_oracle(data) -> None:
         assert all(p >= cut for panes in shard.panes for p in panes)
         # Values only in dropped panes are forgotten.
         for number, panes in enumerate(shard.panes):
-            live = {shard.values[number][c] for values in panes.values() for c in values}
+            live = {shard.values[number][c] for p in list(panes) for c in shard._table(number, p)}
             assert set(shard.codes[number]) == live
     if data.draw(st.booleans()):
         shards.restore(shards.snapshot())
