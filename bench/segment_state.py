@@ -27,6 +27,7 @@ import math
 import pickle
 import random
 import resource
+import sys
 import time
 from array import array
 
@@ -111,7 +112,8 @@ def main() -> None:
 
     state = SegmentPanes(spec, definitions)
     grouped = SegmentPanes(spec, definitions) if args.compare_grouped else None
-    t_values = t_group = t_add = t_fast = 0.0
+    t_values = t_group = t_add = t_fast = t_partials = t_freeze = 0.0
+    rows = 0
     pings = 0
     rss0 = rss_mb()
     for minute in range(args.panes):
@@ -127,12 +129,12 @@ def main() -> None:
             by_pane: dict = {}
             for d, t, on, v in batch:
                 pane = int(t // 60) * 60
-                rows = by_pane.get(pane)
-                if rows is None:
-                    rows = by_pane[pane] = []
-                rows.append((d, on, v))
-            for pane, rows in by_pane.items():
-                state.add_pings(pane, rows)
+                group = by_pane.get(pane)
+                if group is None:
+                    group = by_pane[pane] = []
+                group.append((d, on, v))
+            for pane, group in by_pane.items():
+                state.add_pings(pane, group)
             t_fast += time.process_time() - start
             if grouped is not None:
                 start = time.process_time()
@@ -141,8 +143,19 @@ def main() -> None:
                 start = time.process_time()
                 grouped.add_panes(groups)
                 t_add += time.process_time() - start
+        # The shard's report after the minute: closed rows, then cold panes.
+        watermark = T0 + (minute + 1) * 60 - 30
+        start = time.process_time()
+        rows += len(state.take_partials(watermark))
+        t_partials += time.process_time() - start
+        start = time.process_time()
+        state.freeze_closed(watermark)
+        t_freeze += time.process_time() - start
     figures["pings"] = pings
     figures["us_per_ping_add_pings"] = round(t_fast / pings * 1e6, 2)
+    figures["us_per_ping_partials"] = round(t_partials / pings * 1e6, 2)
+    figures["us_per_ping_freeze"] = round(t_freeze / pings * 1e6, 2)
+    figures["rows_per_ping"] = round(rows / pings, 3)
     figures["us_per_ping_values_3_segments"] = round(t_values / pings * 1e6, 2)
     if grouped is not None:
         figures["us_per_ping_group_pings"] = round(t_group / pings * 1e6, 2)
@@ -169,7 +182,9 @@ def main() -> None:
     per_definition = {}
     for number, d in enumerate(definitions):
         n_values = n_triples = 0
-        for pane, values in state.panes[number].items():
+        for pane in state.panes[number]:
+            values = pickle.loads(state.panes[number][pane]) if type(
+                state.panes[number][pane]) is bytes else state.panes[number][pane]
             for entry in values.values():
                 online = entry[0] if type(entry) is tuple else entry
                 n_triples += len(decode(online))
@@ -186,11 +201,15 @@ def main() -> None:
     start = time.process_time()
     partials = state.take_partials()
     elapsed = time.process_time() - start
-    figures["rows"] = len(partials)
-    figures["us_per_row_count"] = round(elapsed / len(partials) * 1e6, 1)
+    rows += len(partials)
+    figures["rows"] = rows
+    figures["us_per_row_count"] = round((t_partials + elapsed) / rows * 1e6, 1)
 
     gc.collect()
     figures["rss_growth_mb"] = round(rss_mb() - rss0, 1)
+    state.freeze_closed(T0 + args.panes * 60)
+    state.freeze_closed(T0 + args.panes * 60)
+    figures["memory_bytes_per_triple_cold"] = round(deep_bytes(state) / triples, 1)
     start = time.process_time()
     blob = pickle.dumps(state.snapshot())
     figures["snapshot_cold_ms"] = round((time.process_time() - start) * 1e3, 1)
@@ -201,8 +220,8 @@ def main() -> None:
     by_pane = {}
     for d, t, on, f in last:
         by_pane.setdefault(int(t // 60) * 60, []).append((d, on, extract.of_object(f)))
-    for pane, rows in by_pane.items():
-        state.add_pings(pane, rows)
+    for pane, group in by_pane.items():
+        state.add_pings(pane, group)
     start = time.process_time()
     pickle.dumps(state.snapshot())
     figures["snapshot_warm_ms"] = round((time.process_time() - start) * 1e3, 1)
@@ -210,12 +229,43 @@ def main() -> None:
     SegmentPanes.restore(spec, definitions, pickle.loads(blob))
     figures["restore_ms"] = round((time.process_time() - start) * 1e3, 1)
 
+    for number, panes in enumerate(state.panes):
+        for pane in list(panes):
+            state._table(number, pane)
+    figures["memory_bytes_per_triple_all_thawed"] = round(deep_bytes(state) / triples, 1)
     figures["alternatives_bytes_per_triple"] = alternatives(state, triples)
     figures["union_us"] = unions(state, spec)
     print(json.dumps(figures, indent=2))
     if args.json:
         with open(args.json, "w") as out:
             json.dump(figures, out, indent=2)
+
+
+def deep_bytes(root: object) -> int:
+    """Bytes of every object reachable from ``root`` (each counted once), by sys.getsizeof."""
+    seen: set[int] = set()
+    total = 0
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or obj is None or type(obj) in (bool, type):
+            continue
+        seen.add(id(obj))
+        if type(obj) is int and -5 <= obj <= 256:
+            continue  # cached small ints
+        total += sys.getsizeof(obj)
+        kind = type(obj)
+        if kind is dict:
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif kind in (list, tuple, set, frozenset):
+            stack.extend(obj)
+        elif hasattr(obj, "__slots__") or hasattr(obj, "__dict__"):
+            if hasattr(obj, "__dict__"):
+                stack.append(vars(obj))
+            for name in getattr(type(obj), "__slots__", ()):
+                stack.append(getattr(obj, name, None))
+    return total
 
 
 def _sets(state: SegmentPanes):

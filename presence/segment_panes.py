@@ -118,7 +118,7 @@ def merge(container: int | bytes | None, positions: list[int]) -> int | bytes | 
         if merged.bit_count() << (4 if top <= 65536 else 5) <= top:
             return encode(positions_of(merged))  # a far new position made it sparse
         return merged
-    old = set(decode(container))
+    old = {container[0] | container[1] << 8} if len(container) == 2 else set(decode(container))
     before = len(old)
     old.update(positions)
     if len(old) == before:
@@ -142,7 +142,10 @@ def union_size(containers: Sequence[int | bytes]) -> int:
     if not mask:
         seen: set[int] = set()
         for c in sparse:
-            seen.update(decode(c))
+            if len(c) == 2:  # one driver: the usual sparse set (an H3 cell)
+                seen.add(c[0] | c[1] << 8)
+            else:
+                seen.update(decode(c))
         return len(seen)
     for c in sparse:
         mask |= mask_of_positions(decode(c))
