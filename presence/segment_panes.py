@@ -128,27 +128,30 @@ def merge(container: int | bytes | None, positions: list[int]) -> int | bytes | 
 
 def union_size(containers: Sequence[int | bytes]) -> int:
     """How many distinct positions the containers hold together."""
-    if not containers:
-        return 0
-    if len(containers) == 1:
-        return size_of(containers[0])
+    if len(containers) < 2:
+        return size_of(containers[0]) if containers else 0
     mask = 0
-    sparse = []
+    seen = None
     for c in containers:
         if type(c) is int:
             mask |= c
+            continue
+        if seen is None:
+            seen = set()
+        if len(c) == 2:  # one driver: the usual sparse set (an H3 cell)
+            seen.add(c[0] | c[1] << 8)
+        elif len(c) & 1:
+            seen.update(memoryview(c)[:-1].cast("I"))
         else:
-            sparse.append(c)
+            seen.update(memoryview(c).cast("H"))
+    if seen is None:
+        return mask.bit_count()
     if not mask:
-        seen: set[int] = set()
-        for c in sparse:
-            if len(c) == 2:  # one driver: the usual sparse set (an H3 cell)
-                seen.add(c[0] | c[1] << 8)
-            else:
-                seen.update(decode(c))
         return len(seen)
-    for c in sparse:
-        mask |= mask_of_positions(decode(c))
+    if len(seen) > 8:
+        return (mask | mask_of_positions(seen)).bit_count()
+    for pos in seen:
+        mask |= 1 << pos
     return mask.bit_count()
 
 
