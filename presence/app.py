@@ -119,8 +119,9 @@ def dataflow_from_env() -> Dataflow:
         # Bound to its input (SPEC): compared with the recovery directory and the
         # database before bytewax opens either.
         state = read_recovery(recovery_directory())
+        partitions = partition_count(settings)
         check_mongo(settings)
-        fingerprint = bind_input(settings, partition_count(settings), state)
+        fingerprint = bind_input(settings, partitions, state)
         return kafka_mongo_flow(settings, fingerprint)
     except KafkaConfigError as exc:
         raise fail(f"bad setting: {exc}", 2) from None

@@ -131,12 +131,12 @@ def check_layout(layout: Layout) -> str | None:
     or ``None`` without recovery.
     """
     directory = layout.recovery_dir
-    if directory is None:
-        return None
+    if directory is None or layout.processes <= 1:
+        return None  # one process: presence.recovery judges its directory alone
     who = "" if layout.process_id is None else f"process {layout.process_id}: "
     if not directory.is_dir():
         make = (
-            f"python -m bytewax.recovery {directory} N" if not layout.process_id
+            f"presence recovery init {directory} --partitions N" if not layout.process_id
             else f"mkdir -p {directory} (left empty)"
         )
         raise LayoutError(f"{who}recovery directory {directory} does not exist; make it with `{make}` ({README})")
@@ -154,13 +154,13 @@ def check_layout(layout: Layout) -> str | None:
     if not parts:
         raise LayoutError(
             f"{who}recovery directory {directory} holds no recovery partitions; make them once with "
-            f"`python -m bytewax.recovery {directory} N` ({README})"
+            f"`presence recovery init {directory} --partitions N` ({README})"
         )
     counts = sorted({count for _, count in parts.values()})
     if len(counts) > 1:
         raise LayoutError(
             f"{who}recovery directory {directory} mixes partitions made for different partition "
-            f"counts {counts}; keep the set of one `python -m bytewax.recovery` run ({README})"
+            f"counts {counts}; keep the set of one `presence recovery init` run ({README})"
         )
     count = counts[0]
     seen: dict[int, Path] = {}
