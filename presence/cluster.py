@@ -131,8 +131,8 @@ def check_layout(layout: Layout) -> str | None:
     or ``None`` without recovery.
     """
     directory = layout.recovery_dir
-    if directory is None or layout.processes <= 1:
-        return None  # one process: presence.recovery judges its directory alone
+    if directory is None:
+        return None
     who = "" if layout.process_id is None else f"process {layout.process_id}: "
     if not directory.is_dir():
         make = (
@@ -192,7 +192,8 @@ def start_process(metrics_port: int | None, argv: Sequence[str] | None = None) -
     try:
         # Only bytewax.run's arguments say -i/-a/-r (not, say, pytest's -r).
         layout = layout_from_argv(argv if argv and argv[0].endswith("run.py") else [""])
-        found = check_layout(layout)
+        # One process alone: presence.recovery judges its directory (same rule, its words).
+        found = check_layout(layout) if layout.processes > 1 else None
     except LayoutError as exc:
         print(f"presence: bad recovery layout: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
