@@ -31,10 +31,10 @@ import sys
 import time
 from array import array
 
-from presence.partition import shard_of
-from presence.segment_panes import SegmentPanes, decode, group_pings, mask_of_positions, union_size
-from presence.segments import ValueExtractor, parse_segments
-from presence.windows import WindowSpec
+from presence.core.partition import shard_of
+from presence.core.segment_panes import SegmentPanes, decode, group_pings, mask_of_positions, union_size
+from presence.core.segments import ValueExtractor, parse_segments
+from presence.core.windows import WindowSpec
 
 CITIES = {
     "Hong Kong": (22.3193, 114.1694), "London": (51.5072, -0.1276),

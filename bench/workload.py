@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from presence.simulate import KafkaError, ensure_topic
-from presence.simulate import delete_topic as simulate_delete_topic
+from presence.tools.simulate import KafkaError, ensure_topic
+from presence.tools.simulate import delete_topic as simulate_delete_topic
 
 START = 1_704_067_200.0
 """2024-01-01 00:00:00 UTC: event time of the first ping of a backlog workload."""

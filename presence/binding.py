@@ -1,19 +1,19 @@
 """Start-up check: state and output stay bound to their input (SPEC "Bound to its input").
 
 Before bytewax builds anything, :func:`bind_input` makes the dataflow's
-:class:`~presence.fingerprint.Fingerprint` (topic and its id from Kafka,
+:class:`~presence.core.fingerprint.Fingerprint` (topic and its id from Kafka,
 partition count, bucket, window, segments, shards, state format) and
 compares it with
 
 - the recovery directory's (``-r``): the fingerprint in the latest snapshot
   of each source partition, read directly from bytewax's SQLite files
-  (:mod:`presence.recovery`);
+  (:mod:`presence.io.recovery`);
 - the database's: the document ``{_id: "fingerprint"}`` of collection
   ``fingerprint``, written here when absent.
 
 A mismatch raises :class:`InputMismatch`, one line naming what differs and
 how to start afresh; a recovery directory bytewax could not use raises
-:class:`~presence.recovery.RecoveryDirError`. State or a database written
+:class:`~presence.io.recovery.RecoveryDirError`. State or a database written
 before fingerprints existed is adopted, with one warning.
 """
 
@@ -27,12 +27,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from presence.fingerprint import (
+from presence.core.fingerprint import (
     NO_TOPIC_ID, Difference, Fingerprint, differences, how_to_keep, merge_recorded, refusal,
 )
-from presence.recovery import RecoveryDir, RecoveryDirError, read_dir
+from presence.io.recovery import RecoveryDir, RecoveryDirError, read_dir
 from presence.settings import Settings
-from presence.windows import SHARDS
+from presence.core.windows import SHARDS
 
 log = logging.getLogger("presence.binding")
 

@@ -28,11 +28,11 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from presence import metrics
-from presence.partition import PartitionBatch
-from presence.pings import format_instant
-from presence.rows import Row, RowBook
-from presence.shard import ShardReport, ShardState
-from presence.windows import WindowSpec
+from presence.core.partition import PartitionBatch
+from presence.core.pings import format_instant
+from presence.core.rows import Row, RowBook
+from presence.core.shard import ShardReport, ShardState
+from presence.core.windows import WindowSpec
 
 log = logging.getLogger("presence.flow")
 

@@ -26,7 +26,7 @@ from pydantic import (
     BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator,
 )
 
-from presence.windows import WindowSpec
+from presence.core.windows import WindowSpec
 
 log = logging.getLogger("presence.settings")
 
@@ -404,7 +404,6 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     progress_seconds: float = Field(10, gt=0, le=24 * 3600)
     kafka_batch_size: int = Field(5000, gt=0, le=1_000_000)
-    metrics_port: int | None = None
 
     @field_validator("kafka_brokers")
     @classmethod

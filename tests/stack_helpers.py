@@ -14,7 +14,7 @@ from typing import Callable
 import orjson
 from confluent_kafka import Producer
 
-from presence.simulate import delete_topic, ensure_topic  # noqa: F401 - delete_topic for tests
+from presence.tools.simulate import delete_topic, ensure_topic  # noqa: F401 - delete_topic for tests
 
 from tests.oracle import P
 

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import parser as prom_parser
 
-from presence.api import HELP, StatusCache, ApiError, create_app, loopback_hosts, prometheus_text
-from presence.reports import (
+from presence.tools.api import HELP, StatusCache, ApiError, create_app, loopback_hosts, prometheus_text
+from presence.tools.reports import (
     KafkaWatermarks, TimeError, TimeRange, parse_range, parse_time, store_status,
 )
 from presence.settings import SettingsError, load_settings
@@ -548,7 +548,7 @@ def test_status_and_metrics_with_kafka_lag(mongo_uri, kafka_brokers, db, unique_
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 
-    from presence.simulate import ensure_topic
+    from presence.tools.simulate import ensure_topic
 
     topic = unique_name
     seed(db, topic=topic, rows=10)  # next offsets: 7 on partition 0, 3 on 1
@@ -664,7 +664,7 @@ def test_serve_checks_the_host_header_on_its_loopback_default(monkeypatch, args,
     import uvicorn
     from click.testing import CliRunner
 
-    from presence.cli import cli
+    from presence.tools.cli import cli
 
     with socket.socket() as probe:  # a port free now, as `presence serve` would be given
         probe.bind(("127.0.0.1", 0))

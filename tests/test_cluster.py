@@ -120,7 +120,7 @@ def test_mongo_retries_and_rows_written_are_counted() -> None:
     from pymongo.errors import AutoReconnect
 
     from presence import metrics
-    from presence.mongo import with_retry
+    from presence.io.mongo import with_retry
 
     def value(name: str) -> float:
         return metrics.REGISTRY.get_sample_value(name) or 0.0

@@ -6,12 +6,12 @@ import pickle
 
 import orjson
 
-from presence.panes import ShardPanes
-from presence.partition import (
+from presence.core.panes import ShardPanes
+from presence.core.partition import (
     ENDED, IDLE, LIVE, NO_EVENT, PartitionMark, PartitionReader, RawMessage,
 )
-from presence.watermark import dataflow_watermark, flush_watermark, oldest_countable
-from presence.windows import WindowSpec
+from presence.core.watermark import dataflow_watermark, flush_watermark, oldest_countable
+from presence.core.windows import WindowSpec
 from tests.core_sim import Core
 from tests.oracle import P
 

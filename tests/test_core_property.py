@@ -16,7 +16,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from presence.windows import WindowSpec
+from presence.core.windows import WindowSpec
 from tests.core_sim import Core
 from tests.oracle import P, late_pings, oracle
 

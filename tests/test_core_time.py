@@ -11,9 +11,9 @@ from pathlib import Path
 
 import orjson
 
-from presence.partition import STATE_FORMAT, PartitionReader, RawMessage
-from presence.pings import Rejection
-from presence.windows import WindowSpec
+from presence.core.partition import STATE_FORMAT, PartitionReader, RawMessage
+from presence.core.pings import Rejection
+from presence.core.windows import WindowSpec
 from tests.core_sim import Core
 from tests.oracle import P, oracle
 
@@ -264,8 +264,8 @@ def test_an_unjudgeable_message_is_a_rejection_with_its_error() -> None:
 def test_a_clock_stepping_back_never_holds_heartbeats_or_writes_back() -> None:
     """Scheduling by the wall clock: a step back of a day must not silence a day."""
     from presence.flow import BookLogic
-    from presence.memory import MemoryTopic
-    from presence.source import PingSource
+    from presence.io.memory import MemoryTopic
+    from presence.io.source import PingSource
 
     clock = [NOW]
     spec = WindowSpec(bucket=60, window=60, lateness=5, idle=10, shards=1)

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 import pytest
 
-from presence.memory import ABORT, MemoryTopic
-from presence.rows import Totals
-from presence.windows import WindowSpec
+from presence.io.memory import ABORT, MemoryTopic
+from presence.core.rows import Totals
+from presence.core.windows import WindowSpec
 from tests.flow_helpers import Outputs, init_recovery, memory_topic, run_flow
 from tests.flow_procs import SPEC as PROCS_SPEC
 from tests.flow_procs import run_processes

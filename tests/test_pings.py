@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from presence.pings import Ping, Rejection, format_instant, parse_ping, raw_text
+from presence.core.pings import Ping, Rejection, format_instant, parse_ping, raw_text
 
 NOW = 1_800_000_000.0
 LATEST = NOW + 300
@@ -114,7 +114,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import orjson  # noqa: E402
 
-from presence.pings import parse_ping_checked  # noqa: E402
+from presence.core.pings import parse_ping_checked  # noqa: E402
 
 VALUES = st.one_of(
     st.none(), st.booleans(),

@@ -15,10 +15,10 @@ import pickle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from presence.partition import shard_of
-from presence.segment_panes import SegmentPanes, group_pings
-from presence.segments import ValueExtractor, parse_segments
-from presence.windows import WindowSpec
+from presence.core.partition import shard_of
+from presence.core.segment_panes import SegmentPanes, group_pings
+from presence.core.segments import ValueExtractor, parse_segments
+from presence.core.windows import WindowSpec
 from tests.segment_oracle import SP, segment_oracle
 
 BASE = 1_514_779_200.0  # 2018-01-01 04:00:00 UTC

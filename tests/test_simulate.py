@@ -7,8 +7,8 @@ import itertools
 
 import pytest
 
-from presence.pings import Ping, Rejection, parse_ping
-from presence.simulate import (
+from presence.core.pings import Ping, Rejection, parse_ping
+from presence.tools.simulate import (
     BAD, LATE, LATE_DELAY, MALFORMED, OK, PING_INTERVAL, SimConfig, default_start, generate,
     partition_of, produce,
 )
@@ -203,7 +203,7 @@ def test_simulate_to_kafka_and_read_back(kafka_brokers, unique_name, tmp_path): 
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    from presence.cli import cli
+    from presence.tools.cli import cli
 
     topic = unique_name
     env = {"PRESENCE_KAFKA_BROKERS": kafka_brokers}

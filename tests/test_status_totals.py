@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from presence.mongo import status_updates
-from presence.partition import PartitionMark
-from presence.rows import Totals
+from presence.io.mongo import status_updates
+from presence.core.partition import PartitionMark
+from presence.core.rows import Totals
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 

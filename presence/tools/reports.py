@@ -26,8 +26,8 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
-from presence.mongo import REPORTS, STATUS
-from presence.pings import EPOCH_MS_THRESHOLD, MIN_EVENT_TIME, TIME_BUCKET_FORMAT, format_instant
+from presence.io.mongo import REPORTS, STATUS
+from presence.core.pings import EPOCH_MS_THRESHOLD, MIN_EVENT_TIME, TIME_BUCKET_FORMAT, format_instant
 from presence.settings import Settings, mongo_hosts
 
 DEFAULT_PAGE = 10_000

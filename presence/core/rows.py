@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from presence.partition import NO_EVENT, PartitionMark
-from presence.pings import format_instant
-from presence.shard import ShardReport
-from presence.windows import WindowSpec
+from presence.core.partition import NO_EVENT, PartitionMark
+from presence.core.pings import format_instant
+from presence.core.shard import ShardReport
+from presence.core.windows import WindowSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from presence.reports import (
+from presence.tools.reports import (
     DEFAULT_PAGE, MAX_PAGE, KafkaWatermarks, TimeError, fetch_page, mongo_client,
     parse_range, pipeline_status, store_error,
 )

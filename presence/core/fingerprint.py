@@ -9,7 +9,7 @@ recorded in every source partition's recovery snapshot (keys
 ``fingerprint``), and compared at start-up: :func:`differences` says what
 differs, :func:`refusal` turns that into the one line that stops start-up.
 
-Pure: no I/O (reading the recovery directory is :mod:`presence.recovery`,
+Pure: no I/O (reading the recovery directory is :mod:`presence.io.recovery`,
 Kafka and MongoDB :mod:`presence.binding`).
 """
 

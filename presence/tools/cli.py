@@ -72,8 +72,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    from presence.reports import StoreUnavailable, TimeError
-    from presence.simulate import KafkaError
+    from presence.tools.reports import StoreUnavailable, TimeError
+    from presence.tools.simulate import KafkaError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (SettingsError, StoreUnavailable, KafkaError, TimeError)):
@@ -111,7 +111,7 @@ class TimeType(click.ParamType):
     name = "TIME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from presence.reports import TimeError, parse_time
+        from presence.tools.reports import TimeError, parse_time
 
         try:
             parse_time(str(value), param.name if param else "time")
@@ -136,7 +136,7 @@ def range_options(func):
 
 
 def _time_range(start: str | None, end: str | None):
-    from presence.reports import TimeError, parse_range
+    from presence.tools.reports import TimeError, parse_range
 
     try:
         return parse_range(start, end)
@@ -197,8 +197,8 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
 
     from confluent_kafka import Producer
 
-    from presence.reports import parse_time
-    from presence.simulate import (
+    from presence.tools.reports import parse_time
+    from presence.tools.simulate import (
         SimConfig, default_start, ensure_topic, generate, produce, producer_config,
     )
 
@@ -212,7 +212,7 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
         seed = random.SystemRandom().randrange(2**31)
     from confluent_kafka import KafkaException
 
-    from presence.kafka import logging_config
+    from presence.io.kafka import logging_config
 
     try:
         # Refused settings first, as a bad setting (exit 2), before any connection.
@@ -273,7 +273,7 @@ def report(start: str | None, end: str | None, fmt: str) -> None:
 
     JSON is a list of {"time", "online", "available", "revision"}.
     """
-    from presence.reports import load_rows
+    from presence.tools.reports import load_rows
 
     time_range = _time_range(start, end)
     settings = settings_from_env()
@@ -294,8 +294,8 @@ def report(start: str | None, end: str | None, fmt: str) -> None:
 
 def no_rows_message(settings: Settings, time_range) -> str:
     """Why there is nothing to show: an empty database, or rows outside the range."""
-    from presence.mongo import REPORTS
-    from presence.reports import mongo_client, store_error
+    from presence.io.mongo import REPORTS
+    from presence.tools.reports import mongo_client, store_error
 
     client = mongo_client(settings)
     try:
@@ -350,8 +350,8 @@ def plot(start: str | None, end: str | None, output: Path, title: str) -> None:
     if suffix not in (".png", ".svg"):
         raise click.BadParameter("the file name must end in .png or .svg",
                                  param_hint="'-o' / '--output'")
-    from presence.plot import render_chart
-    from presence.reports import load_rows
+    from presence.tools.plot import render_chart
+    from presence.tools.reports import load_rows
 
     time_range = _time_range(start, end)
     settings = settings_from_env()
@@ -388,7 +388,7 @@ def serve(host: str, port: int, log_level: str, allowed_hosts: tuple[str, ...]) 
     """
     import uvicorn
 
-    from presence.api import create_app, loopback_hosts
+    from presence.tools.api import create_app, loopback_hosts
 
     settings = settings_from_env()
     sock = listen(host, port)  # a busy port is one line and exit 1, before any other output
@@ -457,7 +457,7 @@ def stack(action: str) -> None:
         sys.exit(EXIT_INTERRUPTED if code == EXIT_INTERRUPTED else EXIT_FAILED)
 
 
-from presence.recovery_cli import recovery as _recovery  # noqa: E402 - its own module
+from presence.tools.recovery_cli import recovery as _recovery  # noqa: E402 - its own module
 
 cli.add_command(_recovery)
 

@@ -3,13 +3,13 @@
 Pure functions, no I/O. The hot path is :func:`parse_ping`: it returns a
 plain ``(driver_id, event_time, on_duty)`` tuple (the fields of :class:`Ping`)
 for a valid ping and a :class:`Rejection` otherwise, so that the batch loop in
-:mod:`presence.partition` can tell them apart with one ``type() is tuple``
+:mod:`presence.core.partition` can tell them apart with one ``type() is tuple``
 check and no exception handling.
 
 The checks and their order are those of the SPEC ("Input"):
 ``too_large``, ``invalid_json``, ``missing_field``, ``invalid_field``,
 ``future_timestamp``. ``too_late`` is judged later, against the ping's own
-partition watermark (see :mod:`presence.partition`).
+partition watermark (see :mod:`presence.core.partition`).
 
 No value, whatever its bytes, makes these functions raise: nesting deeper
 than :data:`MAX_DEPTH` is refused before any recursive parser sees it,

@@ -4,7 +4,7 @@ No consumer group: offsets live in bytewax's recovery snapshots, each
 partition is ``assign``-ed at the offset the snapshot says. ``auto.offset.reset``
 is set explicitly to ``earliest`` so a purged offset resumes at the oldest
 retained one (never silently at the end); the gap is detected and recorded
-by :class:`presence.source.PingPartition`.
+by :class:`presence.io.source.PingPartition`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from presence.settings import Settings, scrub
 
-log = logging.getLogger("presence.kafka")
+log = logging.getLogger("presence.io.kafka")
 
 METADATA_TIMEOUT = 15.0
 START_TIMEOUT = 6.0

@@ -1,6 +1,6 @@
 """One driver shard: its panes, its view of the watermark, its partial rows.
 
-Drivers are split over :data:`presence.windows.SHARDS` shards by a stable
+Drivers are split over :data:`presence.core.windows.SHARDS` shards by a stable
 hash, so a shard's drivers are disjoint from every other shard's and a row's
 distinct counts are the *sum* of the shards' partial counts. Each shard
 receives every partition's marks, keeps the dataflow watermark as it sees it
@@ -8,7 +8,7 @@ receives every partition's marks, keeps the dataflow watermark as it sees it
 the partial counts of the rows that changed once they are closed (their
 interval ended before the flush watermark, which in a quiet live run follows
 the wall clock), or all of them at the end of a bounded run.
-:mod:`presence.rows` adds the reports up.
+:mod:`presence.core.rows` adds the reports up.
 
 A ping older than the state kept (only possible from a partition that had
 no watermark yet when the state was dropped: SPEC "Time") is too late here:
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from presence.panes import ShardPanes
-from presence.partition import LIVE, NO_EVENT, PartitionMark, ShardPart
-from presence.watermark import dataflow_watermark, flush_watermark, oldest_countable
-from presence.windows import WindowSpec
+from presence.core.panes import ShardPanes
+from presence.core.partition import LIVE, NO_EVENT, PartitionMark, ShardPart
+from presence.core.watermark import dataflow_watermark, flush_watermark, oldest_countable
+from presence.core.windows import WindowSpec
 
 
 @dataclass(frozen=True, slots=True)
