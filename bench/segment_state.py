@@ -31,7 +31,7 @@ import sys
 import time
 from array import array
 
-from presence.core.partition import shard_of
+from presence.core.model import shard_of
 from presence.core.segment_panes import SegmentPanes, decode, group_pings, mask_of_positions, union_size
 from presence.core.segments import ValueExtractor, parse_segments
 from presence.core.windows import WindowSpec

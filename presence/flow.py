@@ -28,10 +28,10 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from presence import metrics
-from presence.core.partition import PartitionBatch
+from presence.core.model import PartitionBatch, Row, ShardReport
 from presence.core.pings import format_instant
-from presence.core.rows import Row, RowBook
-from presence.core.shard import ShardReport, ShardState
+from presence.core.rows import RowBook
+from presence.core.shard import ShardState
 from presence.core.windows import WindowSpec
 
 log = logging.getLogger("presence.flow")

@@ -2,6 +2,6 @@
 path, and snapshots written before the move to :mod:`presence.core` name
 ``presence.partition.PartitionMark``. Import from :mod:`presence.core` instead."""
 
-from presence.core.partition import PartitionMark
+from presence.core.model import PartitionMark
 
 __all__ = ["PartitionMark"]

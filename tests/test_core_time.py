@@ -283,3 +283,22 @@ def test_a_clock_stepping_back_never_holds_heartbeats_or_writes_back() -> None:
     out, _ = book.on_notify()
     assert out, "status still written after the clock stepped back"
     assert (book.notify_at() - datetime.now(timezone.utc)).total_seconds() <= 1.5
+
+
+
+def test_a_mark_pickles_its_state_as_plain_text_and_old_module_paths_restore() -> None:
+    """Snapshots hold marks: their state stays the string it always was (no enum
+    class named in the snapshot), and a mark stored under its old module path
+    (``presence.partition``, before ``presence.core``) still loads."""
+    from presence.core.model import PartitionMark, PartitionState
+
+    mark = PartitionMark("t", 0, 2, 10.0, 11.0, PartitionState.IDLE, 5, valid=3)
+    blob = pickle.dumps(mark)
+    assert b"PartitionState" not in blob and b"idle" in blob
+    again = pickle.loads(blob)
+    assert again == mark and again.state is PartitionState.IDLE
+    # Protocol 0 spells the class's module path out as text: name the old one.
+    text = pickle.dumps(mark, protocol=0)
+    assert b"presence.core.model\nPartitionMark" in text
+    old = pickle.loads(text.replace(b"presence.core.model", b"presence.partition"))
+    assert old == mark and old.state is PartitionState.IDLE

@@ -55,7 +55,7 @@ DOCS = [{"_id": f"t:0:{n}", "reason": "invalid_json"} for n in range(3)]
 def test_a_write_concern_timeout_on_dead_letters_is_retried_not_taken_as_written(caplog):
     coll = FakeCollection(bulk_error(concern_errors=[WTIMEOUT], inserted=3))
     waits = []
-    with caplog.at_level(logging.WARNING, "presence.io.mongo"):
+    with caplog.at_level(logging.WARNING, "presence.mongo"):
         insert_dead_letters(coll, DOCS, sleep=waits.append)
     assert coll.calls == 2 and len(waits) == 1  # written again once confirmed
     assert "WriteNotConfirmed" in caplog.text
@@ -192,7 +192,7 @@ def test_ttl_index_is_made_again_when_collmod_fails_or_the_index_has_no_ttl():
 
 def test_without_ttl_indexes_a_plain_index_and_a_log_line(caplog):
     coll = FakeIndexes(ttl_supported=False)
-    with caplog.at_level(logging.INFO, "presence.io.mongo"):
+    with caplog.at_level(logging.INFO, "presence.mongo"):
         assert ensure_ttl_index(coll, "receivedAt", 86400) is False
     assert coll.indexes == {"receivedAt": {"key": [("receivedAt", 1)], "ttl": None}}
     assert "no TTL indexes" in caplog.text and "PRESENCE_DEAD_LETTER_TTL_DAYS" in caplog.text
@@ -227,7 +227,7 @@ def test_dead_letters_expire_on_the_local_server(mongo_uri, unique_name):
 
 
 def test_the_dead_letter_sink_deletes_expired_letters_at_most_every_ten_minutes(monkeypatch):
-    from presence.core.partition import DeadLetter
+    from presence.core.model import DeadLetter
 
     deleted = []
 

@@ -14,7 +14,7 @@ from bytewax.testing import TestingSource, cluster_main
 
 from presence.flow import STEP_IDS, Sinks, build_flow
 from presence.io.memory import ABORT
-from presence.core.partition import shard_key
+from presence.core.model import shard_key
 from presence.io.source import PingSource
 from presence.core.windows import WindowSpec
 from tests.flow_helpers import Outputs, init_recovery, memory_topic, run_flow
@@ -119,7 +119,7 @@ def test_retention_gap_is_detected_and_recorded(tmp_path, caplog) -> None:
     run_flow(topic, SPEC, out, recovery=recovery)
     topic.partitions[0].extend(memory_topic([partitions[0][10:]]).partitions[0])
     topic.purge(0, 25)  # offsets 10..24 deleted before they were read
-    with caplog.at_level(logging.WARNING, logger="presence.io.source"):
+    with caplog.at_level(logging.WARNING, logger="presence.source"):
         run_flow(topic, SPEC, out, recovery=recovery)
     assert "offsets 10 to 24 (15 messages) were deleted by retention" in caplog.text
     marks, _ = out.status[-1]

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from presence.io.memory import ABORT, MemoryTopic
-from presence.core.rows import Totals
+from presence.core.model import Totals
 from presence.core.windows import WindowSpec
 from tests.flow_helpers import Outputs, init_recovery, memory_topic, run_flow
 from tests.flow_procs import SPEC as PROCS_SPEC

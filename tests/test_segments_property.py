@@ -15,7 +15,7 @@ import pickle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from presence.core.partition import shard_of
+from presence.core.model import shard_of
 from presence.core.segment_panes import SegmentPanes, group_pings
 from presence.core.segments import ValueExtractor, parse_segments
 from presence.core.windows import WindowSpec

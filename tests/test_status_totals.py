@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from presence.io.mongo import status_updates
-from presence.core.partition import PartitionMark
-from presence.core.rows import Totals
+from presence.core.model import PartitionMark, Totals
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 

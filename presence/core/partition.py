@@ -25,23 +25,20 @@ Its :meth:`PartitionReader.snapshot` is the partition's recovery state.
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 from operator import itemgetter
-from typing import Iterator, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from presence.core.fingerprint import STATE_FORMAT
+from presence.core.model import (  # noqa: F401  (re-exported: the partition's types)
+    ENDED, IDLE, LIVE, NO_EVENT, BucketSets, DeadLetter, PartitionBatch, PartitionMark,
+    PartitionState, ShardPart, partition_key, shard_key, shard_of,
+)
 from presence.core.pings import (
     EPOCH_MS_THRESHOLD, MIN_EVENT_TIME, SHALLOW_BYTES, Rejection, decode_shape,
     format_instant, parse_ping, parse_ping_checked, raw_text,
 )
 from presence.core.windows import WindowSpec
-
-LIVE = "live"
-IDLE = "idle"
-ENDED = "ended"
-
-NO_EVENT = float("-inf")
 
 TIMESTAMP_NOT_AVAILABLE = 0
 """confluent-kafka's timestamp type of a message without a timestamp (then ``-1`` ms)."""
@@ -106,113 +103,6 @@ def earliest_message_time(messages: Sequence[Message], now: float) -> float:
         return least / 1000.0
     # librdkafka gives -1 ms to a message without a timestamp: judge it by ``now``.
     return min(message_time(m, now) for m in messages)
-
-
-def partition_key(topic: str, partition: int) -> str:
-    return f"{topic}:{partition}"
-
-
-def shard_key(shard: int) -> str:
-    """The key of one driver shard in the pane step."""
-    return f"shard-{shard:02d}"
-
-
-def shard_of(driver_id: str, shards: int) -> int:
-    """Stable across processes (unlike ``hash``, which is salted per process)."""
-    return zlib.crc32(driver_id.encode()) % shards
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionMark:
-    """What one partition tells the rest of the flow after each read."""
-
-    topic: str
-    partition: int
-    partitions: int
-    """How many partitions the topic has: whom a watermark must wait for."""
-    max_event: float
-    """Greatest valid event time read so far (``-inf`` before the first)."""
-    read_at: float
-    """Wall clock of the last valid ping read (or of opening the partition)."""
-    state: str
-    """``live``, ``idle`` (no valid ping for ``idle`` seconds) or ``ended``."""
-    next_offset: int
-    valid: int = 0
-    invalid: int = 0
-    too_late: int = 0
-    gaps: tuple[tuple[int, int], ...] = ()
-    """Offset ranges ``[start, end)`` lost to retention before being read."""
-    late: int = 0
-    """Valid pings older than this partition's watermark when read, not too late."""
-    rejected: tuple[tuple[str, int], ...] = ()
-    """Invalid messages by reason (``too_late`` is :attr:`too_late`), sorted by reason."""
-
-    def __getstate__(self) -> list:
-        return [getattr(self, f) for f in _MARK_FIELDS]
-
-    def __setstate__(self, state: list) -> None:
-        # A mark pickled by an older version has fewer fields: the rest take
-        # their defaults, so old recovery snapshots still restore.
-        for name, value in zip(_MARK_FIELDS, state):
-            object.__setattr__(self, name, value)
-        for name in _MARK_FIELDS[len(state):]:
-            object.__setattr__(self, name, _MARK_DEFAULTS[name])
-
-    @property
-    def key(self) -> str:
-        return partition_key(self.topic, self.partition)
-
-
-_MARK_FIELDS = tuple(f.name for f in fields(PartitionMark))
-_MARK_DEFAULTS = {f.name: f.default for f in fields(PartitionMark) if f.default is not MISSING}
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A rejected message, stored once per ``topic:partition:offset``."""
-
-    topic: str
-    partition: int
-    offset: int
-    reason: str
-    detail: str
-    raw: str
-    received_at: float
-
-    @property
-    def id(self) -> str:
-        return f"{self.topic}:{self.partition}:{self.offset}"
-
-
-BucketSets = dict
-"""``{bucket start: [online driver ids, off-duty driver ids, ping count]}``.
-
-Off-duty drivers are those of the online ones with no on-duty ping in the
-bucket (in this batch): usually far fewer than the available ones, so the
-pane step maps fewer ids, and fewer cross between processes."""
-
-
-@dataclass(slots=True)
-class ShardPart:
-    """The share of one partition batch for one driver shard."""
-
-    mark: PartitionMark
-    buckets: BucketSets
-
-
-@dataclass(slots=True)
-class PartitionBatch:
-    """The outcome of one read of one partition."""
-
-    mark: PartitionMark
-    shards: list[BucketSets]
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-
-    def shard_parts(self) -> Iterator[tuple[str, ShardPart]]:
-        """Every shard gets the mark (its watermark view moves on), with data or not."""
-        mark = self.mark
-        for shard, buckets in enumerate(self.shards):
-            yield shard_key(shard), ShardPart(mark, buckets)
 
 
 class PartitionReader:

@@ -17,31 +17,12 @@ not counted, and reported in :attr:`ShardReport.not_counted`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
+from presence.core.model import LIVE, NO_EVENT, PartitionMark, ShardPart, ShardReport
 from presence.core.panes import ShardPanes
-from presence.core.partition import LIVE, NO_EVENT, PartitionMark, ShardPart
 from presence.core.watermark import dataflow_watermark, flush_watermark, oldest_countable
 from presence.core.windows import WindowSpec
-
-
-@dataclass(frozen=True, slots=True)
-class ShardReport:
-    """What a shard tells the row book."""
-
-    watermark: float
-    """The dataflow watermark as this shard sees it (event time only): rows
-    ending at or before it are complete in this shard."""
-    oldest_countable: float
-    partials: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """``{row: (online, available)}`` of this shard's drivers, for changed rows."""
-    not_counted: int = 0
-    """Pings too late because older than the state kept (cumulative): only
-    possible from a partition that had no watermark when that state was
-    dropped (an empty partition, or one added to the topic)."""
-    flush: float = NO_EVENT
-    """Rows ending at or before it may be written now: ``watermark``, or in a
-    quiet live run the wall clock minus the lateness. Never stored."""
 
 
 class ShardState:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from presence.core.partition import LIVE, NO_EVENT, PartitionMark
+from presence.core.model import LIVE, NO_EVENT, PartitionMark
 from presence.core.windows import WindowSpec
 
 

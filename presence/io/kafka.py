@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from presence.settings import Settings, scrub
 
-log = logging.getLogger("presence.io.kafka")
+log = logging.getLogger("presence.kafka")
 
 METADATA_TIMEOUT = 15.0
 START_TIMEOUT = 6.0

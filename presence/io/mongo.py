@@ -38,12 +38,11 @@ from pymongo.errors import (
 )
 
 from presence import metrics
-from presence.core.partition import DeadLetter, PartitionMark
-from presence.core.rows import Row, Totals
+from presence.core.model import DeadLetter, PartitionMark, Row, Totals
 from presence.settings import Settings, redact_uri
 
-log = logging.getLogger("presence.io.mongo")
-row_log = logging.getLogger("presence.core.rows")
+log = logging.getLogger("presence.mongo")
+row_log = logging.getLogger("presence.rows")
 
 REPORTS = "report_summary"
 DEAD_LETTERS = "dead_letters"

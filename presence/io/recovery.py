@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SOURCE_STEP = "presence.core.pings"
+SOURCE_STEP = "presence.pings"
 """The step id of the Kafka source (flow ``presence``, step ``pings``)."""
 
 DEFAULT_PARTITIONS = 4

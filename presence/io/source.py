@@ -21,7 +21,7 @@ from presence import metrics
 from presence.core.partition import Message, PartitionBatch, PartitionReader
 from presence.core.windows import WindowSpec
 
-log = logging.getLogger("presence.io.source")
+log = logging.getLogger("presence.source")
 
 
 POLL_PAUSE = 0.05
