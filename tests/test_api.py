@@ -548,7 +548,7 @@ def test_status_and_metrics_with_kafka_lag(mongo_uri, kafka_brokers, db, unique_
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 
-    from presence.tools.simulate import ensure_topic
+    from presence.io.kafka import ensure_topic
 
     topic = unique_name
     seed(db, topic=topic, rows=10)  # next offsets: 7 on partition 0, 3 on 1

@@ -73,7 +73,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _describe(exc: BaseException) -> str:
     from presence.tools.reports import StoreUnavailable, TimeError
-    from presence.tools.simulate import KafkaError
+    from presence.io.kafka import KafkaError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (SettingsError, StoreUnavailable, KafkaError, TimeError)):
@@ -198,8 +198,9 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
     from confluent_kafka import Producer
 
     from presence.tools.reports import parse_time
+    from presence.io.kafka import ensure_topic
     from presence.tools.simulate import (
-        SimConfig, default_start, ensure_topic, generate, produce, producer_config,
+        SimConfig, default_start, generate, produce, producer_config,
     )
 
     if rate is not None and fast:
