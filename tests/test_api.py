@@ -7,6 +7,7 @@ import asyncio
 import socket
 import threading
 import time
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
@@ -497,6 +498,19 @@ def test_status_without_kafka(api):
     assert status["reports"] == {"count": 10, "first": "2018-01-01 04:00:00",
                                  "last": "2018-01-01 04:09:00"}
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_status_generated_at_is_utc_whatever_the_local_zone(api, monkeypatch):
+    client, _ = api
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        generated = client.get("/status").json()["generatedAt"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert generated.endswith("+00:00"), generated
+    assert abs(datetime.fromisoformat(generated).timestamp() - time.time()) < 3600
 
 
 @pytest.mark.stack

@@ -36,7 +36,7 @@ import ipaddress
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -53,11 +53,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from presence.settings import Settings, load_settings
 from presence.tools.reports import (
-    DEFAULT_PAGE, MAX_PAGE, KafkaWatermarks, TimeError, fetch_page, mongo_client,
+    DEFAULT_PAGE, MAX_PAGE, KafkaWatermarks, TimeError, bucket_epoch, fetch_page, mongo_client,
     parse_range, pipeline_status, store_error,
 )
-from presence.settings import Settings, load_settings
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
@@ -353,7 +353,7 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
         except PyMongoError as exc:
             raise store_failed(exc) from None
         status["database"] = settings.mongo_db
-        status["generatedAt"] = datetime.now().astimezone().isoformat(timespec="seconds")
+        status["generatedAt"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return status
 
     cache = StatusCache(compute_status, ttl=status_ttl)
@@ -513,7 +513,7 @@ def status_metrics(status: dict[str, Any] | None, mongo_up: bool) -> list[Metric
     gauge("presence_report_rows").add_metric([], reports.get("count", 0))
     latest = gauge("presence_latest_bucket_seconds")
     if reports.get("last"):
-        latest.add_metric([], _epoch(reports["last"].replace(" ", "T") + "+00:00"))
+        latest.add_metric([], bucket_epoch(reports["last"]))
     return out
 
 
