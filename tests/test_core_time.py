@@ -14,11 +14,10 @@ import orjson
 from presence.core.partition import STATE_FORMAT, PartitionReader, RawMessage
 from presence.core.pings import Rejection
 from presence.core.windows import WindowSpec
+from tests.constants import BUCKET, LATENESS, NOW, T0, WINDOW
 from tests.core_sim import Core
 from tests.oracle import P, oracle
 
-T0 = 1_514_779_200  # 2018-01-01 04:00:00
-NOW = 1_800_000_000.0
 
 
 def ping(driver, time, on_duty=True) -> bytes:
@@ -234,7 +233,7 @@ def test_a_snapshot_of_the_previous_format_still_restores() -> None:
         while not core.done(p):
             core.read(p, 9)
     core.finish()
-    rows, too_late, invalid = oracle(partitions, 60, 300, 30, 600)
+    rows, too_late, invalid = oracle(partitions, BUCKET, WINDOW, LATENESS, 600)
     assert core.store.counts() == rows
     totals = core.book.totals()
     assert totals.invalid == len(invalid) and totals.too_late == len(too_late)

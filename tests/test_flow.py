@@ -17,6 +17,7 @@ from presence.io.memory import ABORT
 from presence.core.model import shard_key
 from presence.io.source import PingSource
 from presence.core.windows import WindowSpec
+from tests.constants import oracle_rules
 from tests.flow_helpers import Outputs, init_recovery, memory_topic, run_flow
 from tests.oracle import P, oracle
 from tests.streams import stream
@@ -26,7 +27,7 @@ SPEC = WindowSpec(bucket=60, window=300, lateness=30, horizon=1800, idle=10)
 
 
 def expected(partitions):
-    return oracle(partitions, SPEC.bucket, SPEC.window, SPEC.lateness, SPEC.horizon)
+    return oracle(partitions, *oracle_rules(SPEC))
 
 
 def check(out: Outputs, partitions) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from presence.core.pings import Ping, Rejection, format_instant, parse_ping, raw_text
+from tests.constants import NOW
 
-NOW = 1_800_000_000.0
 LATEST = NOW + 300
 
 
@@ -115,6 +115,7 @@ from hypothesis import strategies as st  # noqa: E402
 import orjson  # noqa: E402
 
 from presence.core.pings import parse_ping_checked  # noqa: E402
+from tests.constants import NOW
 
 VALUES = st.one_of(
     st.none(), st.booleans(),

@@ -28,10 +28,11 @@ from presence.core.segments import (
     valid_location,
 )
 from presence.core.windows import WindowSpec
+from tests.constants import T0
 
 SPEC = WindowSpec(bucket=60, window=180, lateness=10, horizon=300)
 HK = (22.3193, 114.1694)
-T = 1_514_779_200
+T = T0
 
 # --- definitions --------------------------------------------------------------
 

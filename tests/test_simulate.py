@@ -12,8 +12,9 @@ from presence.tools.simulate import (
     BAD, LATE, LATE_DELAY, MALFORMED, OK, PING_INTERVAL, SimConfig, default_start, generate,
     partition_of, produce,
 )
+from tests.constants import T0
 
-START = 1_514_779_200.0  # 2018-01-01 04:00:00 UTC
+START = float(T0)
 FAR_FUTURE = 4e9
 
 

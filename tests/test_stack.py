@@ -14,6 +14,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
+from tests.constants import BUCKET, LATENESS, WINDOW
 from tests.oracle import P, oracle
 from tests.stack_helpers import (
     create_topic, dataflow_env, delete_topic, finish, init_recovery, kill_hard, produce,
@@ -36,7 +37,7 @@ def topic_and_db(kafka_brokers, mongo_uri, unique_name):
 
 
 def expected(partitions):
-    return oracle(partitions, 60, 300, 30, HORIZON)
+    return oracle(partitions, BUCKET, WINDOW, LATENESS, HORIZON)
 
 
 def assert_exact(db, topic: str, partitions) -> None:
