@@ -28,7 +28,9 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from presence import metrics
-from presence.core.model import PartitionBatch, Row, ShardReport
+from presence.core.model import (
+    BookItem, MarkSeen, PartitionBatch, Row, ShardReport, ShardReported, Status,
+)
 from presence.core.pings import format_instant
 from presence.core.rows import RowBook
 from presence.core.shard import ShardState
@@ -111,13 +113,13 @@ class BookLogic(StatefulBatchLogic):
         self._last_progress = (now, totals.valid)
         self._not_counted = totals.not_counted
 
-    def on_batch(self, items: list) -> tuple[list, bool]:
+    def on_batch(self, items: list[BookItem]) -> tuple[list, bool]:
         book = self.book
-        for kind, shard, payload in items:
-            if kind == "report":
-                book.add_report(shard, payload)
+        for item in items:
+            if type(item) is ShardReported:
+                book.add_report(item.shard, item.report)
             else:
-                book.add_mark(payload)
+                book.add_mark(item.mark)
         return self._due(), self.RETAIN
 
     def on_notify(self) -> tuple[list, bool]:
@@ -141,8 +143,8 @@ class BookLogic(StatefulBatchLogic):
         metrics.snapshot("rows")
         return self.book.snapshot()
 
-    def _status(self) -> tuple:
-        return (tuple(self.book.marks.values()), self.book.totals())
+    def _status(self) -> Status:
+        return Status(tuple(self.book.marks.values()), self.book.totals())
 
     def _due(self) -> list:
         """Rows (batched over ROW_FLUSH_SECONDS), status and progress when due.
@@ -196,13 +198,13 @@ def _due(now: float, due: float, period: float) -> bool:
     return now >= due or due - now > period
 
 
-def _book_items_from_reports(item: tuple[str, ShardReport]) -> tuple[str, tuple]:
+def _book_items_from_reports(item: tuple[str, ShardReport]) -> tuple[str, ShardReported]:
     shard, report = item
-    return BOOK_KEY, ("report", shard, report)
+    return BOOK_KEY, ShardReported(shard, report)
 
 
-def _book_items_from_batch(batch: PartitionBatch) -> tuple[str, tuple]:
-    return BOOK_KEY, ("mark", None, batch.mark)
+def _book_items_from_batch(batch: PartitionBatch) -> tuple[str, MarkSeen]:
+    return BOOK_KEY, MarkSeen(batch.mark)
 
 
 def _dead_letters(batch: PartitionBatch) -> Iterable:

@@ -14,7 +14,7 @@ from bytewax.testing import TestingSource, cluster_main
 
 from presence.flow import STEP_IDS, Sinks, build_flow
 from presence.io.memory import ABORT
-from presence.core.model import shard_key
+from presence.core.model import Status, shard_key
 from presence.io.source import PingSource
 from presence.core.windows import WindowSpec
 from tests.constants import oracle_rules
@@ -43,6 +43,7 @@ def test_one_worker_equals_oracle() -> None:
     out = run_flow(memory_topic(partitions), SPEC)
     check(out, partitions)
     assert any(r > 1 for r in out.revisions().values()), "late pings must correct rows"
+    assert all(type(s) is Status for s in out.status)  # a named type, not a bare tuple
     marks, totals = out.status[-1]
     rows, too_late, invalid = expected(partitions)
     assert totals.too_late == len(too_late) and totals.invalid == len(invalid)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from presence.core.pings import format_instant
 
@@ -221,3 +221,32 @@ class Totals:
     def corrected_late(self) -> int:
         """The ``correctedLate`` status field: the late pings (kept for its users)."""
         return self.late
+
+
+# -- what the row step receives and sends ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ShardReported:
+    """To the row step: one shard's report (shard key, e.g. ``shard-03``)."""
+
+    shard: str
+    report: ShardReport
+
+
+@dataclass(frozen=True, slots=True)
+class MarkSeen:
+    """To the row step: a partition's latest mark (for status and progress)."""
+
+    mark: PartitionMark
+
+
+BookItem = ShardReported | MarkSeen
+"""An item of the row step's input."""
+
+
+class Status(NamedTuple):
+    """From the row step to ``pipeline_status``: every partition's latest mark and the totals."""
+
+    marks: tuple[PartitionMark, ...]
+    totals: Totals

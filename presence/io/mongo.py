@@ -38,7 +38,7 @@ from pymongo.errors import (
 )
 
 from presence import metrics
-from presence.core.model import DeadLetter, PartitionMark, Row, Totals
+from presence.core.model import DeadLetter, PartitionMark, Row, Status, Totals
 from presence.settings import Settings, redact_uri
 
 log = logging.getLogger("presence.mongo")
@@ -450,8 +450,8 @@ def insert_dead_letters(collection, docs: list[dict],
 
 def _write_status(part: _MongoPartition, items: list) -> None:
     now = datetime.now(timezone.utc)
-    marks, totals = items[-1]  # the latest status says it all
-    part.bulk("writing pipeline status", status_updates(marks, totals, now))
+    status: Status = items[-1]  # the latest status says it all
+    part.bulk("writing pipeline status", status_updates(status.marks, status.totals, now))
 
 
 class MongoSink(DynamicSink):
