@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pymongo import MongoClient
 
 from presence.cluster import Layout, LayoutError, check_layout, layout_from_argv, read_partitions
 from tests.constants import BUCKET, LATENESS, WINDOW
 from tests.oracle import P, oracle
 from tests.stack_helpers import (
-    REPO, create_topic, dataflow_env, delete_topic, init_recovery, produce, stored_rows, wait_for,
+    REPO, create_topic, dataflow_env, init_recovery, produce, stored_rows, wait_for,
 )
 from tests.streams import stream
 
@@ -234,15 +233,6 @@ class Cluster:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-@pytest.fixture
-def topic_and_db(kafka_brokers, mongo_uri, unique_name):
-    client = MongoClient(mongo_uri)
-    yield unique_name, client[unique_name]
-    client.drop_database(unique_name)
-    client.close()
-    delete_topic(kafka_brokers, unique_name)
 
 
 def assert_exact(db, partitions) -> None:
