@@ -30,15 +30,13 @@ from typing import Any
 from presence.core.fingerprint import (
     NO_TOPIC_ID, Difference, Fingerprint, differences, how_to_keep, merge_recorded, refusal,
 )
+from presence.core.windows import SHARDS
+from presence.io.mongo import DOC_ID, FINGERPRINTS, REPORTS
 from presence.io.recovery import RecoveryDir, RecoveryDirError, read_dir
 from presence.settings import Settings
-from presence.core.windows import SHARDS
 
 log = logging.getLogger("presence.binding")
 
-FINGERPRINTS = "fingerprint"
-"""The collection holding the database's fingerprint (one document)."""
-DOC_ID = "fingerprint"
 
 TOPIC_ID_TIMEOUT = 10.0
 MONGO_TIMEOUT_S = 5
@@ -303,7 +301,7 @@ def bind_input(
         now = now or datetime.now(timezone.utc)
         try:
             written = record_in_database(db, current, now)
-            if written and db_recorded is None and db["report_summary"].find_one({}, {"_id": 1}):
+            if written and db_recorded is None and db[REPORTS].find_one({}, {"_id": 1}):
                 log.warning(
                     "database %r holds rows but had no fingerprint (written before presence "
                     "recorded one): adopting it as made for %s", settings.mongo_db,

@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 from pymongo import MongoClient
 
-from presence.binding import DOC_ID, FINGERPRINTS
+from presence.io.mongo import DOC_ID, FINGERPRINTS
 from presence.io.recovery import init_dir, read_dir
 from tests.oracle import P
 from tests.stack_helpers import (

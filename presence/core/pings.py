@@ -437,3 +437,10 @@ def _error_name(exc: BaseException) -> str:
         text = ""
     name = type(exc).__name__
     return f"{name}: {text[:200]}" if text else name
+
+
+def bucket_epoch(time_bucket: str) -> float:
+    """A ``timeBucket`` text (:func:`format_instant`) back to epoch seconds (UTC)."""
+    return (
+        datetime.strptime(time_bucket, TIME_BUCKET_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+    )
