@@ -28,7 +28,7 @@ from presence.io.source import PingSource
 log = logging.getLogger("presence")
 
 MONGO_START_TIMEOUT = 10.0
-"""Seconds MongoDB has to answer at start-up; later outages are retried (presence.mongo)."""
+"""Seconds MongoDB has to answer at start-up; later outages are retried (presence.io.mongo)."""
 
 
 def configure_logging(level: str = "INFO") -> None:

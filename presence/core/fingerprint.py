@@ -169,7 +169,7 @@ def differences(recorded: Fingerprint, current: Fingerprint) -> list[Difference]
         out.append(Difference(
             "shards",
             f"{recorded.shards} shards recorded, {current.shards} now "
-            "(presence.windows.SHARDS: another version of presence)",
+            "(presence.core.windows.SHARDS: another version of presence)",
         ))
     return out
 

@@ -239,7 +239,7 @@ class PartitionReader:
         decode = decode_shape
         for message in messages:
             value = message.value()
-            # The fast path of presence.pings.parse_ping, inlined (the hot loop):
+            # The fast path of presence.core.pings.parse_ping, inlined (the hot loop):
             # short ASCII values of the usual shape, within the batch's future bound.
             fast = False
             if value is not None and len(value) < SHALLOW_BYTES and value.isascii():
