@@ -27,7 +27,7 @@ from presence.io.source import PingSource
 
 log = logging.getLogger("presence")
 
-MONGO_START_TIMEOUT = 10.0
+MONGO_START_TIMEOUT_SECONDS = 10.0
 """Seconds MongoDB has to answer at start-up; later outages are retried (presence.io.mongo)."""
 
 
@@ -49,7 +49,7 @@ class MongoUnavailable(RuntimeError):
     """MongoDB did not answer at start-up (one line, secrets scrubbed)."""
 
 
-def check_mongo(settings: Settings, timeout: float = MONGO_START_TIMEOUT) -> None:
+def check_mongo(settings: Settings, timeout: float = MONGO_START_TIMEOUT_SECONDS) -> None:
     """Ping MongoDB once, waiting at most ``timeout``: at start-up an outage is one line, exit 1."""
     from pymongo.errors import PyMongoError
 

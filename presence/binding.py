@@ -38,7 +38,7 @@ from presence.settings import Settings
 log = logging.getLogger("presence.binding")
 
 
-TOPIC_ID_TIMEOUT = 10.0
+TOPIC_ID_TIMEOUT_SECONDS = 10.0
 MONGO_TIMEOUT_S = 5
 
 
@@ -101,7 +101,7 @@ def current_fingerprint(settings: Settings, partitions: int, topic_id: str) -> F
     )
 
 
-def fetch_topic_id(settings: Settings, timeout: float = TOPIC_ID_TIMEOUT) -> str:
+def fetch_topic_id(settings: Settings, timeout: float = TOPIC_ID_TIMEOUT_SECONDS) -> str:
     """The broker's id of the topic; ``""`` (with a warning) if it gives none."""
     from confluent_kafka import KafkaException, TopicCollection
     from confluent_kafka.admin import AdminClient

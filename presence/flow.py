@@ -41,6 +41,9 @@ log = logging.getLogger("presence.flow")
 ROW_FLUSH_SECONDS = 0.5
 """Rows ready within this long go to MongoDB in one bulk write."""
 
+STATUS_SECONDS = 1.0
+"""``pipeline_status`` is rewritten at most this often (more often only with faster progress lines)."""
+
 BOOK_KEY = "rows"
 """The single key of the row book (rows are few; the panes carry the load)."""
 
@@ -104,7 +107,7 @@ class BookLogic(StatefulBatchLogic):
         self.book = RowBook(spec, resume)
         self.clock = clock
         self.progress_seconds = progress_seconds
-        self.status_seconds = min(1.0, progress_seconds)
+        self.status_seconds = min(STATUS_SECONDS, progress_seconds)
         now = clock()
         self._next_status = now
         self._next_rows = now

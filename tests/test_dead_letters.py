@@ -247,6 +247,6 @@ def test_the_dead_letter_sink_deletes_expired_letters_at_most_every_ten_minutes(
     cutoff = deleted[0]["receivedAt"]["$lt"]
     assert timedelta(days=2) - timedelta(seconds=60) < datetime.now(timezone.utc) - cutoff \
         < timedelta(days=2) + timedelta(seconds=60)
-    clock[0] += mongo.PRUNE_EVERY
+    clock[0] += mongo.PRUNE_EVERY_SECONDS
     mongo._write_dead_letters(part, [letter])
     assert len(deleted) == 2

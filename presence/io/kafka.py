@@ -24,8 +24,8 @@ from presence.settings import Settings, scrub
 
 log = logging.getLogger("presence.kafka")
 
-METADATA_TIMEOUT = 15.0
-START_TIMEOUT = 6.0
+METADATA_TIMEOUT_SECONDS = 15.0
+START_TIMEOUT_SECONDS = 6.0
 """Seconds the start-up check waits for Kafka's metadata before giving up (one line, exit 1)."""
 
 LIBRDKAFKA_LOG = logging.getLogger("presence.librdkafka")
@@ -119,7 +119,7 @@ def new_consumer(settings: Settings, **overrides: Any) -> Consumer:
         ) from None
 
 
-def partition_count(settings: Settings, timeout: float = START_TIMEOUT) -> int:
+def partition_count(settings: Settings, timeout: float = START_TIMEOUT_SECONDS) -> int:
     """How many partitions the topic has; a clear error if it cannot be known.
 
     Used at start-up: a Kafka that does not answer within ``timeout`` is one
@@ -163,7 +163,7 @@ class KafkaFeed:
         tp = TopicPartition(self.topic, self.partition)
         try:
             return self.consumer.get_watermark_offsets(
-                tp, timeout=METADATA_TIMEOUT, cached=False
+                tp, timeout=METADATA_TIMEOUT_SECONDS, cached=False
             )
         except KafkaException as exc:
             raise KafkaUnavailable(

@@ -257,7 +257,7 @@ def ensure_ttl_index(coll, field: str, seconds: int, name: str = DEAD_LETTER_TTL
     return True
 
 
-PRUNE_EVERY = 600.0
+PRUNE_EVERY_SECONDS = 600.0
 """Seconds between two deletions of expired dead letters by one sink partition."""
 
 
@@ -428,14 +428,14 @@ def _write_dead_letters(part: _MongoPartition, letters: list[DeadLetter]) -> Non
     """Plain inserts (cheaper than upserts); a replayed one is a duplicate key, ignored.
 
     Write-concern errors are not ignored: a transient one is retried, any other
-    raised. Every :data:`PRUNE_EVERY` seconds, expired dead letters are deleted.
+    raised. Every :data:`PRUNE_EVERY_SECONDS` seconds, expired dead letters are deleted.
     """
     insert_dead_letters(part.collection, [dead_letter_doc(d) for d in letters])
     if time.monotonic() >= part.next_prune:
         ttl = part.settings.dead_letter_ttl_days
         with_retry("deleting expired dead letters",
                    lambda: prune_dead_letters(part.collection, ttl, datetime.now(timezone.utc)))
-        part.next_prune = time.monotonic() + PRUNE_EVERY
+        part.next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
 
 
 def insert_dead_letters(collection, docs: list[dict],

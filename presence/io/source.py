@@ -24,7 +24,7 @@ from presence.core.windows import WindowSpec
 log = logging.getLogger("presence.source")
 
 
-POLL_PAUSE = 0.05
+POLL_PAUSE_SECONDS = 0.05
 """Seconds to wait before polling again after an empty read."""
 
 
@@ -119,7 +119,7 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
             metrics.batch_read(reader.topic, reader.partition, len(messages), batch, reader.spec.lateness)
             return [batch]
 
-        self._awake = datetime.now(timezone.utc) + timedelta(seconds=POLL_PAUSE)
+        self._awake = datetime.now(timezone.utc) + timedelta(seconds=POLL_PAUSE_SECONDS)
         # (``now`` before the last emit: the clock stepped back; beat anyway.)
         if now - self._last_emit >= self.heartbeat or now < self._last_emit:
             self._last_emit = now

@@ -22,7 +22,7 @@ call it; bound to a loopback address, requests whose ``Host`` is not that
 loopback name and port are refused (a DNS-rebinding defence).
 
 Cost: ``/status`` and ``/metrics`` read a few documents whatever the size of
-the data, through one cached payload (:data:`STATUS_TTL`) refreshed by one
+the data, through one cached payload (:data:`STATUS_TTL_SECONDS`) refreshed by one
 request at a time in a worker thread; every MongoDB and Kafka call runs in a
 worker thread, never on the event loop, and ``/healthz`` has threads of its
 own, so it answers while other requests wait for the database.
@@ -61,7 +61,7 @@ from presence.tools.reports import (
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
-STATUS_TTL = 1.0
+STATUS_TTL_SECONDS = 1.0
 """Seconds one ``/status`` payload is served before MongoDB and Kafka are asked again."""
 
 OPEN_PATHS = ("/healthz", "/")
@@ -202,7 +202,7 @@ class StatusCache:
     (MongoDB down) is kept just as long, so it is not retried per request.
     """
 
-    def __init__(self, compute: Callable[[], dict[str, Any]], ttl: float = STATUS_TTL,
+    def __init__(self, compute: Callable[[], dict[str, Any]], ttl: float = STATUS_TTL_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.compute = compute
         self.ttl = ttl
@@ -249,7 +249,7 @@ class StatusCache:
 
 def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
                allowed_hosts: Iterable[str] | None = None,
-               status_ttl: float = STATUS_TTL) -> FastAPI:
+               status_ttl: float = STATUS_TTL_SECONDS) -> FastAPI:
     """The API. ``allowed_hosts``: accepted ``Host`` values (``None``: no check);
     ``presence serve`` passes :func:`loopback_hosts` of its address."""
     settings = settings or load_settings()

@@ -316,7 +316,7 @@ def produce(
     is called every few thousand pings.
 
     Ctrl-C (KeyboardInterrupt) stops the sending: what is queued gets at most
-    ``INTERRUPT_FLUSH`` seconds to be delivered, the rest is dropped and
+    ``INTERRUPT_FLUSH_SECONDS`` seconds to be delivered, the rest is dropped and
     counted as not delivered, and the summary says so (``interrupted``).
     """
     summary = Summary(topic)
@@ -368,7 +368,7 @@ def produce(
         remaining = producer.flush(60)
     except KeyboardInterrupt:
         interrupted = True
-        remaining = producer.flush(INTERRUPT_FLUSH)
+        remaining = producer.flush(INTERRUPT_FLUSH_SECONDS)
         if remaining:
             producer.purge()  # the rest is dropped: reported as failed deliveries
             producer.flush(1)  # serves those reports
@@ -384,7 +384,7 @@ def produce(
     return summary
 
 
-INTERRUPT_FLUSH = 5.0
+INTERRUPT_FLUSH_SECONDS = 5.0
 """Seconds queued pings get to be delivered after Ctrl-C."""
 
 
