@@ -148,3 +148,10 @@ def _encodable(obj: dict) -> bool:
     except TypeError:
         return False  # integers beyond 64 bits: orjson cannot write them
     return True
+
+
+def test_a_time_bucket_reads_back_as_epoch_and_iso() -> None:
+    from presence.core.pings import bucket_epoch, bucket_iso
+
+    assert bucket_epoch(format_instant(1_514_779_260)) == 1_514_779_260
+    assert bucket_iso("2018-01-01 04:01:00") == "2018-01-01T04:01:00Z"

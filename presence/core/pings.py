@@ -444,3 +444,9 @@ def bucket_epoch(time_bucket: str) -> float:
     return (
         datetime.strptime(time_bucket, TIME_BUCKET_FORMAT).replace(tzinfo=timezone.utc).timestamp()
     )
+
+
+def bucket_iso(time_bucket: str) -> str:
+    """A ``timeBucket`` text as an ISO-8601 UTC instant (``2018-01-01T04:00:00Z``)."""
+    moment = datetime.fromtimestamp(bucket_epoch(time_bucket), timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

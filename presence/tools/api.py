@@ -53,6 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from presence.core.pings import bucket_iso
 from presence.settings import Settings, load_settings
 from presence.tools.reports import (
     DEFAULT_PAGE, MAX_PAGE, KafkaWatermarks, TimeError, bucket_epoch, fetch_page, mongo_client,
@@ -337,7 +338,7 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
                     for r in page.rows]
         headers = {}
         if page.next_bucket is not None:
-            at = page.next_bucket.replace(" ", "T") + "Z"
+            at = bucket_iso(page.next_bucket)
             if newest:
                 url = request.url.include_query_params(to=at)
                 headers["X-Next-To"] = at
