@@ -200,7 +200,7 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
     from presence.tools.reports import parse_time
     from presence.io.kafka import ensure_topic
     from presence.tools.simulate import (
-        SimConfig, default_start, generate, produce, producer_config,
+        SimConfig, Summary, default_start, generate, produce, producer_config,
     )
 
     if rate is not None and fast:
@@ -234,28 +234,34 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
     producer = Producer({**producer_config(settings.kafka_brokers, settings.kafka_extra),
                          **logging_config("WARNING")})
     mode = "fast" if fast else (f"real time, at most {rate:g}/s" if rate else "real time")
-    click.echo(f"simulating {drivers:,} drivers for {minutes:g} min ({mode}), seed {seed}", err=True)
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = None
-    callback = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=round(minutes * 60), unit="sim-s", file=sys.stderr,
-                   desc=f"simulate -> {settings.topic}", dynamic_ncols=True, leave=False)
-
-        def callback(done: float, sent: int) -> None:
-            value = min(bar.total, max(0, int(done)))
-            if value > bar.n:
-                bar.update(value - bar.n)
-            bar.set_postfix_str(f"{sent:,} pings", refresh=False)
-
+    # Ctrl-C during the sending is produce's to count; one just before it began
+    # is a summary of nothing sent, never a bare "interrupted".
     try:
-        summary = produce(generate(config), settings.topic, producer, config.start,
-                          fast=fast, rate=rate, progress=callback)
-    finally:
-        if bar is not None:
-            bar.close()
+        click.echo(f"simulating {drivers:,} drivers for {minutes:g} min ({mode}), seed {seed}",
+                   err=True)
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = None
+        callback = None
+        if show:
+            from tqdm import tqdm
+
+            bar = tqdm(total=round(minutes * 60), unit="sim-s", file=sys.stderr,
+                       desc=f"simulate -> {settings.topic}", dynamic_ncols=True, leave=False)
+
+            def callback(done: float, sent: int) -> None:
+                value = min(bar.total, max(0, int(done)))
+                if value > bar.n:
+                    bar.update(value - bar.n)
+                bar.set_postfix_str(f"{sent:,} pings", refresh=False)
+
+        try:
+            summary = produce(generate(config), settings.topic, producer, config.start,
+                              fast=fast, rate=rate, progress=callback)
+        finally:
+            if bar is not None:
+                bar.close()
+    except KeyboardInterrupt:
+        summary = Summary(settings.topic, interrupted=True)
     click.echo(summary.line())
     if summary.interrupted:
         raise Interrupted(f"interrupted: {summary.sent:,} pings delivered to {settings.topic}, "
