@@ -41,6 +41,7 @@ import numpy as np
 from bench import workload as wl
 from bench.measure import Measured, run_measured
 from bench.peers.common import TUNED_FETCH
+from presence.io.kafka import send
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -399,12 +400,7 @@ def latency_test(args, run_id: str) -> dict:
                 continue
             for p, value in wl.live_values(rng, per_tick, args.drivers, time.time(),
                                            late_fraction=args.latency_late):
-                while True:
-                    try:
-                        producer.produce(topic, value, partition=p)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
+                send(producer, topic, value, partition=p)
             sent += per_tick
             producer.poll(0)
             next_at += tick

@@ -6,7 +6,7 @@ A fleet of ``drivers`` drivers in 10 cities (a vehicle type each; half of
 them driving at 10-50 km/h around the city, the others parked near a spot),
 one ping every 30 s, ``panes`` one-minute buckets (the 60-minute correction
 horizon plus a 5-minute window). Only ONE driver shard (``drivers /
-shards`` drivers, as ``presence.partition.shard_of`` spreads them) is built:
+shards`` drivers, as ``presence.core.model.shard_of`` spreads them) is built:
 shards are independent, so the per-shard figures times ``shards`` are the
 fleet's. Segments ``city;city,vehicle_type;h3:8``.
 
@@ -31,10 +31,10 @@ import sys
 import time
 from array import array
 
-from presence.partition import shard_of
-from presence.segment_panes import SegmentPanes, decode, group_pings, mask_of_positions, union_size
-from presence.segments import ValueExtractor, parse_segments
-from presence.windows import WindowSpec
+from presence.core.model import shard_of
+from presence.core.segment_panes import SegmentPanes, decode, group_pings, mask_of_positions, union_size
+from presence.core.segments import ValueExtractor, parse_segments
+from presence.core.windows import WindowSpec
 
 CITIES = {
     "Hong Kong": (22.3193, 114.1694), "London": (51.5072, -0.1276),

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from presence.simulate import KafkaError, ensure_topic
-from presence.simulate import delete_topic as simulate_delete_topic
+from presence.io.kafka import KafkaError, ensure_topic, send
+from presence.io.kafka import delete_topic as simulate_delete_topic
 
 START = 1_704_067_200.0
 """2024-01-01 00:00:00 UTC: event time of the first ping of a backlog workload."""
@@ -249,12 +249,7 @@ def produce(brokers: str, topic: str, w: Workload) -> float:
     for p in range(len(w.drivers)):
         keys = [b"%d" % d for d in w.drivers[p].tolist()]
         for key, value in zip(keys, w.values(p)):
-            while True:
-                try:
-                    producer.produce(topic, value, key, partition=p)
-                    break
-                except BufferError:
-                    producer.poll(0.2)
+            send(producer, topic, value, key, partition=p, wait=0.2)
         producer.poll(0)
     left = producer.flush(120)
     if left:

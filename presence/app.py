@@ -17,18 +17,18 @@ from presence.binding import (
     InputMismatch, StoreUnreachable, bind_input, read_recovery, recovery_directory,
 )
 from presence.cluster import start_process
-from presence.fingerprint import Fingerprint
+from presence.core.fingerprint import Fingerprint
 from presence.flow import Sinks, build_flow
-from presence.kafka import KafkaConfigError, KafkaFeed, KafkaUnavailable, partition_count
-from presence.mongo import DEAD_LETTERS, REPORTS, STATUS, MongoSink
-from presence.recovery import RecoveryDirError
+from presence.io.kafka import KafkaConfigError, KafkaFeed, KafkaUnavailable, partition_count
+from presence.io.mongo import DEAD_LETTERS, REPORTS, STATUS, MongoSink
+from presence.io.recovery import RecoveryDirError
 from presence.settings import SecretFilter, Settings, SettingsError, load_settings, scrub
-from presence.source import PingSource
+from presence.io.source import PingSource
 
 log = logging.getLogger("presence")
 
-MONGO_START_TIMEOUT = 10.0
-"""Seconds MongoDB has to answer at start-up; later outages are retried (presence.mongo)."""
+MONGO_START_TIMEOUT_SECONDS = 10.0
+"""Seconds MongoDB has to answer at start-up; later outages are retried (presence.io.mongo)."""
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -49,11 +49,11 @@ class MongoUnavailable(RuntimeError):
     """MongoDB did not answer at start-up (one line, secrets scrubbed)."""
 
 
-def check_mongo(settings: Settings, timeout: float = MONGO_START_TIMEOUT) -> None:
+def check_mongo(settings: Settings, timeout: float = MONGO_START_TIMEOUT_SECONDS) -> None:
     """Ping MongoDB once, waiting at most ``timeout``: at start-up an outage is one line, exit 1."""
     from pymongo.errors import PyMongoError
 
-    from presence.reports import mongo_client, store_error
+    from presence.tools.reports import mongo_client, store_error
 
     client = mongo_client(settings, timeout_ms=int(timeout * 1000))
     try:
@@ -112,14 +112,14 @@ def dataflow_from_env() -> Dataflow:
             "bounded run without a recovery directory (-r): state is not kept, so a "
             "later run starts from the beginning of the topic instead of going on"
         )
-    from presence.reports import StoreUnavailable
+    from presence.tools.reports import StoreUnavailable
 
     start_process(settings.metrics_port)  # recovery layout check, per-process metrics
     try:
         # Bound to its input (SPEC): compared with the recovery directory and the
         # database before bytewax opens either.
         state = read_recovery(recovery_directory())
-        partitions = partition_count(settings)
+        partitions = partition_count(settings)  # Kafka first: its failure is the one reported
         check_mongo(settings)
         fingerprint = bind_input(settings, partitions, state)
         return kafka_mongo_flow(settings, fingerprint)

@@ -1,19 +1,19 @@
 """Start-up check: state and output stay bound to their input (SPEC "Bound to its input").
 
 Before bytewax builds anything, :func:`bind_input` makes the dataflow's
-:class:`~presence.fingerprint.Fingerprint` (topic and its id from Kafka,
+:class:`~presence.core.fingerprint.Fingerprint` (topic and its id from Kafka,
 partition count, bucket, window, segments, shards, state format) and
 compares it with
 
 - the recovery directory's (``-r``): the fingerprint in the latest snapshot
   of each source partition, read directly from bytewax's SQLite files
-  (:mod:`presence.recovery`);
+  (:mod:`presence.io.recovery`);
 - the database's: the document ``{_id: "fingerprint"}`` of collection
   ``fingerprint``, written here when absent.
 
 A mismatch raises :class:`InputMismatch`, one line naming what differs and
 how to start afresh; a recovery directory bytewax could not use raises
-:class:`~presence.recovery.RecoveryDirError`. State or a database written
+:class:`~presence.io.recovery.RecoveryDirError`. State or a database written
 before fingerprints existed is adopted, with one warning.
 """
 
@@ -27,20 +27,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from presence.fingerprint import (
+from presence.core.fingerprint import (
     NO_TOPIC_ID, Difference, Fingerprint, differences, how_to_keep, merge_recorded, refusal,
 )
-from presence.recovery import RecoveryDir, RecoveryDirError, read_dir
+from presence.core.windows import SHARDS
+from presence.io.mongo import DOC_ID, FINGERPRINTS, REPORTS
+from presence.io.recovery import RecoveryDir, RecoveryDirError, read_dir
 from presence.settings import Settings
-from presence.windows import SHARDS
 
 log = logging.getLogger("presence.binding")
 
-FINGERPRINTS = "fingerprint"
-"""The collection holding the database's fingerprint (one document)."""
-DOC_ID = "fingerprint"
 
-TOPIC_ID_TIMEOUT = 10.0
+TOPIC_ID_TIMEOUT_SECONDS = 10.0
 MONGO_TIMEOUT_S = 5
 
 
@@ -103,7 +101,7 @@ def current_fingerprint(settings: Settings, partitions: int, topic_id: str) -> F
     )
 
 
-def fetch_topic_id(settings: Settings, timeout: float = TOPIC_ID_TIMEOUT) -> str:
+def fetch_topic_id(settings: Settings, timeout: float = TOPIC_ID_TIMEOUT_SECONDS) -> str:
     """The broker's id of the topic; ``""`` (with a warning) if it gives none."""
     from confluent_kafka import KafkaException, TopicCollection
     from confluent_kafka.admin import AdminClient
@@ -303,7 +301,7 @@ def bind_input(
         now = now or datetime.now(timezone.utc)
         try:
             written = record_in_database(db, current, now)
-            if written and db_recorded is None and db["report_summary"].find_one({}, {"_id": 1}):
+            if written and db_recorded is None and db[REPORTS].find_one({}, {"_id": 1}):
                 log.warning(
                     "database %r holds rows but had no fingerprint (written before presence "
                     "recorded one): adopting it as made for %s", settings.mongo_db,

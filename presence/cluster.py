@@ -192,8 +192,9 @@ def start_process(metrics_port: int | None, argv: Sequence[str] | None = None) -
     try:
         # Only bytewax.run's arguments say -i/-a/-r (not, say, pytest's -r).
         layout = layout_from_argv(argv if argv and argv[0].endswith("run.py") else [""])
-        # One process alone: presence.recovery judges its directory (same rule, its words).
-        found = check_layout(layout) if layout.processes > 1 else None
+        # A single process (no -i): the directory is checked when it is read
+        # (binding.read_recovery), whose refusals name `presence recovery init/reset`.
+        found = check_layout(layout) if layout.process_id is not None else None
     except LayoutError as exc:
         print(f"presence: bad recovery layout: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

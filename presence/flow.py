@@ -15,7 +15,6 @@ state, so they are constants here and tested.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -28,16 +27,20 @@ from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from presence import metrics
-from presence.partition import PartitionBatch
-from presence.pings import format_instant
-from presence.rows import Row, RowBook
-from presence.shard import ShardReport, ShardState
-from presence.windows import WindowSpec
+from presence.core.model import (
+    BookItem, MarkSeen, PartitionBatch, Row, ShardReport, ShardReported, Status,
+)
+from presence.core.rows import RowBook
+from presence.core.shard import ShardState
+from presence.core.windows import WindowSpec
+from presence.progress import ProgressLog, due
 
-log = logging.getLogger("presence.flow")
 
 ROW_FLUSH_SECONDS = 0.5
 """Rows ready within this long go to MongoDB in one bulk write."""
+
+STATUS_SECONDS = 1.0
+"""``pipeline_status`` is rewritten at most this often (more often only with faster progress lines)."""
 
 BOOK_KEY = "rows"
 """The single key of the row book (rows are few; the panes carry the load)."""
@@ -102,22 +105,20 @@ class BookLogic(StatefulBatchLogic):
         self.book = RowBook(spec, resume)
         self.clock = clock
         self.progress_seconds = progress_seconds
-        self.status_seconds = min(1.0, progress_seconds)
+        self.status_seconds = min(STATUS_SECONDS, progress_seconds)
         now = clock()
         self._next_status = now
         self._next_rows = now
         self._next_progress = now + progress_seconds
-        totals = self.book.totals()
-        self._last_progress = (now, totals.valid)
-        self._not_counted = totals.not_counted
+        self.progress = ProgressLog(self.book.totals(), now)
 
-    def on_batch(self, items: list) -> tuple[list, bool]:
+    def on_batch(self, items: list[BookItem]) -> tuple[list, bool]:
         book = self.book
-        for kind, shard, payload in items:
-            if kind == "report":
-                book.add_report(shard, payload)
+        for item in items:
+            if type(item) is ShardReported:
+                book.add_report(item.shard, item.report)
             else:
-                book.add_mark(payload)
+                book.add_mark(item.mark)
         return self._due(), self.RETAIN
 
     def on_notify(self) -> tuple[list, bool]:
@@ -126,23 +127,23 @@ class BookLogic(StatefulBatchLogic):
     def on_eof(self) -> tuple[list, bool]:
         out: list[Any] = self.book.take_rows(final=True)
         out.append(self._status())
-        self._progress(final=True)
+        self.progress.log(self.book.totals(), self.clock(), final=True)
         return out, self.RETAIN
 
     def notify_at(self) -> datetime | None:
-        due = self._next_status
+        at = self._next_status
         if self.book.pending:
-            due = min(due, self._next_rows)
+            at = min(at, self._next_rows)
         # At most one status period ahead, even if the clock stepped back.
-        wait = min(max(0.0, due - self.clock()), self.status_seconds)
+        wait = min(max(0.0, at - self.clock()), self.status_seconds)
         return datetime.now(timezone.utc) + timedelta(seconds=wait)
 
     def snapshot(self) -> dict:
         metrics.snapshot("rows")
         return self.book.snapshot()
 
-    def _status(self) -> tuple:
-        return (tuple(self.book.marks.values()), self.book.totals())
+    def _status(self) -> Status:
+        return Status(tuple(self.book.marks.values()), self.book.totals())
 
     def _due(self) -> list:
         """Rows (batched over ROW_FLUSH_SECONDS), status and progress when due.
@@ -152,57 +153,25 @@ class BookLogic(StatefulBatchLogic):
         """
         now = self.clock()
         out: list[Any] = []
-        if self.book.pending and _due(now, self._next_rows, ROW_FLUSH_SECONDS):
+        if self.book.pending and due(now, self._next_rows, ROW_FLUSH_SECONDS):
             self._next_rows = now + ROW_FLUSH_SECONDS
             out += self.book.take_rows()
-        if _due(now, self._next_status, self.status_seconds):
+        if due(now, self._next_status, self.status_seconds):
             self._next_status = now + self.status_seconds
             out.append(self._status())
-        if _due(now, self._next_progress, self.progress_seconds):
+        if due(now, self._next_progress, self.progress_seconds):
             self._next_progress = now + self.progress_seconds
-            self._progress()
+            self.progress.log(self.book.totals(), self.clock())
         return out
 
-    def _progress(self, final: bool = False) -> None:
-        now = self.clock()
-        totals = self.book.totals()
-        if totals.not_counted > self._not_counted:
-            log.warning(
-                "%d pings were too late: older than the state kept, from a partition that "
-                "had no watermark yet when that state was dropped (an empty or new "
-                "partition); not counted, no dead letter (pipeline_status totals.tooLate "
-                "and notCounted)", totals.not_counted - self._not_counted,
-            )
-            self._not_counted = totals.not_counted
-        then, valid_then = self._last_progress
-        rate = (totals.valid - valid_then) / max(now - then, 1e-9)
-        self._last_progress = (now, totals.valid)
-        watermark = totals.watermark
-        shown = (
-            format_instant(watermark)
-            if watermark not in (float("inf"), float("-inf"))
-            else "none yet"
-        )
-        log.info(
-            "%s | %d pings counted (%.0f/s) | %d rows written (%d rewrites) | %d dead "
-            "letters | %d late | %d too late | watermark %s",
-            "done" if final else "progress",
-            totals.valid, rate, totals.rows_written, totals.row_rewrites,
-            totals.dead_letters, totals.late, totals.too_late, shown,
-        )
 
-
-def _due(now: float, due: float, period: float) -> bool:
-    return now >= due or due - now > period
-
-
-def _book_items_from_reports(item: tuple[str, ShardReport]) -> tuple[str, tuple]:
+def _book_items_from_reports(item: tuple[str, ShardReport]) -> tuple[str, ShardReported]:
     shard, report = item
-    return BOOK_KEY, ("report", shard, report)
+    return BOOK_KEY, ShardReported(shard, report)
 
 
-def _book_items_from_batch(batch: PartitionBatch) -> tuple[str, tuple]:
-    return BOOK_KEY, ("mark", None, batch.mark)
+def _book_items_from_batch(batch: PartitionBatch) -> tuple[str, MarkSeen]:
+    return BOOK_KEY, MarkSeen(batch.mark)
 
 
 def _dead_letters(batch: PartitionBatch) -> Iterable:

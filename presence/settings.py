@@ -26,7 +26,8 @@ from pydantic import (
     BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator,
 )
 
-from presence.windows import WindowSpec
+from presence.core.segments import SegmentDefinition, parse_segments
+from presence.core.windows import WindowSpec
 
 log = logging.getLogger("presence.settings")
 
@@ -83,49 +84,6 @@ _KAFKA_NAMES = frozenset({"sasl.username", "sasl.oauthbearer.client.id",
 (a user name such as ``presence`` would garble every line)."""
 
 _SECRET_WORDS = ("password", "secret", "token", "key", "credential", "jaas", "cmd", "config", "pem")
-
-# ------------------------------------------------------------------ segments
-
-SEGMENT_DIMENSIONS = ("city", "vehicle_type")
-
-
-def parse_segments(text: str) -> tuple[tuple[str, ...], ...]:
-    """``city;city,vehicle_type;h3:8`` -> ``(("city",), ("city", "vehicle_type"), ("h3:8",))``.
-
-    Empty means no segments. Raises :class:`ValueError` with a one-line reason.
-    """
-    text = text.strip()
-    if not text:
-        return ()
-    out: list[tuple[str, ...]] = []
-    seen: set[frozenset[str]] = set()
-    for number, definition in enumerate(text.split(";"), 1):
-        dims = tuple(d.strip() for d in definition.split(","))
-        if not definition.strip() or any(not d for d in dims):
-            raise ValueError(f"segment {number} is empty (definitions are separated by ';', "
-                             "dimensions by ',')")
-        h3 = 0
-        for dim in dims:
-            match = re.fullmatch(r"h3:(\d{1,2})", dim)
-            if match:
-                if int(match[1]) > 15:
-                    raise ValueError(f"segment {number}: H3 resolution must be 0..15, not {match[1]}")
-                h3 += 1
-            elif dim not in SEGMENT_DIMENSIONS:
-                raise ValueError(f"segment {number}: unknown dimension {dim[:40]!r} "
-                                 "(use city, vehicle_type or h3:R with R in 0..15)")
-        if h3 > 1:
-            raise ValueError(f"segment {number}: at most one h3 dimension")
-        names = [d.split(":")[0] for d in dims]
-        if len(set(names)) != len(names):
-            raise ValueError(f"segment {number}: a dimension is named twice")
-        key = frozenset(dims)
-        if key in seen:
-            raise ValueError(f"segment {number} ({','.join(dims)}) repeats an earlier one")
-        seen.add(key)
-        out.append(dims)
-    return tuple(out)
-
 
 # ------------------------------------------------------------------ CORS
 
@@ -497,8 +455,8 @@ class Settings(BaseModel):
         return json.loads(self.kafka_config)
 
     @property
-    def segment_definitions(self) -> tuple[tuple[str, ...], ...]:
-        """:attr:`segments` parsed (see :func:`parse_segments`)."""
+    def segment_definitions(self) -> tuple[SegmentDefinition, ...]:
+        """:attr:`segments` parsed (:func:`presence.core.segments.parse_segments`)."""
         return parse_segments(self.segments)
 
     def secrets(self) -> set[str]:

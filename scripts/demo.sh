@@ -28,7 +28,7 @@ WORKERS="${DEMO_WORKERS:-2}"
 # Event time of the first simulated instant, epoch seconds (default: the last $MINUTES minutes).
 START=$(.venv/bin/python -c '
 import sys, time
-from presence.reports import parse_time
+from presence.tools.reports import parse_time
 given, minutes = sys.argv[1], float(sys.argv[2])
 print(int(parse_time(given)) if given else int(time.time() // 60 * 60 - minutes * 60))
 ' "${DEMO_START:-}" "$MINUTES")
@@ -86,7 +86,7 @@ step "Report (presence report)"
 
 step "Pipeline status"
 "$PY" - <<'EOF'
-from presence.reports import mongo_client, store_status
+from presence.tools.reports import mongo_client, store_status
 from presence.settings import load_settings
 s = load_settings()
 client = mongo_client(s)

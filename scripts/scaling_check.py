@@ -34,7 +34,7 @@ from pymongo import MongoClient
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from presence.simulate import delete_topic, ensure_topic  # noqa: E402
+from presence.io.kafka import delete_topic, ensure_topic  # noqa: E402
 
 BROKERS = os.environ.get("PRESENCE_TEST_KAFKA", "127.0.0.1:9092")
 MONGO = os.environ.get("PRESENCE_TEST_MONGO", "mongodb://127.0.0.1:27017")

@@ -49,3 +49,17 @@ def mongo_uri() -> str:
 def unique_name() -> str:
     """A fresh lowercase name for a topic or database."""
     return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def topic_and_db(kafka_brokers, mongo_uri, unique_name):
+    """A unique topic name and database, both removed afterwards."""
+    from pymongo import MongoClient
+
+    from presence.io.kafka import delete_topic
+
+    client = MongoClient(mongo_uri)
+    yield unique_name, client[unique_name]
+    client.drop_database(unique_name)
+    client.close()
+    delete_topic(kafka_brokers, unique_name)

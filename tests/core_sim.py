@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from presence.partition import PartitionReader, RawMessage, shard_key
-from presence.rows import Row, RowBook
-from presence.shard import ShardState
-from presence.windows import WindowSpec
+from presence.core.partition import PartitionReader, RawMessage, shard_key
+from presence.core.rows import Row, RowBook
+from presence.core.shard import ShardState
+from presence.core.windows import WindowSpec
 from tests.oracle import P
 
 TOPIC = "t"

@@ -10,9 +10,9 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, cluster_main, run_main
 
 from presence.flow import Sinks, build_flow
-from presence.memory import MemoryTopic
-from presence.source import PingSource
-from presence.windows import WindowSpec
+from presence.io.memory import MemoryTopic
+from presence.io.source import PingSource
+from presence.core.windows import WindowSpec
 from tests.oracle import P
 
 

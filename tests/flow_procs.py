@@ -20,8 +20,8 @@ from pathlib import Path
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from presence.flow import Sinks, build_flow
-from presence.source import PingSource
-from presence.windows import WindowSpec
+from presence.io.source import PingSource
+from presence.core.windows import WindowSpec
 
 REPO = Path(__file__).resolve().parent.parent
 

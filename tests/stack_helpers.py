@@ -14,7 +14,7 @@ from typing import Callable
 import orjson
 from confluent_kafka import Producer
 
-from presence.simulate import delete_topic, ensure_topic  # noqa: F401 - delete_topic for tests
+from presence.io.kafka import delete_topic, ensure_topic, send  # noqa: F401 - delete_topic for tests
 
 from tests.oracle import P
 
@@ -35,12 +35,7 @@ def produce(brokers: str, topic: str, partitions: list[list[object]]) -> None:
     for p, messages in enumerate(partitions):
         for m in messages:
             value = orjson.dumps(m.value()) if isinstance(m, P) else m
-            while True:
-                try:
-                    producer.produce(topic, value=value, partition=p)
-                    break
-                except BufferError:
-                    producer.poll(0.5)  # queue full: let deliveries complete
+            send(producer, topic, value, partition=p, wait=0.5)
             producer.poll(0)
     assert producer.flush(60) == 0
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import random
 
+from tests import constants
 from tests.oracle import P
 
-T0 = 1_514_779_200.0  # 2018-01-01 04:00:00 UTC
+T0 = float(constants.T0)
 
 BAD = [
     b"{oops",                                                        # invalid_json

@@ -7,13 +7,14 @@ import asyncio
 import socket
 import threading
 import time
+from datetime import datetime
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import parser as prom_parser
 
-from presence.api import HELP, StatusCache, ApiError, create_app, loopback_hosts, prometheus_text
-from presence.reports import (
+from presence.tools.api import HELP, StatusCache, ApiError, create_app, loopback_hosts, prometheus_text
+from presence.tools.reports import (
     KafkaWatermarks, TimeError, TimeRange, parse_range, parse_time, store_status,
 )
 from presence.settings import SettingsError, load_settings
@@ -499,6 +500,19 @@ def test_status_without_kafka(api):
     assert client.get("/healthz").json()["status"] == "ok"
 
 
+def test_status_generated_at_is_utc_whatever_the_local_zone(api, monkeypatch):
+    client, _ = api
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        generated = client.get("/status").json()["generatedAt"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert generated.endswith("+00:00"), generated
+    assert abs(datetime.fromisoformat(generated).timestamp() - time.time()) < 3600
+
+
 @pytest.mark.stack
 def test_status_reads_no_collection_scan(mongo_uri, db):
     """Which commands /status sends: none reads dead_letters, none counts or scans
@@ -548,7 +562,7 @@ def test_status_and_metrics_with_kafka_lag(mongo_uri, kafka_brokers, db, unique_
     from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 
-    from presence.simulate import ensure_topic
+    from presence.io.kafka import ensure_topic
 
     topic = unique_name
     seed(db, topic=topic, rows=10)  # next offsets: 7 on partition 0, 3 on 1
@@ -664,7 +678,7 @@ def test_serve_checks_the_host_header_on_its_loopback_default(monkeypatch, args,
     import uvicorn
     from click.testing import CliRunner
 
-    from presence.cli import cli
+    from presence.tools.cli import cli
 
     with socket.socket() as probe:  # a port free now, as `presence serve` would be given
         probe.bind(("127.0.0.1", 0))

@@ -14,8 +14,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewPartitions
 from pymongo import MongoClient
 
-from presence.binding import DOC_ID, FINGERPRINTS
-from presence.recovery import init_dir, read_dir
+from presence.io.mongo import DOC_ID, FINGERPRINTS
+from presence.io.recovery import init_dir, read_dir
 from tests.oracle import P
 from tests.stack_helpers import (
     REPO, create_topic, dataflow_env, delete_topic, produce, run_dataflow, stored_rows, wait_for,
@@ -223,7 +223,7 @@ def test_recovery_directory_mistakes_are_one_line(kafka_brokers, mongo_uri, name
     assert rows_in(mongo_uri, a) == 0
 
     # What the refusal says to run makes the directory usable.
-    reset = subprocess.run([sys.executable, "-m", "presence.cli", "recovery", "reset", str(corrupt)],
+    reset = subprocess.run([sys.executable, "-m", "presence.tools.cli", "recovery", "reset", str(corrupt)],
                            cwd=REPO, capture_output=True, text=True)
     assert reset.returncode == 0, reset.stderr
     run_dataflow(env, "-r", str(corrupt), *ARGS)

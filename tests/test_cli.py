@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from presence.cli import cli, format_table
-from presence.reports import ReportRow
+from presence.tools.cli import cli, format_table
+from presence.tools.reports import ReportRow
 from tests.known_docs import seed_database
 
 PRESENCE = Path(sys.executable).parent / "presence"

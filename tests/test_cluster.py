@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from pymongo import MongoClient
 
 from presence.cluster import Layout, LayoutError, check_layout, layout_from_argv, read_partitions
+from tests.constants import BUCKET, LATENESS, WINDOW
 from tests.oracle import P, oracle
 from tests.stack_helpers import (
-    REPO, create_topic, dataflow_env, delete_topic, init_recovery, produce, stored_rows, wait_for,
+    REPO, create_topic, dataflow_env, init_recovery, produce, stored_rows, wait_for,
 )
 from tests.streams import stream
 
@@ -120,7 +120,7 @@ def test_mongo_retries_and_rows_written_are_counted() -> None:
     from pymongo.errors import AutoReconnect
 
     from presence import metrics
-    from presence.mongo import with_retry
+    from presence.io.mongo import with_retry
 
     def value(name: str) -> float:
         return metrics.REGISTRY.get_sample_value(name) or 0.0
@@ -235,17 +235,8 @@ class Cluster:
             proc.wait()
 
 
-@pytest.fixture
-def topic_and_db(kafka_brokers, mongo_uri, unique_name):
-    client = MongoClient(mongo_uri)
-    yield unique_name, client[unique_name]
-    client.drop_database(unique_name)
-    client.close()
-    delete_topic(kafka_brokers, unique_name)
-
-
 def assert_exact(db, partitions) -> None:
-    rows, too_late, invalid = oracle(partitions, 60, 300, 30, HORIZON)
+    rows, too_late, invalid = oracle(partitions, BUCKET, WINDOW, LATENESS, HORIZON)
     assert stored_rows(db) == rows
     assert db.dead_letters.count_documents({}) == len(too_late) + len(invalid)
     totals = db.pipeline_status.find_one({"_id": "totals"})
@@ -357,7 +348,7 @@ def test_each_process_serves_its_own_metrics_and_liveness(
     partitions = stream(51, partitions=4, per_partition=1000, horizon=HORIZON)
     create_topic(kafka_brokers, topic, 4)
     produce(kafka_brokers, topic, partitions)
-    _, too_late, invalid = oracle(partitions, 60, 300, 30, HORIZON)
+    _, too_late, invalid = oracle(partitions, BUCKET, WINDOW, LATENESS, HORIZON)
     total = sum(len(p) for p in partitions)
     base = consecutive_free_ports(2)
     cluster = Cluster(tmp_path, dataflow_env(kafka_brokers, mongo_uri, topic, topic,

@@ -6,17 +6,16 @@ import pickle
 
 import orjson
 
-from presence.panes import ShardPanes
-from presence.partition import (
+from presence.core.panes import ShardPanes
+from presence.core.partition import (
     ENDED, IDLE, LIVE, NO_EVENT, PartitionMark, PartitionReader, RawMessage,
 )
-from presence.watermark import dataflow_watermark, flush_watermark, oldest_countable
-from presence.windows import WindowSpec
+from presence.core.watermark import dataflow_watermark, flush_watermark, oldest_countable
+from presence.core.windows import WindowSpec
+from tests.constants import NOW, T0
 from tests.core_sim import Core
 from tests.oracle import P
 
-T0 = 1_514_779_200  # 2018-01-01 04:00:00
-NOW = 1_800_000_000.0
 SPEC = WindowSpec(bucket=60, window=300, lateness=30, horizon=3600, idle=10, shards=4)
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from presence.windows import WindowSpec
+from presence.core.windows import WindowSpec
+from tests.constants import NOW, T0, oracle_rules
 from tests.core_sim import Core
 from tests.oracle import P, late_pings, oracle
 
-BASE = 1_514_779_200.0  # 2018-01-01 04:00:00 UTC
-NOW = 1_800_000_000.0
+BASE = float(T0)
 SPEC = WindowSpec(bucket=60, window=180, lateness=10, horizon=300, idle=10, shards=3)
 
 INVALID = st.sampled_from(
@@ -90,7 +90,7 @@ def test_rows_equal_oracle(data) -> None:
     steps = data.draw(schedules(count))
     core = run(partitions, steps)
 
-    rows, too_late, invalid = oracle(partitions, SPEC.bucket, SPEC.window, SPEC.lateness, SPEC.horizon)
+    rows, too_late, invalid = oracle(partitions, *oracle_rules(SPEC))
     assert core.store.counts() == rows
     dead = {(int(i.split(":")[1]), int(i.split(":")[2])): r for i, r in core.store.dead.items()}
     assert {k for k, r in dead.items() if r == "too_late"} == too_late
@@ -135,5 +135,5 @@ def test_incremental_bounded_runs_equal_one_run(data) -> None:
             core.read(p, 5)
     core.finish()
 
-    rows, _, _ = oracle(partitions, SPEC.bucket, SPEC.window, SPEC.lateness, SPEC.horizon)
+    rows, _, _ = oracle(partitions, *oracle_rules(SPEC))
     assert core.store.counts() == rows

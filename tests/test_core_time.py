@@ -11,14 +11,13 @@ from pathlib import Path
 
 import orjson
 
-from presence.partition import STATE_FORMAT, PartitionReader, RawMessage
-from presence.pings import Rejection
-from presence.windows import WindowSpec
+from presence.core.partition import STATE_FORMAT, PartitionReader, RawMessage
+from presence.core.pings import Rejection
+from presence.core.windows import WindowSpec
+from tests.constants import BUCKET, LATENESS, NOW, T0, WINDOW
 from tests.core_sim import Core
 from tests.oracle import P, oracle
 
-T0 = 1_514_779_200  # 2018-01-01 04:00:00
-NOW = 1_800_000_000.0
 
 
 def ping(driver, time, on_duty=True) -> bytes:
@@ -234,7 +233,7 @@ def test_a_snapshot_of_the_previous_format_still_restores() -> None:
         while not core.done(p):
             core.read(p, 9)
     core.finish()
-    rows, too_late, invalid = oracle(partitions, 60, 300, 30, 600)
+    rows, too_late, invalid = oracle(partitions, BUCKET, WINDOW, LATENESS, 600)
     assert core.store.counts() == rows
     totals = core.book.totals()
     assert totals.invalid == len(invalid) and totals.too_late == len(too_late)
@@ -264,8 +263,8 @@ def test_an_unjudgeable_message_is_a_rejection_with_its_error() -> None:
 def test_a_clock_stepping_back_never_holds_heartbeats_or_writes_back() -> None:
     """Scheduling by the wall clock: a step back of a day must not silence a day."""
     from presence.flow import BookLogic
-    from presence.memory import MemoryTopic
-    from presence.source import PingSource
+    from presence.io.memory import MemoryTopic
+    from presence.io.source import PingSource
 
     clock = [NOW]
     spec = WindowSpec(bucket=60, window=60, lateness=5, idle=10, shards=1)
@@ -283,3 +282,22 @@ def test_a_clock_stepping_back_never_holds_heartbeats_or_writes_back() -> None:
     out, _ = book.on_notify()
     assert out, "status still written after the clock stepped back"
     assert (book.notify_at() - datetime.now(timezone.utc)).total_seconds() <= 1.5
+
+
+
+def test_a_mark_pickles_its_state_as_plain_text_and_old_module_paths_restore() -> None:
+    """Snapshots hold marks: their state stays the string it always was (no enum
+    class named in the snapshot), and a mark stored under its old module path
+    (``presence.partition``, before ``presence.core``) still loads."""
+    from presence.core.model import PartitionMark, PartitionState
+
+    mark = PartitionMark("t", 0, 2, 10.0, 11.0, PartitionState.IDLE, 5, valid=3)
+    blob = pickle.dumps(mark)
+    assert b"PartitionState" not in blob and b"idle" in blob
+    again = pickle.loads(blob)
+    assert again == mark and again.state is PartitionState.IDLE
+    # Protocol 0 spells the class's module path out as text: name the old one.
+    text = pickle.dumps(mark, protocol=0)
+    assert b"presence.core.model\nPartitionMark" in text
+    old = pickle.loads(text.replace(b"presence.core.model", b"presence.partition"))
+    assert old == mark and old.state is PartitionState.IDLE

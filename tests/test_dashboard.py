@@ -54,7 +54,7 @@ def make_server(mongo_uri, unique_name):  # noqa: F811
     import uvicorn
     from pymongo import MongoClient
 
-    from presence.api import create_app
+    from presence.tools.api import create_app
 
     client = MongoClient(mongo_uri)
     db = client[unique_name]

@@ -11,8 +11,8 @@ import pytest
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, OperationFailure, WriteConcernError
 
-from presence import mongo
-from presence.mongo import (
+from presence.io import mongo
+from presence.io.mongo import (
     WriteNotConfirmed, ensure_indexes, ensure_ttl_index, insert_dead_letters,
     prune_dead_letters, raise_for_write_concern,
 )
@@ -227,7 +227,7 @@ def test_dead_letters_expire_on_the_local_server(mongo_uri, unique_name):
 
 
 def test_the_dead_letter_sink_deletes_expired_letters_at_most_every_ten_minutes(monkeypatch):
-    from presence.partition import DeadLetter
+    from presence.core.model import DeadLetter
 
     deleted = []
 
@@ -247,6 +247,6 @@ def test_the_dead_letter_sink_deletes_expired_letters_at_most_every_ten_minutes(
     cutoff = deleted[0]["receivedAt"]["$lt"]
     assert timedelta(days=2) - timedelta(seconds=60) < datetime.now(timezone.utc) - cutoff \
         < timedelta(days=2) + timedelta(seconds=60)
-    clock[0] += mongo.PRUNE_EVERY
+    clock[0] += mongo.PRUNE_EVERY_SECONDS
     mongo._write_dead_letters(part, [letter])
     assert len(deleted) == 2

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from presence.kafka import RateLimit
+from presence.io.kafka import RateLimit
 from tests.stack_helpers import REPO, create_topic, delete_topic
 
 BIN = Path(sys.executable).parent
@@ -294,7 +294,7 @@ class _FakeProducer:
 
 
 def test_simulate_interrupted_counts_what_was_and_was_not_delivered():
-    from presence.simulate import SimConfig, generate, produce
+    from presence.tools.simulate import SimConfig, generate, produce
 
     config = SimConfig(drivers=50, minutes=5, start=1_514_779_200, seed=1)
     producer = _FakeProducer(interrupt_at=100, deliverable=70)
@@ -307,7 +307,7 @@ def test_simulate_interrupted_counts_what_was_and_was_not_delivered():
 
 def test_librdkafka_lines_go_through_python_logging(caplog, capfd):
     """A consumer whose Kafka is down: its lines reach Python logging, rate-limited, not fd 2."""
-    from presence.kafka import LIBRDKAFKA_LOG, new_consumer
+    from presence.io.kafka import LIBRDKAFKA_LOG, new_consumer
     from presence.settings import load_settings
 
     for limit in LIBRDKAFKA_LOG.filters:  # start afresh: earlier tests' lines do not count

@@ -16,11 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from presence.binding import recovery_differences, recovery_directory
-from presence.cli import cli
-from presence.fingerprint import (
+from presence.tools.cli import cli
+from presence.core.fingerprint import (
     STATE_FORMAT, Fingerprint, differences, how_to_keep, merge_recorded, refusal,
 )
-from presence.recovery import (
+from presence.io.recovery import (
     SOURCE_STEP, RecoveryDirError, init_dir, read_dir, reset_dir,
 )
 
@@ -277,7 +277,7 @@ def test_recovery_show_of_a_damaged_directory_is_one_line_exit_2(tmp_path) -> No
     rec = tmp_path / "rec"
     init_dir(rec, 1)
     (rec / "part-0.sqlite3").write_bytes(b"garbage" * 100)
-    result = subprocess.run([sys.executable, "-m", "presence.cli", "recovery", "show", str(rec)],
+    result = subprocess.run([sys.executable, "-m", "presence.tools.cli", "recovery", "show", str(rec)],
                             capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -288,7 +288,7 @@ def test_the_source_step_read_at_start_up_is_the_flows() -> None:
     from bytewax.testing import TestingSink, TestingSource
 
     from presence.flow import Sinks, build_flow
-    from presence.windows import WindowSpec
+    from presence.core.windows import WindowSpec
 
     sink = TestingSink([])
     flow = build_flow(WindowSpec(), TestingSource([]), Sinks(sink, sink, sink))

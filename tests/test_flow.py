@@ -13,10 +13,11 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, cluster_main
 
 from presence.flow import STEP_IDS, Sinks, build_flow
-from presence.memory import ABORT
-from presence.partition import shard_key
-from presence.source import PingSource
-from presence.windows import WindowSpec
+from presence.io.memory import ABORT
+from presence.core.model import Status, shard_key
+from presence.io.source import PingSource
+from presence.core.windows import WindowSpec
+from tests.constants import oracle_rules
 from tests.flow_helpers import Outputs, init_recovery, memory_topic, run_flow
 from tests.oracle import P, oracle
 from tests.streams import stream
@@ -26,7 +27,7 @@ SPEC = WindowSpec(bucket=60, window=300, lateness=30, horizon=1800, idle=10)
 
 
 def expected(partitions):
-    return oracle(partitions, SPEC.bucket, SPEC.window, SPEC.lateness, SPEC.horizon)
+    return oracle(partitions, *oracle_rules(SPEC))
 
 
 def check(out: Outputs, partitions) -> None:
@@ -42,6 +43,7 @@ def test_one_worker_equals_oracle() -> None:
     out = run_flow(memory_topic(partitions), SPEC)
     check(out, partitions)
     assert any(r > 1 for r in out.revisions().values()), "late pings must correct rows"
+    assert all(type(s) is Status for s in out.status)  # a named type, not a bare tuple
     marks, totals = out.status[-1]
     rows, too_late, invalid = expected(partitions)
     assert totals.too_late == len(too_late) and totals.invalid == len(invalid)

@@ -8,9 +8,10 @@ from datetime import timedelta
 
 import pytest
 
-from presence.memory import ABORT, MemoryTopic
-from presence.rows import Totals
-from presence.windows import WindowSpec
+from presence.io.memory import ABORT, MemoryTopic
+from presence.core.model import Totals
+from presence.core.windows import WindowSpec
+from tests.constants import oracle_rules
 from tests.flow_helpers import Outputs, init_recovery, memory_topic, run_flow
 from tests.flow_procs import SPEC as PROCS_SPEC
 from tests.flow_procs import run_processes
@@ -73,7 +74,7 @@ def hostile_topic() -> tuple[MemoryTopic, list[list[object]], dict[str, str]]:
 
 
 def check_exact(out: Outputs, view, expected_reasons: dict[str, str]) -> None:
-    rows, too_late, invalid = oracle(view, SPEC.bucket, SPEC.window, SPEC.lateness, SPEC.horizon)
+    rows, too_late, invalid = oracle(view, *oracle_rules(SPEC))
     assert out.final_rows() == rows
     dead = out.dead_ids()
     assert {k for k, r in dead.items() if r == "too_late"} == {f"pings:{p}:{o}" for p, o in too_late}
@@ -114,7 +115,7 @@ def test_a_crash_among_hostile_messages_resumes_exactly(tmp_path) -> None:
     resumed = run_flow(topic, SPEC, Outputs(), recovery=recovery, epoch=timedelta(0))
     out.rows += resumed.rows
     out.dead += resumed.dead
-    rows, _, _ = oracle(view, SPEC.bucket, SPEC.window, SPEC.lateness, SPEC.horizon)
+    rows, _, _ = oracle(view, *oracle_rules(SPEC))
     assert out.final_rows() == rows
     dead = out.dead_ids()
     assert all(dead[k] == r for k, r in shifted.items())
@@ -148,8 +149,7 @@ def test_totals_are_the_same_whatever_workers_processes_batching_and_crashes(tmp
     runs["crash and resume"] = Outputs(first.rows + resumed.rows, first.dead + resumed.dead,
                                        resumed.status)
 
-    rows, too_late, invalid = oracle(partitions, SPEC.bucket, SPEC.window, SPEC.lateness,
-                                     SPEC.horizon)
+    rows, too_late, invalid = oracle(partitions, *oracle_rules(SPEC))
     late = late_pings(partitions, SPEC.lateness, SPEC.horizon)
     valid = sum(isinstance(m, P) for p in partitions for m in p) - len(too_late)
     by_run = {name: ping_totals(out.status[-1][1]) for name, out in runs.items()}

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from presence import partition as partition_module
-from presence import pings as pings_module
-from presence.partition import PartitionReader, RawMessage, message_time
-from presence.pings import MAX_DEPTH, Rejection, parse_ping, parse_ping_checked, too_deep
-from presence.windows import WindowSpec
+from presence.core import partition as partition_module
+from presence.core import pings as pings_module
+from presence.core.partition import PartitionReader, RawMessage, message_time
+from presence.core.pings import MAX_DEPTH, Rejection, parse_ping, parse_ping_checked, too_deep
+from presence.core.windows import WindowSpec
+from tests.constants import NOW
 
-NOW = 1_800_000_000.0
 SPEC = WindowSpec(bucket=60, window=300, lateness=30, horizon=3600, idle=10, shards=4)
 BASE = 1_799_990_000  # event times near NOW, so future_timestamp is in play
 

@@ -6,7 +6,7 @@ import atexit
 
 import pytest
 
-from presence import mongo
+from presence.io import mongo
 
 
 class FakeClient:

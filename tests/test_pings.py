@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from presence.pings import Ping, Rejection, format_instant, parse_ping, raw_text
+from presence.core.pings import Ping, Rejection, format_instant, parse_ping, raw_text
+from tests.constants import NOW
 
-NOW = 1_800_000_000.0
 LATEST = NOW + 300
 
 
@@ -114,7 +114,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 import orjson  # noqa: E402
 
-from presence.pings import parse_ping_checked  # noqa: E402
+from presence.core.pings import parse_ping_checked  # noqa: E402
+from tests.constants import NOW
 
 VALUES = st.one_of(
     st.none(), st.booleans(),
@@ -147,3 +148,10 @@ def _encodable(obj: dict) -> bool:
     except TypeError:
         return False  # integers beyond 64 bits: orjson cannot write them
     return True
+
+
+def test_a_time_bucket_reads_back_as_epoch_and_iso() -> None:
+    from presence.core.pings import bucket_epoch, bucket_iso
+
+    assert bucket_epoch(format_instant(1_514_779_260)) == 1_514_779_260
+    assert bucket_iso("2018-01-01 04:01:00") == "2018-01-01T04:01:00Z"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from presence.api import create_app
+from presence.tools.api import create_app
 from presence.settings import load_settings
 from tests.stack_helpers import REPO, create_topic, delete_topic
 

@@ -8,7 +8,7 @@ import pickle
 import h3
 import pytest
 
-from presence.segment_panes import (
+from presence.core.segment_panes import (
     SegmentPanes,
     decode,
     encode,
@@ -17,7 +17,7 @@ from presence.segment_panes import (
     size_of,
     union_size,
 )
-from presence.segments import (
+from presence.core.segments import (
     OTHER,
     UNKNOWN,
     SegmentDefinition,
@@ -27,11 +27,12 @@ from presence.segments import (
     parse_segments,
     valid_location,
 )
-from presence.windows import WindowSpec
+from presence.core.windows import WindowSpec
+from tests.constants import T0
 
 SPEC = WindowSpec(bucket=60, window=180, lateness=10, horizon=300)
 HK = (22.3193, 114.1694)
-T = 1_514_779_200
+T = T0
 
 # --- definitions --------------------------------------------------------------
 

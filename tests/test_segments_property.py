@@ -15,13 +15,14 @@ import pickle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from presence.partition import shard_of
-from presence.segment_panes import SegmentPanes, group_pings
-from presence.segments import ValueExtractor, parse_segments
-from presence.windows import WindowSpec
+from presence.core.model import shard_of
+from presence.core.segment_panes import SegmentPanes, group_pings
+from presence.core.segments import ValueExtractor, parse_segments
+from presence.core.windows import WindowSpec
+from tests.constants import T0
 from tests.segment_oracle import SP, segment_oracle
 
-BASE = 1_514_779_200.0  # 2018-01-01 04:00:00 UTC
+BASE = float(T0)
 SPEC = WindowSpec(bucket=60, window=180, lateness=10, horizon=300, idle=10, shards=3)
 
 SEGMENTS = st.sampled_from([

@@ -10,9 +10,9 @@ import pytest
 
 from hypothesis import given, settings as hsettings, strategies as st
 
+from presence.core.segments import parse_segments
 from presence.settings import (
-    KAFKA_FORBIDDEN, SettingsError, load_settings, mongo_hosts, parse_segments, scrub,
-    uri_secrets,
+    KAFKA_FORBIDDEN, SettingsError, load_settings, mongo_hosts, scrub, uri_secrets,
 )
 from tests.stack_helpers import REPO
 
@@ -125,7 +125,8 @@ def test_new_spec_settings_defaults_and_values() -> None:
                        "PRESENCE_MAX_SEGMENT_VALUES": "10", "PRESENCE_DEAD_LETTER_TTL_DAYS": "7",
                        "PRESENCE_API_TOKEN": "s3cr3t-t0ken", "PRESENCE_METRICS_PORT": "9100",
                        "PRESENCE_CORS_ORIGINS": "https://a.example, http://localhost:3000"})
-    assert s.segment_definitions == (("city",), ("city", "vehicle_type"), ("h3:8",))
+    assert tuple(d.dimensions for d in s.segment_definitions) == (
+        ("city",), ("city", "vehicle_type"), ("h3:8",))
     assert (s.max_segment_values, s.dead_letter_ttl_days, s.metrics_port) == (10, 7, 9100)
     assert s.cors_origins == ("https://a.example", "http://localhost:3000")
     assert load_settings({"PRESENCE_CORS_ORIGINS": "*"}).cors_origins == ("*",)
@@ -142,11 +143,15 @@ def test_empty_means_off_only_for_the_settings_that_default_to_off() -> None:
 
 
 def test_segment_syntax() -> None:
+    """PRESENCE_SEGMENTS is checked by the one parser of the core."""
     assert parse_segments("") == ()
-    assert parse_segments("h3:0;h3:15,city") == (("h3:0",), ("h3:15", "city"))
+    assert [d.dimensions for d in parse_segments("h3:0;h3:15,city")] == [("h3:0",), ("h3:15", "city")]
+    assert load_settings({"PRESENCE_SEGMENTS": "h3:0;h3:15,city"}).segments == "h3:0;h3:15,city"
     for bad in ("h3", "h3:x", "h3:-1", "city,", ";", "vehicle_type;vehicle_type"):
         with pytest.raises(ValueError):
             parse_segments(bad)
+        with pytest.raises(SettingsError, match="PRESENCE_SEGMENTS"):
+            load_settings({"PRESENCE_SEGMENTS": bad})
 
 
 def test_setting_values_cross_the_cli_round_trip() -> None:

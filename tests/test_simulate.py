@@ -7,13 +7,14 @@ import itertools
 
 import pytest
 
-from presence.pings import Ping, Rejection, parse_ping
-from presence.simulate import (
+from presence.core.pings import Ping, Rejection, parse_ping
+from presence.tools.simulate import (
     BAD, LATE, LATE_DELAY, MALFORMED, OK, PING_INTERVAL, SimConfig, default_start, generate,
     partition_of, produce,
 )
+from tests.constants import T0
 
-START = 1_514_779_200.0  # 2018-01-01 04:00:00 UTC
+START = float(T0)
 FAR_FUTURE = 4e9
 
 
@@ -203,7 +204,7 @@ def test_simulate_to_kafka_and_read_back(kafka_brokers, unique_name, tmp_path): 
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    from presence.cli import cli
+    from presence.tools.cli import cli
 
     topic = unique_name
     env = {"PRESENCE_KAFKA_BROKERS": kafka_brokers}

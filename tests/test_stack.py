@@ -14,9 +14,10 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
+from tests.constants import BUCKET, LATENESS, WINDOW
 from tests.oracle import P, oracle
 from tests.stack_helpers import (
-    create_topic, dataflow_env, delete_topic, finish, init_recovery, kill_hard, produce,
+    create_topic, dataflow_env, finish, init_recovery, kill_hard, produce,
     run_dataflow, start_dataflow, stored_rows, wait_for,
 )
 from tests.streams import stream
@@ -26,17 +27,8 @@ pytestmark = pytest.mark.stack
 HORIZON = 3600  # the default PRESENCE_CORRECTION_HORIZON_MINUTES
 
 
-@pytest.fixture
-def topic_and_db(kafka_brokers, mongo_uri, unique_name):
-    client = MongoClient(mongo_uri)
-    yield unique_name, client[unique_name]
-    client.drop_database(unique_name)
-    client.close()
-    delete_topic(kafka_brokers, unique_name)
-
-
 def expected(partitions):
-    return oracle(partitions, 60, 300, 30, HORIZON)
+    return oracle(partitions, BUCKET, WINDOW, LATENESS, HORIZON)
 
 
 def assert_exact(db, topic: str, partitions) -> None:

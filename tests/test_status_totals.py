@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from presence.mongo import status_updates
-from presence.partition import PartitionMark
-from presence.rows import Totals
+from presence.io.mongo import status_updates
+from presence.core.model import PartitionMark, Totals
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 

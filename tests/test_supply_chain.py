@@ -185,7 +185,7 @@ def test_cached_kafka_jars_match_the_pinned_list():
 # ---------------------------------------------------------------- vendored uPlot
 
 def test_vendored_dashboard_library_matches_its_recorded_hashes():
-    vendor = ROOT / "presence/web/vendor"
+    vendor = ROOT / "presence/tools/web/vendor"
     text = (vendor / "SHA256SUMS").read_text()
     recorded = {}
     for line in text.splitlines():

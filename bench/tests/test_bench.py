@@ -55,7 +55,7 @@ def test_fast_oracle_equals_the_brute_force_oracle(horizon):
 
 
 def test_values_are_spec_pings():
-    from presence.pings import Rejection, parse_ping
+    from presence.core.pings import Rejection, parse_ping
 
     w = wl.generate(300, 30)
     for p in range(3):
@@ -118,7 +118,7 @@ def test_tiny_end_to_end_run(tmp_path):
 # ------------------------------------------------------------------ mixed timestamps
 
 def test_mixed_workload_states_every_instant_in_every_accepted_shape():
-    from presence.pings import Rejection, parse_ping
+    from presence.core.pings import Rejection, parse_ping
 
     w = wl.generate(3_000, 100, timestamps="mixed")
     seen = set()

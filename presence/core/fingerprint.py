@@ -9,7 +9,7 @@ recorded in every source partition's recovery snapshot (keys
 ``fingerprint``), and compared at start-up: :func:`differences` says what
 differs, :func:`refusal` turns that into the one line that stops start-up.
 
-Pure: no I/O (reading the recovery directory is :mod:`presence.recovery`,
+Pure: no I/O (reading the recovery directory is :mod:`presence.io.recovery`,
 Kafka and MongoDB :mod:`presence.binding`).
 """
 
@@ -169,7 +169,7 @@ def differences(recorded: Fingerprint, current: Fingerprint) -> list[Difference]
         out.append(Difference(
             "shards",
             f"{recorded.shards} shards recorded, {current.shards} now "
-            "(presence.windows.SHARDS: another version of presence)",
+            "(presence.core.windows.SHARDS: another version of presence)",
         ))
     return out
 

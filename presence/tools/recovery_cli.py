@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from presence.recovery import DEFAULT_PARTITIONS, RecoveryDirError, init_dir, read_dir, reset_dir
+from presence.io.recovery import DEFAULT_PARTITIONS, RecoveryDirError, init_dir, read_dir, reset_dir
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -82,7 +82,7 @@ def reset(directory: Path, partitions: int | None) -> None:
 @DIR
 def show(directory: Path) -> None:
     """Partitions, the input the state was made for, and the latest epoch."""
-    from presence.fingerprint import Fingerprint
+    from presence.core.fingerprint import Fingerprint
 
     try:
         state = read_dir(directory)

@@ -72,8 +72,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    from presence.reports import StoreUnavailable, TimeError
-    from presence.simulate import KafkaError
+    from presence.tools.reports import StoreUnavailable, TimeError
+    from presence.io.kafka import KafkaError
 
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (SettingsError, StoreUnavailable, KafkaError, TimeError)):
@@ -111,7 +111,7 @@ class TimeType(click.ParamType):
     name = "TIME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from presence.reports import TimeError, parse_time
+        from presence.tools.reports import TimeError, parse_time
 
         try:
             parse_time(str(value), param.name if param else "time")
@@ -136,7 +136,7 @@ def range_options(func):
 
 
 def _time_range(start: str | None, end: str | None):
-    from presence.reports import TimeError, parse_range
+    from presence.tools.reports import TimeError, parse_range
 
     try:
         return parse_range(start, end)
@@ -197,9 +197,10 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
 
     from confluent_kafka import Producer
 
-    from presence.reports import parse_time
-    from presence.simulate import (
-        SimConfig, default_start, ensure_topic, generate, produce, producer_config,
+    from presence.tools.reports import parse_time
+    from presence.io.kafka import ensure_topic
+    from presence.tools.simulate import (
+        SimConfig, Summary, default_start, generate, produce, producer_config,
     )
 
     if rate is not None and fast:
@@ -212,7 +213,7 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
         seed = random.SystemRandom().randrange(2**31)
     from confluent_kafka import KafkaException
 
-    from presence.kafka import logging_config
+    from presence.io.kafka import logging_config
 
     try:
         # Refused settings first, as a bad setting (exit 2), before any connection.
@@ -233,28 +234,34 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
     producer = Producer({**producer_config(settings.kafka_brokers, settings.kafka_extra),
                          **logging_config("WARNING")})
     mode = "fast" if fast else (f"real time, at most {rate:g}/s" if rate else "real time")
-    click.echo(f"simulating {drivers:,} drivers for {minutes:g} min ({mode}), seed {seed}", err=True)
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = None
-    callback = None
-    if show:
-        from tqdm import tqdm
-
-        bar = tqdm(total=round(minutes * 60), unit="sim-s", file=sys.stderr,
-                   desc=f"simulate -> {settings.topic}", dynamic_ncols=True, leave=False)
-
-        def callback(done: float, sent: int) -> None:
-            value = min(bar.total, max(0, int(done)))
-            if value > bar.n:
-                bar.update(value - bar.n)
-            bar.set_postfix_str(f"{sent:,} pings", refresh=False)
-
+    # Ctrl-C during the sending is produce's to count; one just before it began
+    # is a summary of nothing sent, never a bare "interrupted".
     try:
-        summary = produce(generate(config), settings.topic, producer, config.start,
-                          fast=fast, rate=rate, progress=callback)
-    finally:
-        if bar is not None:
-            bar.close()
+        click.echo(f"simulating {drivers:,} drivers for {minutes:g} min ({mode}), seed {seed}",
+                   err=True)
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = None
+        callback = None
+        if show:
+            from tqdm import tqdm
+
+            bar = tqdm(total=round(minutes * 60), unit="sim-s", file=sys.stderr,
+                       desc=f"simulate -> {settings.topic}", dynamic_ncols=True, leave=False)
+
+            def callback(done: float, sent: int) -> None:
+                value = min(bar.total, max(0, int(done)))
+                if value > bar.n:
+                    bar.update(value - bar.n)
+                bar.set_postfix_str(f"{sent:,} pings", refresh=False)
+
+        try:
+            summary = produce(generate(config), settings.topic, producer, config.start,
+                              fast=fast, rate=rate, progress=callback)
+        finally:
+            if bar is not None:
+                bar.close()
+    except KeyboardInterrupt:
+        summary = Summary(settings.topic, interrupted=True)
     click.echo(summary.line())
     if summary.interrupted:
         raise Interrupted(f"interrupted: {summary.sent:,} pings delivered to {settings.topic}, "
@@ -273,7 +280,7 @@ def report(start: str | None, end: str | None, fmt: str) -> None:
 
     JSON is a list of {"time", "online", "available", "revision"}.
     """
-    from presence.reports import load_rows
+    from presence.tools.reports import load_rows
 
     time_range = _time_range(start, end)
     settings = settings_from_env()
@@ -294,8 +301,8 @@ def report(start: str | None, end: str | None, fmt: str) -> None:
 
 def no_rows_message(settings: Settings, time_range) -> str:
     """Why there is nothing to show: an empty database, or rows outside the range."""
-    from presence.mongo import REPORTS
-    from presence.reports import mongo_client, store_error
+    from presence.io.mongo import REPORTS
+    from presence.tools.reports import mongo_client, store_error
 
     client = mongo_client(settings)
     try:
@@ -350,8 +357,8 @@ def plot(start: str | None, end: str | None, output: Path, title: str) -> None:
     if suffix not in (".png", ".svg"):
         raise click.BadParameter("the file name must end in .png or .svg",
                                  param_hint="'-o' / '--output'")
-    from presence.plot import render_chart
-    from presence.reports import load_rows
+    from presence.tools.plot import render_chart
+    from presence.tools.reports import load_rows
 
     time_range = _time_range(start, end)
     settings = settings_from_env()
@@ -388,7 +395,7 @@ def serve(host: str, port: int, log_level: str, allowed_hosts: tuple[str, ...]) 
     """
     import uvicorn
 
-    from presence.api import create_app, loopback_hosts
+    from presence.tools.api import create_app, loopback_hosts
 
     settings = settings_from_env()
     sock = listen(host, port)  # a busy port is one line and exit 1, before any other output
@@ -457,7 +464,7 @@ def stack(action: str) -> None:
         sys.exit(EXIT_INTERRUPTED if code == EXIT_INTERRUPTED else EXIT_FAILED)
 
 
-from presence.recovery_cli import recovery as _recovery  # noqa: E402 - its own module
+from presence.tools.recovery_cli import recovery as _recovery  # noqa: E402 - its own module
 
 cli.add_command(_recovery)
 

@@ -14,7 +14,7 @@ import matplotlib.dates as mdates  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from presence.reports import ReportRow  # noqa: E402
+from presence.tools.reports import ReportRow  # noqa: E402
 
 ONLINE_COLOR = "#1f77b4"
 AVAILABLE_COLOR = "#2ca02c"

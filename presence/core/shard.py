@@ -1,6 +1,6 @@
 """One driver shard: its panes, its view of the watermark, its partial rows.
 
-Drivers are split over :data:`presence.windows.SHARDS` shards by a stable
+Drivers are split over :data:`presence.core.windows.SHARDS` shards by a stable
 hash, so a shard's drivers are disjoint from every other shard's and a row's
 distinct counts are the *sum* of the shards' partial counts. Each shard
 receives every partition's marks, keeps the dataflow watermark as it sees it
@@ -8,7 +8,7 @@ receives every partition's marks, keeps the dataflow watermark as it sees it
 the partial counts of the rows that changed once they are closed (their
 interval ended before the flush watermark, which in a quiet live run follows
 the wall clock), or all of them at the end of a bounded run.
-:mod:`presence.rows` adds the reports up.
+:mod:`presence.core.rows` adds the reports up.
 
 A ping older than the state kept (only possible from a partition that had
 no watermark yet when the state was dropped: SPEC "Time") is too late here:
@@ -17,31 +17,12 @@ not counted, and reported in :attr:`ShardReport.not_counted`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
-from presence.panes import ShardPanes
-from presence.partition import LIVE, NO_EVENT, PartitionMark, ShardPart
-from presence.watermark import dataflow_watermark, flush_watermark, oldest_countable
-from presence.windows import WindowSpec
-
-
-@dataclass(frozen=True, slots=True)
-class ShardReport:
-    """What a shard tells the row book."""
-
-    watermark: float
-    """The dataflow watermark as this shard sees it (event time only): rows
-    ending at or before it are complete in this shard."""
-    oldest_countable: float
-    partials: dict[int, tuple[int, int]] = field(default_factory=dict)
-    """``{row: (online, available)}`` of this shard's drivers, for changed rows."""
-    not_counted: int = 0
-    """Pings too late because older than the state kept (cumulative): only
-    possible from a partition that had no watermark when that state was
-    dropped (an empty partition, or one added to the topic)."""
-    flush: float = NO_EVENT
-    """Rows ending at or before it may be written now: ``watermark``, or in a
-    quiet live run the wall clock minus the lateness. Never stored."""
+from presence.core.model import LIVE, NO_EVENT, PartitionMark, ShardPart, ShardReport
+from presence.core.panes import ShardPanes
+from presence.core.watermark import dataflow_watermark, flush_watermark, oldest_countable
+from presence.core.windows import WindowSpec
 
 
 class ShardState:

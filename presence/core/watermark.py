@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from presence.partition import LIVE, NO_EVENT, PartitionMark
-from presence.windows import WindowSpec
+from presence.core.model import LIVE, NO_EVENT, PartitionMark
+from presence.core.windows import WindowSpec
 
 
 def _complete(marks: list[PartitionMark]) -> bool:
@@ -71,7 +71,7 @@ def oldest_countable(marks: Iterable[PartitionMark], spec: WindowSpec) -> float:
     against the dataflow's instead (SPEC): once it is idle or ended it is
     left out, so a partition that stays empty never holds clean-up back, and
     a ping it later brings that is older than the state kept is too late
-    (see :class:`presence.shard.ShardState`). While it is live (at most
+    (see :class:`presence.core.shard.ShardState`). While it is live (at most
     ``idle`` seconds without a valid ping, e.g. the first fetch of a run) it
     holds the dataflow watermark back, and clean-up with it: its first pings
     may be as old as any other partition's.

@@ -3,13 +3,13 @@
 Pure functions, no I/O. The hot path is :func:`parse_ping`: it returns a
 plain ``(driver_id, event_time, on_duty)`` tuple (the fields of :class:`Ping`)
 for a valid ping and a :class:`Rejection` otherwise, so that the batch loop in
-:mod:`presence.partition` can tell them apart with one ``type() is tuple``
+:mod:`presence.core.partition` can tell them apart with one ``type() is tuple``
 check and no exception handling.
 
 The checks and their order are those of the SPEC ("Input"):
 ``too_large``, ``invalid_json``, ``missing_field``, ``invalid_field``,
 ``future_timestamp``. ``too_late`` is judged later, against the ping's own
-partition watermark (see :mod:`presence.partition`).
+partition watermark (see :mod:`presence.core.partition`).
 
 No value, whatever its bytes, makes these functions raise: nesting deeper
 than :data:`MAX_DEPTH` is refused before any recursive parser sees it,
@@ -437,3 +437,16 @@ def _error_name(exc: BaseException) -> str:
         text = ""
     name = type(exc).__name__
     return f"{name}: {text[:200]}" if text else name
+
+
+def bucket_epoch(time_bucket: str) -> float:
+    """A ``timeBucket`` text (:func:`format_instant`) back to epoch seconds (UTC)."""
+    return (
+        datetime.strptime(time_bucket, TIME_BUCKET_FORMAT).replace(tzinfo=timezone.utc).timestamp()
+    )
+
+
+def bucket_iso(time_bucket: str) -> str:
+    """A ``timeBucket`` text as an ISO-8601 UTC instant (``2018-01-01T04:00:00Z``)."""
+    moment = datetime.fromtimestamp(bucket_epoch(time_bucket), timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -28,6 +28,8 @@ from typing import Callable, Iterator, NamedTuple
 
 import orjson
 
+from presence.io.kafka import KafkaError, send
+
 PING_INTERVAL = (20.0, 40.0)
 """Seconds between two pings of an online driver (uniform)."""
 MEAN_ONLINE_S = 60 * 60.0
@@ -294,94 +296,6 @@ def producer_config(brokers: str, extra: dict | None = None) -> dict:
     return config
 
 
-class KafkaError(RuntimeError):
-    """Kafka could not be reached or refused a request (one-line message)."""
-
-
-def ensure_topic(
-    brokers: str, topic: str, partitions: int, recreate: bool = False,
-    extra: dict | None = None, timeout: float = 30.0,
-) -> tuple[int, bool]:
-    """Create ``topic`` if missing; returns (its partition count, whether created).
-
-    With ``recreate`` an existing topic is deleted first (its pings are gone).
-    """
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    # Quiet: an unreachable broker is reported once, as our own error, not logged
-    # by librdkafka every few milliseconds.
-    admin = AdminClient({"bootstrap.servers": brokers, "log_level": 0,
-                         "error_cb": lambda err: None,
-                         "socket.connection.setup.timeout.ms": 5000, **(extra or {})})
-
-    def existing() -> int | None:
-        try:
-            meta = admin.list_topics(timeout=6)
-        except KafkaException as exc:
-            raise KafkaError(f"cannot reach Kafka at {brokers}: {_kafka_text(exc)}") from None
-        info = meta.topics.get(topic)
-        if info is None or info.error is not None:
-            return None
-        return len(info.partitions)
-
-    count = existing()
-    if count is not None and recreate:
-        delete_topic(brokers, topic, extra, timeout)
-        count = None
-    if count is not None:
-        return count, False
-    deadline = time.monotonic() + timeout
-    while True:
-        future = admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=-1)],
-            operation_timeout=timeout,
-        )[topic]
-        try:
-            future.result(timeout)
-            break
-        except KafkaException as exc:
-            text = _kafka_text(exc)
-            name = exc.args[0].name() if exc.args and hasattr(exc.args[0], "name") else ""
-            if name == "TOPIC_ALREADY_EXISTS" and not recreate:
-                return existing() or partitions, False
-            # A deleted topic takes a moment to go: retry while it is marked for deletion.
-            if name == "TOPIC_ALREADY_EXISTS" or "marked for deletion" in text:
-                if time.monotonic() < deadline:
-                    time.sleep(0.5)
-                    continue
-            raise KafkaError(f"cannot create topic {topic!r}: {text}") from None
-    # Wait until the metadata shows it, so producing does not race the creation.
-    while time.monotonic() < deadline:
-        if existing() == partitions:
-            break
-        time.sleep(0.2)
-    return partitions, True
-
-
-def delete_topic(
-    brokers: str, topic: str, extra: dict | None = None, timeout: float = 30.0
-) -> bool:
-    """Delete ``topic``; False if there was none. Other failures raise :class:`KafkaError`."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient({"bootstrap.servers": brokers, "log_level": 0, "error_cb": lambda err: None,
-                         **(extra or {})})
-    try:
-        admin.delete_topics([topic], operation_timeout=timeout)[topic].result(timeout)
-    except KafkaException as exc:
-        if exc.args and getattr(exc.args[0], "name", lambda: "")() == "UNKNOWN_TOPIC_OR_PART":
-            return False
-        raise KafkaError(f"cannot delete topic {topic!r}: {_kafka_text(exc)}") from None
-    return True
-
-
-def _kafka_text(exc: Exception) -> str:
-    err = exc.args[0] if exc.args else exc
-    return err.str() if hasattr(err, "str") else str(err)
-
-
 def produce(
     pings: Iterator[SimPing],
     topic: str,
@@ -402,7 +316,7 @@ def produce(
     is called every few thousand pings.
 
     Ctrl-C (KeyboardInterrupt) stops the sending: what is queued gets at most
-    ``INTERRUPT_FLUSH`` seconds to be delivered, the rest is dropped and
+    ``INTERRUPT_FLUSH_SECONDS`` seconds to be delivered, the rest is dropped and
     counted as not delivered, and the summary says so (``interrupted``).
     """
     summary = Summary(topic)
@@ -415,7 +329,6 @@ def produce(
                 failures.append(err.str())
 
     counts = summary.per_partition
-    send = producer.produce
     poll = producer.poll
     began = clock()
     first = last = None
@@ -435,12 +348,7 @@ def produce(
                 if wait > 0.002:
                     poll(0)
                     sleep(wait)
-            while True:
-                try:
-                    send(topic, ping.value, ping.key, ping.partition, on_delivery=on_error)
-                    break
-                except BufferError:
-                    poll(0.05)
+            send(producer, topic, ping.value, ping.key, ping.partition, on_delivery=on_error)
             sent += 1
             counts[ping.partition] = counts.get(ping.partition, 0) + 1
             kind = ping.kind
@@ -460,7 +368,7 @@ def produce(
         remaining = producer.flush(60)
     except KeyboardInterrupt:
         interrupted = True
-        remaining = producer.flush(INTERRUPT_FLUSH)
+        remaining = producer.flush(INTERRUPT_FLUSH_SECONDS)
         if remaining:
             producer.purge()  # the rest is dropped: reported as failed deliveries
             producer.flush(1)  # serves those reports
@@ -476,7 +384,7 @@ def produce(
     return summary
 
 
-INTERRUPT_FLUSH = 5.0
+INTERRUPT_FLUSH_SECONDS = 5.0
 """Seconds queued pings get to be delivered after Ctrl-C."""
 
 

@@ -9,7 +9,7 @@ of the shard). One representation does not fit both, so each set is stored
 as whichever of two is smaller (see docs/segments.md for the measurements):
 
 - a **bitmap**: a Python ``int`` over the shard's driver positions (as
-  :mod:`presence.panes` does for the global panes), about ``n / 8`` bytes
+  :mod:`presence.core.panes` does for the global panes), about ``n / 8`` bytes
   for positions below ``n``, when the set holds more than 1/16 of them;
 - otherwise **sorted positions**: ``bytes`` of little-endian ``uint16``
   (``uint32`` plus one padding byte, so an odd length, once a shard has
@@ -37,9 +37,9 @@ import pickle
 from array import array
 from typing import Iterable, Mapping, Sequence
 
-from presence.panes import DriverIndex, positions_of
-from presence.segments import OTHER, SegmentDefinition
-from presence.windows import WindowSpec
+from presence.core.panes import DriverIndex, positions_of
+from presence.core.segments import OTHER, SegmentDefinition
+from presence.core.windows import WindowSpec
 
 SNAPSHOT_VERSION = 1
 _PICKLE_PROTOCOL = 5
@@ -50,7 +50,7 @@ Container = "int | bytes"
 
 Groups = Mapping[tuple, tuple]
 """``{value: (online driver ids, off-duty driver ids, pings)}`` of one
-definition in one pane: as :class:`presence.partition.BucketSets` per value."""
+definition in one pane: as :class:`presence.core.partition.BucketSets` per value."""
 
 
 # --- sets of positions --------------------------------------------------------
@@ -295,7 +295,7 @@ class SegmentPanes:
         """Add the pings of one pane, as ``(driver, on_duty, values)``; true if any set grew.
 
         ``values`` holds one value (or ``None``) per definition, as
-        :class:`presence.segments.ValueExtractor` gives them. The fast path:
+        :class:`presence.core.segments.ValueExtractor` gives them. The fast path:
         each driver id is looked up once, whatever the number of definitions,
         and nothing is grouped into sets of ids first.
         """
@@ -592,7 +592,7 @@ def group_pings(
     """Group ``(driver, time, on_duty, values)`` pings for :meth:`SegmentPanes.add_panes`.
 
     ``values`` holds one value (or ``None``: not in that definition) per
-    definition, as :class:`presence.segments.ValueExtractor` gives them.
+    definition, as :class:`presence.core.segments.ValueExtractor` gives them.
     Returns ``{pane: [{value: [online ids, off-duty ids, pings]}, ...]}``.
     """
     out: dict[int, list[dict[tuple, list]]] = {}

@@ -1,10 +1,11 @@
-"""Kafka I/O: the feed of one partition, and topic metadata.
+"""Kafka I/O: the feed of one partition, topic metadata, creating and deleting
+topics, and producing (every use of a Kafka client is here).
 
 No consumer group: offsets live in bytewax's recovery snapshots, each
 partition is ``assign``-ed at the offset the snapshot says. ``auto.offset.reset``
 is set explicitly to ``earliest`` so a purged offset resumes at the oldest
 retained one (never silently at the end); the gap is detected and recorded
-by :class:`presence.source.PingPartition`.
+by :class:`presence.io.source.PingPartition`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ import threading
 import time
 from typing import Any, Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import KafkaError as ClientError
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from presence.settings import Settings, scrub
 
 log = logging.getLogger("presence.kafka")
 
-METADATA_TIMEOUT = 15.0
-START_TIMEOUT = 6.0
+METADATA_TIMEOUT_SECONDS = 15.0
+START_TIMEOUT_SECONDS = 6.0
 """Seconds the start-up check waits for Kafka's metadata before giving up (one line, exit 1)."""
 
 LIBRDKAFKA_LOG = logging.getLogger("presence.librdkafka")
@@ -116,7 +119,7 @@ def new_consumer(settings: Settings, **overrides: Any) -> Consumer:
         ) from None
 
 
-def partition_count(settings: Settings, timeout: float = START_TIMEOUT) -> int:
+def partition_count(settings: Settings, timeout: float = START_TIMEOUT_SECONDS) -> int:
     """How many partitions the topic has; a clear error if it cannot be known.
 
     Used at start-up: a Kafka that does not answer within ``timeout`` is one
@@ -160,7 +163,7 @@ class KafkaFeed:
         tp = TopicPartition(self.topic, self.partition)
         try:
             return self.consumer.get_watermark_offsets(
-                tp, timeout=METADATA_TIMEOUT, cached=False
+                tp, timeout=METADATA_TIMEOUT_SECONDS, cached=False
             )
         except KafkaException as exc:
             raise KafkaUnavailable(
@@ -179,8 +182,8 @@ class KafkaFeed:
                     self._on_error(msg.error())
         return out
 
-    def _on_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._PARTITION_EOF:
+    def _on_error(self, err: ClientError) -> None:
+        if err.code() == ClientError._PARTITION_EOF:
             return
         if err.fatal():
             raise KafkaException(err)
@@ -188,3 +191,105 @@ class KafkaFeed:
 
     def close(self) -> None:
         self.consumer.close()
+
+
+# -- topics and producing (the simulator, reports, tests, bench) -------------------
+
+class KafkaError(RuntimeError):
+    """Kafka could not be reached or refused a request (one-line message)."""
+
+
+def ensure_topic(
+    brokers: str, topic: str, partitions: int, recreate: bool = False,
+    extra: dict | None = None, timeout: float = 30.0,
+) -> tuple[int, bool]:
+    """Create ``topic`` if missing; returns (its partition count, whether created).
+
+    With ``recreate`` an existing topic is deleted first (its pings are gone).
+    """
+
+    # Quiet: an unreachable broker is reported once, as our own error, not logged
+    # by librdkafka every few milliseconds.
+    admin = AdminClient({"bootstrap.servers": brokers, "log_level": 0,
+                         "error_cb": lambda err: None,
+                         "socket.connection.setup.timeout.ms": 5000, **(extra or {})})
+
+    def existing() -> int | None:
+        try:
+            meta = admin.list_topics(timeout=6)
+        except KafkaException as exc:
+            raise KafkaError(f"cannot reach Kafka at {brokers}: {_kafka_text(exc)}") from None
+        info = meta.topics.get(topic)
+        if info is None or info.error is not None:
+            return None
+        return len(info.partitions)
+
+    count = existing()
+    if count is not None and recreate:
+        delete_topic(brokers, topic, extra, timeout)
+        count = None
+    if count is not None:
+        return count, False
+    deadline = time.monotonic() + timeout
+    while True:
+        future = admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=-1)],
+            operation_timeout=timeout,
+        )[topic]
+        try:
+            future.result(timeout)
+            break
+        except KafkaException as exc:
+            text = _kafka_text(exc)
+            name = exc.args[0].name() if exc.args and hasattr(exc.args[0], "name") else ""
+            if name == "TOPIC_ALREADY_EXISTS" and not recreate:
+                return existing() or partitions, False
+            # A deleted topic takes a moment to go: retry while it is marked for deletion.
+            if name == "TOPIC_ALREADY_EXISTS" or "marked for deletion" in text:
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+            raise KafkaError(f"cannot create topic {topic!r}: {text}") from None
+    # Wait until the metadata shows it, so producing does not race the creation.
+    while time.monotonic() < deadline:
+        if existing() == partitions:
+            break
+        time.sleep(0.2)
+    return partitions, True
+
+
+def delete_topic(
+    brokers: str, topic: str, extra: dict | None = None, timeout: float = 30.0
+) -> bool:
+    """Delete ``topic``; False if there was none. Other failures raise :class:`KafkaError`."""
+
+    admin = AdminClient({"bootstrap.servers": brokers, "log_level": 0, "error_cb": lambda err: None,
+                         **(extra or {})})
+    try:
+        admin.delete_topics([topic], operation_timeout=timeout)[topic].result(timeout)
+    except KafkaException as exc:
+        if exc.args and getattr(exc.args[0], "name", lambda: "")() == "UNKNOWN_TOPIC_OR_PART":
+            return False
+        raise KafkaError(f"cannot delete topic {topic!r}: {_kafka_text(exc)}") from None
+    return True
+
+
+def _kafka_text(exc: Exception) -> str:
+    err = exc.args[0] if exc.args else exc
+    return err.str() if hasattr(err, "str") else str(err)
+
+
+def send(producer, topic: str, value: bytes, key: bytes | None = None,
+         partition: int = -1, on_delivery: Callable | None = None,
+         wait: float = 0.05) -> None:
+    """``producer.produce``, waiting ``wait`` seconds for deliveries while the
+    producer's queue is full (confluent-kafka's ``BufferError``)."""
+    while True:
+        try:
+            if on_delivery is None:
+                producer.produce(topic, value, key, partition)
+            else:
+                producer.produce(topic, value, key, partition, on_delivery=on_delivery)
+            return
+        except BufferError:
+            producer.poll(wait)

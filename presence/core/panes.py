@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from presence.windows import WindowSpec
+from presence.core.windows import WindowSpec
 
 
 class DriverIndex:

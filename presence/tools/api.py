@@ -22,7 +22,7 @@ call it; bound to a loopback address, requests whose ``Host`` is not that
 loopback name and port are refused (a DNS-rebinding defence).
 
 Cost: ``/status`` and ``/metrics`` read a few documents whatever the size of
-the data, through one cached payload (:data:`STATUS_TTL`) refreshed by one
+the data, through one cached payload (:data:`STATUS_TTL_SECONDS`) refreshed by one
 request at a time in a worker thread; every MongoDB and Kafka call runs in a
 worker thread, never on the event loop, and ``/healthz`` has threads of its
 own, so it answers while other requests wait for the database.
@@ -36,7 +36,7 @@ import ipaddress
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -53,15 +53,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from presence.reports import (
-    DEFAULT_PAGE, MAX_PAGE, KafkaWatermarks, TimeError, fetch_page, mongo_client,
+from presence.core.pings import bucket_iso
+from presence.settings import Settings, load_settings
+from presence.tools.reports import (
+    DEFAULT_PAGE, MAX_PAGE, KafkaWatermarks, TimeError, bucket_epoch, fetch_page, mongo_client,
     parse_range, pipeline_status, store_error,
 )
-from presence.settings import Settings, load_settings
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
-STATUS_TTL = 1.0
+STATUS_TTL_SECONDS = 1.0
 """Seconds one ``/status`` payload is served before MongoDB and Kafka are asked again."""
 
 OPEN_PATHS = ("/healthz", "/")
@@ -202,7 +203,7 @@ class StatusCache:
     (MongoDB down) is kept just as long, so it is not retried per request.
     """
 
-    def __init__(self, compute: Callable[[], dict[str, Any]], ttl: float = STATUS_TTL,
+    def __init__(self, compute: Callable[[], dict[str, Any]], ttl: float = STATUS_TTL_SECONDS,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.compute = compute
         self.ttl = ttl
@@ -249,7 +250,7 @@ class StatusCache:
 
 def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
                allowed_hosts: Iterable[str] | None = None,
-               status_ttl: float = STATUS_TTL) -> FastAPI:
+               status_ttl: float = STATUS_TTL_SECONDS) -> FastAPI:
     """The API. ``allowed_hosts``: accepted ``Host`` values (``None``: no check);
     ``presence serve`` passes :func:`loopback_hosts` of its address."""
     settings = settings or load_settings()
@@ -337,7 +338,7 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
                     for r in page.rows]
         headers = {}
         if page.next_bucket is not None:
-            at = page.next_bucket.replace(" ", "T") + "Z"
+            at = bucket_iso(page.next_bucket)
             if newest:
                 url = request.url.include_query_params(to=at)
                 headers["X-Next-To"] = at
@@ -353,7 +354,7 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
         except PyMongoError as exc:
             raise store_failed(exc) from None
         status["database"] = settings.mongo_db
-        status["generatedAt"] = datetime.now().astimezone().isoformat(timespec="seconds")
+        status["generatedAt"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return status
 
     cache = StatusCache(compute_status, ttl=status_ttl)
@@ -513,7 +514,7 @@ def status_metrics(status: dict[str, Any] | None, mongo_up: bool) -> list[Metric
     gauge("presence_report_rows").add_metric([], reports.get("count", 0))
     latest = gauge("presence_latest_bucket_seconds")
     if reports.get("last"):
-        latest.add_metric([], _epoch(reports["last"].replace(" ", "T") + "+00:00"))
+        latest.add_metric([], bucket_epoch(reports["last"]))
     return out
 
 

@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pymongo import MongoClient, UpdateOne
@@ -38,8 +38,8 @@ from pymongo.errors import (
 )
 
 from presence import metrics
-from presence.partition import DeadLetter, PartitionMark
-from presence.rows import Row, Totals
+from presence.core.model import DeadLetter, PartitionMark, Row, Status, Totals
+from presence.core.pings import bucket_epoch
 from presence.settings import Settings, redact_uri
 
 log = logging.getLogger("presence.mongo")
@@ -48,6 +48,9 @@ row_log = logging.getLogger("presence.rows")
 REPORTS = "report_summary"
 DEAD_LETTERS = "dead_letters"
 STATUS = "pipeline_status"
+FINGERPRINTS = "fingerprint"
+"""The collection holding the database's fingerprint (one document, ``_id`` :data:`DOC_ID`)."""
+DOC_ID = "fingerprint"
 
 T = TypeVar("T")
 
@@ -254,7 +257,7 @@ def ensure_ttl_index(coll, field: str, seconds: int, name: str = DEAD_LETTER_TTL
     return True
 
 
-PRUNE_EVERY = 600.0
+PRUNE_EVERY_SECONDS = 600.0
 """Seconds between two deletions of expired dead letters by one sink partition."""
 
 
@@ -425,14 +428,14 @@ def _write_dead_letters(part: _MongoPartition, letters: list[DeadLetter]) -> Non
     """Plain inserts (cheaper than upserts); a replayed one is a duplicate key, ignored.
 
     Write-concern errors are not ignored: a transient one is retried, any other
-    raised. Every :data:`PRUNE_EVERY` seconds, expired dead letters are deleted.
+    raised. Every :data:`PRUNE_EVERY_SECONDS` seconds, expired dead letters are deleted.
     """
     insert_dead_letters(part.collection, [dead_letter_doc(d) for d in letters])
     if time.monotonic() >= part.next_prune:
         ttl = part.settings.dead_letter_ttl_days
         with_retry("deleting expired dead letters",
                    lambda: prune_dead_letters(part.collection, ttl, datetime.now(timezone.utc)))
-        part.next_prune = time.monotonic() + PRUNE_EVERY
+        part.next_prune = time.monotonic() + PRUNE_EVERY_SECONDS
 
 
 def insert_dead_letters(collection, docs: list[dict],
@@ -451,8 +454,8 @@ def insert_dead_letters(collection, docs: list[dict],
 
 def _write_status(part: _MongoPartition, items: list) -> None:
     now = datetime.now(timezone.utc)
-    marks, totals = items[-1]  # the latest status says it all
-    part.bulk("writing pipeline status", status_updates(marks, totals, now))
+    status: Status = items[-1]  # the latest status says it all
+    part.bulk("writing pipeline status", status_updates(status.marks, status.totals, now))
 
 
 class MongoSink(DynamicSink):
@@ -470,3 +473,144 @@ class MongoSink(DynamicSink):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _MongoPartition:
         return _MongoPartition(self.settings, self.collection, self.WRITERS[self.collection])
+
+
+# -- reading the documents (the CLI, the API, tests and bench) ----------------------
+# The shapes written above, read back: one place for both directions.
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    time: str
+    online: int
+    available: int
+    revision: int
+
+    @property
+    def epoch(self) -> float:
+        return bucket_epoch(self.time)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "time": self.time,
+            "online": self.online,
+            "available": self.available,
+            "revision": self.revision,
+        }
+
+
+_ROW_FIELDS = {"_id": 0, "timeBucket": 1, "driversOnlineCount": 1,
+               "driversAvailableCount": 1, "revision": 1}
+
+
+def _row(doc: dict[str, Any]) -> ReportRow:
+    return ReportRow(
+        time=doc["timeBucket"],
+        online=int(doc.get("driversOnlineCount", 0)),
+        available=int(doc.get("driversAvailableCount", 0)),
+        revision=int(doc.get("revision", 1)),
+    )
+
+
+def _iso(value: Any) -> str | None:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def row_count(coll) -> int:
+    """The collection's document count from its metadata (``$collStats``, summed over
+    shards), not by counting; ``estimatedDocumentCount`` where ``$collStats`` is missing.
+    (FerretDB 1.x answers ``$collStats`` at once but counts for ``estimatedDocumentCount``.)"""
+    try:
+        return sum(int(doc.get("count", 0))
+                   for doc in coll.aggregate([{"$collStats": {"count": {}}}]))
+    except OperationFailure:
+        return coll.estimated_document_count()
+
+
+def report_extent(db: Database) -> dict[str, Any]:
+    """Row count and first/last ``timeBucket``: the count from collection metadata and
+    one indexed, limit-1 query at each end of the unique ``timeBucket`` index, so with
+    MongoDB the cost does not grow with the number of rows. (FerretDB 1.x does not use
+    indexes to sort: there the two queries scan the collection.)"""
+    coll = db[REPORTS]
+    first = coll.find_one({}, {"_id": 0, "timeBucket": 1}, sort=[("timeBucket", 1)])
+    last = coll.find_one({}, {"_id": 0, "timeBucket": 1}, sort=[("timeBucket", -1)])
+    return {
+        "count": row_count(coll),
+        "first": first["timeBucket"] if first else None,
+        "last": last["timeBucket"] if last else None,
+    }
+
+
+TOTAL_FIELDS = ("valid", "invalid", "late", "correctedLate", "tooLate", "deadLetters",
+                "rowsWritten", "rowRewrites")
+"""The totals the dataflow keeps in ``pipeline_status`` (``_id: "totals"``), as served."""
+
+
+def store_status(db: Database) -> dict[str, Any]:
+    """Everything the pipeline wrote about itself, as plain JSON values.
+
+    Reads only ``pipeline_status`` (one document per partition and the
+    totals) and the ends of ``report_summary``: dead letters by reason come
+    from the totals the dataflow keeps (``deadLettersByReason``), never from
+    scanning ``dead_letters``. A database written by an older dataflow
+    without them shows no reasons, and its dead-letter total from the
+    ``deadLetters`` total.
+    """
+    partitions = []
+    totals: dict[str, Any] = {}
+    for doc in db[STATUS].find({}):
+        if doc.get("_id") == "totals" or doc.get("kind") == "totals":
+            totals = doc
+            continue
+        if doc.get("kind", "partition") != "partition":
+            continue  # other bookkeeping (e.g. the input fingerprint)
+        gaps = [
+            {"from": int(g.get("from", 0)), "to": int(g.get("to", 0)),
+             "lost": int(g.get("lost", int(g.get("to", 0)) - int(g.get("from", 0))))}
+            for g in doc.get("gaps") or []
+        ]
+        partitions.append(
+            {
+                "topic": doc.get("topic") or str(doc["_id"]).rsplit(":", 1)[0],
+                "partition": int(doc.get("partition", str(doc["_id"]).rsplit(":", 1)[-1])),
+                "nextOffset": int(doc.get("nextOffset", 0)),
+                "state": doc.get("state"),
+                "valid": _int(doc.get("valid")),
+                "invalid": _int(doc.get("invalid")),
+                "tooLate": _int(doc.get("tooLate")),
+                "maxEventTime": _iso(doc.get("maxEventTime")),
+                "gaps": gaps,
+                "updatedAt": _iso(doc.get("updatedAt")),
+            }
+        )
+    partitions.sort(key=lambda p: (p["topic"], p["partition"]))
+    reasons = totals.get("deadLettersByReason")
+    by_reason = ({str(r): _int(n) for r, n in sorted(reasons.items())}
+                 if isinstance(reasons, dict) else {})
+    served_totals = {key: _int(totals.get(key)) for key in TOTAL_FIELDS}
+    dead_total = (served_totals["deadLetters"] if "deadLetters" in totals
+                  else sum(by_reason.values()))
+    return {
+        "watermark": _iso(totals.get("watermark")),
+        "updatedAt": _iso(totals.get("updatedAt")),
+        "totals": served_totals,
+        "partitions": partitions,
+        "gaps": {
+            "count": sum(len(p["gaps"]) for p in partitions),
+            "lostOffsets": sum(g["lost"] for p in partitions for g in p["gaps"]),
+        },
+        "deadLetters": {"total": dead_total, "byReason": by_reason},
+        "reports": report_extent(db),
+    }

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from bytewax.inputs import AbortExecution
 
-from presence.partition import RawMessage
+from presence.core.partition import RawMessage
 
 
 class Abort:

@@ -24,10 +24,14 @@ from typing import Any, Iterator
 
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
-from presence.mongo import REPORTS, STATUS
-from presence.pings import EPOCH_MS_THRESHOLD, MIN_EVENT_TIME, TIME_BUCKET_FORMAT, format_instant
+from presence.core.pings import (  # noqa: F401  (bucket_epoch: re-exported for the API)
+    EPOCH_MS_THRESHOLD, MIN_EVENT_TIME, bucket_epoch, format_instant,
+)
+from presence.io.mongo import (  # noqa: F401  (the document readers, re-exported)
+    _ROW_FIELDS, REPORTS, TOTAL_FIELDS, ReportRow, _row, report_extent, row_count, store_status,
+)
 from presence.settings import Settings, mongo_hosts
 
 DEFAULT_PAGE = 10_000
@@ -136,32 +140,6 @@ format_bucket = format_instant
 """A bucket's ``timeBucket`` text: the dataflow's own formatting, so reads match writes."""
 
 
-def bucket_epoch(time_bucket: str) -> float:
-    return (
-        datetime.strptime(time_bucket, TIME_BUCKET_FORMAT).replace(tzinfo=timezone.utc).timestamp()
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class ReportRow:
-    time: str
-    online: int
-    available: int
-    revision: int
-
-    @property
-    def epoch(self) -> float:
-        return bucket_epoch(self.time)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "time": self.time,
-            "online": self.online,
-            "available": self.available,
-            "revision": self.revision,
-        }
-
-
 def mongo_client(settings: Settings, timeout_ms: int = 3000) -> MongoClient:
     """A client for ``settings.mongo_uri``; a bad URI is :class:`StoreUnavailable`, secrets scrubbed."""
     try:
@@ -192,19 +170,6 @@ def store_error(settings: Settings, exc: BaseException) -> StoreUnavailable:
     return StoreUnavailable(
         f"MongoDB at {mongo_hosts(settings.mongo_uri)} (PRESENCE_MONGO_URI) "
         f"failed: {type(exc).__name__}: {detail}"
-    )
-
-
-_ROW_FIELDS = {"_id": 0, "timeBucket": 1, "driversOnlineCount": 1,
-               "driversAvailableCount": 1, "revision": 1}
-
-
-def _row(doc: dict[str, Any]) -> ReportRow:
-    return ReportRow(
-        time=doc["timeBucket"],
-        online=int(doc.get("driversOnlineCount", 0)),
-        available=int(doc.get("driversAvailableCount", 0)),
-        revision=int(doc.get("revision", 1)),
     )
 
 
@@ -281,110 +246,6 @@ def load_rows(settings: Settings, time_range: TimeRange) -> list[ReportRow]:
 
 
 # ------------------------------------------------------------------ status
-
-
-def _iso(value: Any) -> str | None:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-    return None
-
-
-def _int(value: Any) -> int:
-    try:
-        return int(value or 0)
-    except (TypeError, ValueError):
-        return 0
-
-
-def row_count(coll) -> int:
-    """The collection's document count from its metadata (``$collStats``, summed over
-    shards), not by counting; ``estimatedDocumentCount`` where ``$collStats`` is missing.
-    (FerretDB 1.x answers ``$collStats`` at once but counts for ``estimatedDocumentCount``.)"""
-    try:
-        return sum(int(doc.get("count", 0))
-                   for doc in coll.aggregate([{"$collStats": {"count": {}}}]))
-    except OperationFailure:
-        return coll.estimated_document_count()
-
-
-def report_extent(db: Database) -> dict[str, Any]:
-    """Row count and first/last ``timeBucket``: the count from collection metadata and
-    one indexed, limit-1 query at each end of the unique ``timeBucket`` index, so with
-    MongoDB the cost does not grow with the number of rows. (FerretDB 1.x does not use
-    indexes to sort: there the two queries scan the collection.)"""
-    coll = db[REPORTS]
-    first = coll.find_one({}, {"_id": 0, "timeBucket": 1}, sort=[("timeBucket", 1)])
-    last = coll.find_one({}, {"_id": 0, "timeBucket": 1}, sort=[("timeBucket", -1)])
-    return {
-        "count": row_count(coll),
-        "first": first["timeBucket"] if first else None,
-        "last": last["timeBucket"] if last else None,
-    }
-
-
-TOTAL_FIELDS = ("valid", "invalid", "late", "correctedLate", "tooLate", "deadLetters",
-                "rowsWritten", "rowRewrites")
-"""The totals the dataflow keeps in ``pipeline_status`` (``_id: "totals"``), as served."""
-
-
-def store_status(db: Database) -> dict[str, Any]:
-    """Everything the pipeline wrote about itself, as plain JSON values.
-
-    Reads only ``pipeline_status`` (one document per partition and the
-    totals) and the ends of ``report_summary``: dead letters by reason come
-    from the totals the dataflow keeps (``deadLettersByReason``), never from
-    scanning ``dead_letters``. A database written by an older dataflow
-    without them shows no reasons, and its dead-letter total from the
-    ``deadLetters`` total.
-    """
-    partitions = []
-    totals: dict[str, Any] = {}
-    for doc in db[STATUS].find({}):
-        if doc.get("_id") == "totals" or doc.get("kind") == "totals":
-            totals = doc
-            continue
-        if doc.get("kind", "partition") != "partition":
-            continue  # other bookkeeping (e.g. the input fingerprint)
-        gaps = [
-            {"from": int(g.get("from", 0)), "to": int(g.get("to", 0)),
-             "lost": int(g.get("lost", int(g.get("to", 0)) - int(g.get("from", 0))))}
-            for g in doc.get("gaps") or []
-        ]
-        partitions.append(
-            {
-                "topic": doc.get("topic") or str(doc["_id"]).rsplit(":", 1)[0],
-                "partition": int(doc.get("partition", str(doc["_id"]).rsplit(":", 1)[-1])),
-                "nextOffset": int(doc.get("nextOffset", 0)),
-                "state": doc.get("state"),
-                "valid": _int(doc.get("valid")),
-                "invalid": _int(doc.get("invalid")),
-                "tooLate": _int(doc.get("tooLate")),
-                "maxEventTime": _iso(doc.get("maxEventTime")),
-                "gaps": gaps,
-                "updatedAt": _iso(doc.get("updatedAt")),
-            }
-        )
-    partitions.sort(key=lambda p: (p["topic"], p["partition"]))
-    reasons = totals.get("deadLettersByReason")
-    by_reason = ({str(r): _int(n) for r, n in sorted(reasons.items())}
-                 if isinstance(reasons, dict) else {})
-    served_totals = {key: _int(totals.get(key)) for key in TOTAL_FIELDS}
-    dead_total = (served_totals["deadLetters"] if "deadLetters" in totals
-                  else sum(by_reason.values()))
-    return {
-        "watermark": _iso(totals.get("watermark")),
-        "updatedAt": _iso(totals.get("updatedAt")),
-        "totals": served_totals,
-        "partitions": partitions,
-        "gaps": {
-            "count": sum(len(p["gaps"]) for p in partitions),
-            "lostOffsets": sum(g["lost"] for p in partitions for g in p["gaps"]),
-        },
-        "deadLetters": {"total": dead_total, "byReason": by_reason},
-        "reports": report_extent(db),
-    }
 
 
 class KafkaWatermarks:

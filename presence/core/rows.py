@@ -14,65 +14,8 @@ rewrites) depend on how reads were batched.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from presence.partition import NO_EVENT, PartitionMark
-from presence.pings import format_instant
-from presence.shard import ShardReport
-from presence.windows import WindowSpec
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One ``report_summary`` document."""
-
-    bucket: int
-    window_start: int
-    window_end: int
-    online: int
-    available: int
-    revision: int
-
-    @property
-    def time_bucket(self) -> str:
-        return format_instant(self.bucket)
-
-    def log_line(self) -> str:
-        return (
-            f"bucket {self.time_bucket} | online {self.online} | "
-            f"available {self.available} | revision {self.revision}"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """Pipeline-wide counters, for ``pipeline_status`` and progress lines."""
-
-    valid: int
-    """Pings counted."""
-    invalid: int
-    """Messages that are not valid pings (dead letters, every reason but too_late)."""
-    late: int
-    """Valid pings older than their partition's watermark when read, not too late."""
-    too_late: int
-    """Pings too late to count: dead-lettered by their partition, plus ``not_counted``."""
-    watermark: float
-    not_counted: int
-    """Too-late pings judged against the state kept (no dead letter): from a
-    partition that had no watermark yet when that state was dropped."""
-    rows_written: int
-    """Row writes, first writes and rewrites."""
-    row_rewrites: int = 0
-    """Row writes with ``revision`` > 1 (depends on batching)."""
-    dead_letters: int = 0
-    """Dead letters stored: ``invalid`` plus the too-late pings judged by their partition."""
-    dead_letters_by_reason: tuple[tuple[str, int], ...] = ()
-    """``(reason, count)`` of every dead letter, sorted by reason."""
-
-    @property
-    def corrected_late(self) -> int:
-        """The ``correctedLate`` status field: the late pings (kept for its users)."""
-        return self.late
+from presence.core.model import NO_EVENT, PartitionMark, Row, ShardReport, Totals  # noqa: F401
+from presence.core.windows import WindowSpec
 
 
 class RowBook:

@@ -1,8 +1,8 @@
 """The input step: one bytewax source partition per Kafka partition.
 
-The shell around :class:`presence.partition.PartitionReader`. A *feed* does
+The shell around :class:`presence.core.partition.PartitionReader`. A *feed* does
 the I/O of one partition (:class:`KafkaFeed` for Kafka,
-:class:`presence.memory.MemoryFeed` in tests); :class:`PingPartition` asks it
+:class:`presence.io.memory.MemoryFeed` in tests); :class:`PingPartition` asks it
 for batches, detects offsets lost to retention, stops at the end in bounded
 mode, sends heartbeats while quiet, and keeps the reader's state (next offset,
 partition watermark, counters, gaps) in bytewax's recovery snapshots.
@@ -18,13 +18,13 @@ from typing import Callable, Protocol
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from presence import metrics
-from presence.partition import Message, PartitionBatch, PartitionReader
-from presence.windows import WindowSpec
+from presence.core.partition import Message, PartitionBatch, PartitionReader
+from presence.core.windows import WindowSpec
 
 log = logging.getLogger("presence.source")
 
 
-POLL_PAUSE = 0.05
+POLL_PAUSE_SECONDS = 0.05
 """Seconds to wait before polling again after an empty read."""
 
 
@@ -119,7 +119,7 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
             metrics.batch_read(reader.topic, reader.partition, len(messages), batch, reader.spec.lateness)
             return [batch]
 
-        self._awake = datetime.now(timezone.utc) + timedelta(seconds=POLL_PAUSE)
+        self._awake = datetime.now(timezone.utc) + timedelta(seconds=POLL_PAUSE_SECONDS)
         # (``now`` before the last emit: the clock stepped back; beat anyway.)
         if now - self._last_emit >= self.heartbeat or now < self._last_emit:
             self._last_emit = now
@@ -175,7 +175,7 @@ class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
         self.batch_size = batch_size
         self.clock = clock
         self.fingerprint = fingerprint
-        """What the state is bound to (:mod:`presence.fingerprint`), kept in every snapshot."""
+        """What the state is bound to (:mod:`presence.core.fingerprint`), kept in every snapshot."""
 
     def list_parts(self) -> list[str]:
         return [str(p) for p in range(self.partitions)]
