@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from functools import partial
 
@@ -71,14 +70,6 @@ def fail(message: str, code: int) -> "SystemExit":
     return SystemExit(code)
 
 
-def recovery_configured(argv: list[str] | None = None) -> bool:
-    argv = sys.argv if argv is None else argv
-    return bool(os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")) or any(
-        a in ("-r", "--recovery-directory") or a.startswith("--recovery-directory=")
-        for a in argv
-    )
-
-
 def kafka_mongo_flow(settings: Settings, fingerprint: Fingerprint | None = None) -> Dataflow:
     spec = settings.window_spec()
     source = PingSource(
@@ -107,7 +98,7 @@ def dataflow_from_env() -> Dataflow:
         raise fail(f"bad setting: {exc}", 2) from None
     logging.getLogger("presence").setLevel(settings.log_level)
     log.info("starting: %s", settings.describe())
-    if settings.stop_at_end and not recovery_configured():
+    if settings.stop_at_end and recovery_directory() is None:
         log.warning(
             "bounded run without a recovery directory (-r): state is not kept, so a "
             "later run starts from the beginning of the topic instead of going on"

@@ -151,10 +151,6 @@ def mongo_hosts(uri: str) -> str:
     return scheme + hosts
 
 
-redact_uri = mongo_hosts
-"""Older name of :func:`mongo_hosts`."""
-
-
 def _check_mongo_uri(uri: str) -> None:
     """Raise ValueError (a message that never contains any part of the URI) if unusable."""
     parts = _split_uri(uri)

@@ -40,7 +40,7 @@ from pymongo.errors import (
 from presence import metrics
 from presence.core.model import DeadLetter, PartitionMark, Row, Status, Totals
 from presence.core.pings import bucket_epoch
-from presence.settings import Settings, redact_uri
+from presence.settings import Settings, mongo_hosts
 
 log = logging.getLogger("presence.mongo")
 row_log = logging.getLogger("presence.rows")
@@ -376,7 +376,7 @@ class _MongoPartition(StatelessSinkPartition):
             settings.mongo_uri,
             settings.mongo_db,
             lambda db: with_retry(
-                f"creating indexes at {redact_uri(settings.mongo_uri)}",
+                f"creating indexes at {mongo_hosts(settings.mongo_uri)}",
                 lambda: ensure_indexes(db, settings.dead_letter_ttl_days),
             ),
         )
