@@ -101,7 +101,7 @@ def main() -> None:
                         help="also time group_pings + add_panes (the per-value id-set path)")
     args = parser.parse_args()
 
-    spec = WindowSpec(bucket=60, window=300)
+    spec = WindowSpec(bucket_s=60, window_s=300)
     definitions = parse_segments(SEGMENTS)
     extract = ValueExtractor(definitions)
     cached = ValueExtractor(definitions, cache_size=100_000)

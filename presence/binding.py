@@ -94,8 +94,8 @@ def current_fingerprint(settings: Settings, partitions: int, topic_id: str) -> F
         topic=settings.topic,
         topic_id=topic_id,
         partitions=partitions,
-        bucket=spec.bucket,
-        window=spec.window,
+        bucket=spec.bucket_s,
+        window=spec.window_s,
         segments=segments_setting(settings),
         shards=getattr(spec, "shards", SHARDS),
     )

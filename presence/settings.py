@@ -472,12 +472,12 @@ class Settings(BaseModel):
 
     def window_spec(self) -> WindowSpec:
         return WindowSpec(
-            bucket=self.bucket_seconds,
-            window=self.window_minutes * 60,
-            lateness=self.allowed_lateness_seconds,
-            horizon=self.correction_horizon_minutes * 60,
-            idle=self.idle_seconds,
-            max_future_skew=self.max_future_skew_seconds,
+            bucket_s=self.bucket_seconds,
+            window_s=self.window_minutes * 60,
+            lateness_s=self.allowed_lateness_seconds,
+            horizon_s=self.correction_horizon_minutes * 60,
+            idle_s=self.idle_seconds,
+            max_future_skew_s=self.max_future_skew_seconds,
         )
 
     def describe(self) -> str:

@@ -14,4 +14,4 @@ BUCKET, WINDOW, LATENESS = 60, 300, 30
 
 def oracle_rules(spec) -> tuple:
     """``(bucket, window, lateness, horizon)`` of a ``WindowSpec``, the oracle's arguments."""
-    return (spec.bucket, spec.window, spec.lateness, spec.horizon)
+    return (spec.bucket_s, spec.window_s, spec.lateness_s, spec.horizon_s)

@@ -60,7 +60,7 @@ def read_items(out: Path, kind: str) -> list:
     return items
 
 
-SPEC = WindowSpec(bucket=60, window=300, lateness=30, horizon=1800, idle=10)
+SPEC = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=1800, idle_s=10)
 
 
 def _flow():

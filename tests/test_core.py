@@ -16,7 +16,7 @@ from tests.constants import NOW, T0
 from tests.core_sim import Core
 from tests.oracle import P
 
-SPEC = WindowSpec(bucket=60, window=300, lateness=30, horizon=3600, idle=10, shards=4)
+SPEC = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=3600, idle_s=10, shards=4)
 
 
 def mark(partition=0, partitions=1, max_event=T0, state=LIVE, read_at=NOW) -> PartitionMark:
@@ -29,7 +29,7 @@ def test_row_interval_is_the_n_minutes_ending_with_its_bucket() -> None:
     assert SPEC.row_start(T0) == T0 + 60 - 300 and SPEC.row_end(T0) == T0 + 60
     assert list(SPEC.panes_of_row(T0)) == [T0 - 240, T0 - 180, T0 - 120, T0 - 60, T0]
     assert list(SPEC.rows_of_pane(T0)) == [T0, T0 + 60, T0 + 120, T0 + 180, T0 + 240]
-    plain = WindowSpec(bucket=60, window=60)
+    plain = WindowSpec(bucket_s=60, window_s=60)
     assert list(plain.rows_of_pane(T0)) == [T0] and list(plain.panes_of_row(T0)) == [T0]
 
 
@@ -153,7 +153,7 @@ def test_partition_goes_idle_without_valid_pings() -> None:
 # --- shards and the row book -----------------------------------------------------
 
 def test_rows_are_written_once_the_watermark_passes_and_corrected_when_late() -> None:
-    spec = WindowSpec(bucket=60, window=120, lateness=0, horizon=3600, shards=2)
+    spec = WindowSpec(bucket_s=60, window_s=120, lateness_s=0, horizon_s=3600, shards=2)
     msgs = [P(1, T0 + 10, True), P(2, T0 + 20, False), P(1, T0 + 70, True), P(3, T0 + 200, True)]
     core = Core(spec, [msgs + [P(4, T0 + 30, True), P(4, T0 + 31, True)]], NOW)
     core.read(0, 2, bounded=False)
@@ -179,7 +179,7 @@ def test_rows_are_written_once_the_watermark_passes_and_corrected_when_late() ->
 
 
 def test_state_older_than_the_horizon_is_dropped() -> None:
-    spec = WindowSpec(bucket=60, window=300, lateness=30, horizon=600, shards=2)
+    spec = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=600, shards=2)
     hours = [P(d, T0 + 20 * i, True) for i in range(3 * 180) for d in (i % 7, 100 + i % 11)]
     core = Core(spec, [hours], NOW)
     while not core.done(0):
@@ -199,7 +199,7 @@ def test_a_row_never_exists_without_a_ping_in_its_interval() -> None:
 
 def test_a_ping_at_the_horizon_still_sees_every_pane_of_its_rows() -> None:
     """Dropped state stops one window short of the oldest countable time."""
-    spec = WindowSpec(bucket=60, window=300, lateness=0, horizon=600, shards=1)
+    spec = WindowSpec(bucket_s=60, window_s=300, lateness_s=0, horizon_s=600, shards=1)
     msgs = [P("d", T0 + 420, True), P("far", T0 + 1200, True), P("c", T0 + 600, True)]
     core = Core(spec, [msgs], NOW)
     core.read(0, 2, bounded=False)  # state before T0 + 600 may go now
@@ -211,7 +211,7 @@ def test_a_ping_at_the_horizon_still_sees_every_pane_of_its_rows() -> None:
 def test_pings_older_than_dropped_state_are_reported_not_miscounted() -> None:
     """A partition added to the topic after state was dropped brings an old ping:
     it is not counted (its rows' panes are gone) and it is reported, not lost silently."""
-    spec = WindowSpec(bucket=60, window=120, lateness=0, horizon=300, shards=1)
+    spec = WindowSpec(bucket_s=60, window_s=120, lateness_s=0, horizon_s=300, shards=1)
     core = Core(spec, [[P(i % 3, T0 + 60 * i, True) for i in range(20)]], NOW)
     core.read(0, 20, bounded=False)
     before = core.store.counts()

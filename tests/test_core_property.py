@@ -22,7 +22,7 @@ from tests.core_sim import Core
 from tests.oracle import P, late_pings, oracle
 
 BASE = float(T0)
-SPEC = WindowSpec(bucket=60, window=180, lateness=10, horizon=300, idle=10, shards=3)
+SPEC = WindowSpec(bucket_s=60, window_s=180, lateness_s=10, horizon_s=300, idle_s=10, shards=3)
 
 INVALID = st.sampled_from(
     [b"{not json", b"[]", b'{"driver_id": 1, "timestamp": 1514779230}',
@@ -45,9 +45,9 @@ def partition_messages(draw) -> list[object]:
         if kind == "dup" and out:
             out.append(draw(st.sampled_from(out)))
             continue
-        edge = int(SPEC.lateness + SPEC.horizon)  # the oldest a ping may be and still count
+        edge = int(SPEC.lateness_s + SPEC.horizon_s)  # the oldest a ping may be and still count
         shift = {"ok": draw(st.integers(-5, 5)), "late": -draw(st.integers(20, 250)),
-                 "edge": -draw(st.integers(edge - SPEC.window, edge + 5)),
+                 "edge": -draw(st.integers(edge - SPEC.window_s, edge + 5)),
                  "too_late": -draw(st.integers(320, 2000)), "dup": 0}[kind]
         driver = draw(st.sampled_from([1, 2, 3, "4", "5", 6, 7, "x-8", 9, 10]))
         out.append(P(driver, clock + shift + draw(st.sampled_from([0, 0.5])), draw(st.booleans())))
@@ -97,7 +97,7 @@ def test_rows_equal_oracle(data) -> None:
     assert {k for k, r in dead.items() if r != "too_late"} == invalid
     # Every ping total is exact too, whatever the interleaving, batching and crashes.
     totals = core.book.totals()
-    late = late_pings(partitions, SPEC.lateness, SPEC.horizon)
+    late = late_pings(partitions, SPEC.lateness_s, SPEC.horizon_s)
     valid = sum(isinstance(m, P) for msgs in partitions for m in msgs) - len(too_late)
     assert (totals.valid, totals.invalid, totals.late, totals.too_late, totals.dead_letters) == (
         valid, len(invalid), len(late), len(too_late), len(invalid) + len(too_late))

@@ -28,7 +28,7 @@ def ping(driver, time, on_duty=True) -> bytes:
 
 def test_future_timestamp_is_judged_against_the_kafka_timestamp_not_the_clock() -> None:
     """A replay a day later (or a clock that stepped) judges every message as the first read."""
-    spec = WindowSpec(max_future_skew=300, shards=2)
+    spec = WindowSpec(max_future_skew_s=300, shards=2)
     sent = NOW * 1000  # the messages' create time, ms
     messages = [
         RawMessage(0, ping(1, NOW + 299), int(sent)),        # within the skew of its timestamp
@@ -50,7 +50,7 @@ def test_future_timestamp_is_judged_against_the_kafka_timestamp_not_the_clock() 
 
 def test_each_message_is_judged_by_its_own_timestamp_in_a_batch() -> None:
     """The batch's earliest timestamp is only a first bound: the later ones are judged exactly."""
-    spec = WindowSpec(max_future_skew=300, shards=2)
+    spec = WindowSpec(max_future_skew_s=300, shards=2)
     early, late = int(NOW * 1000), int((NOW + 5000) * 1000)
     messages = [RawMessage(0, ping(1, NOW), early), RawMessage(1, ping(2, NOW + 4900), late),
                 RawMessage(2, ping(3, NOW + 5301), late), RawMessage(3, ping(4, NOW + 310), early)]
@@ -63,7 +63,7 @@ def test_each_message_is_judged_by_its_own_timestamp_in_a_batch() -> None:
 
 # --- a clock step cannot change what is stored -------------------------------------------
 
-SPEC_LIVE = WindowSpec(bucket=60, window=120, lateness=5, horizon=600, idle=10, shards=2)
+SPEC_LIVE = WindowSpec(bucket_s=60, window_s=120, lateness_s=5, horizon_s=600, idle_s=10, shards=2)
 
 
 def live_run(jump: float) -> Core:
@@ -105,7 +105,7 @@ def test_a_clock_step_while_idle_changes_nothing_stored() -> None:
 
 
 def test_the_stored_watermark_is_event_time_even_when_rows_follow_the_clock() -> None:
-    spec = WindowSpec(bucket=60, window=60, lateness=5, horizon=600, idle=10, shards=1)
+    spec = WindowSpec(bucket_s=60, window_s=60, lateness_s=5, horizon_s=600, idle_s=10, shards=1)
     core = Core(spec, [[P(1, T0 + 10, True)]], NOW)
     core.read(0, 1, bounded=False)
     core.now = NOW + 60  # quiet: the row is written by the clock
@@ -133,7 +133,7 @@ def churn(hours: int, drivers_per_hour: int = 200, per_minute: int = 20) -> list
 def test_state_levels_off_with_a_partition_that_never_gets_a_valid_ping() -> None:
     """Two days of driver churn; partition 1 only ever carries garbage. The old code
     kept every pane (two days: 2,880 per shard), the snapshot grew without end."""
-    spec = WindowSpec(bucket=60, window=300, lateness=30, horizon=3600, idle=10, shards=4)
+    spec = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=3600, idle_s=10, shards=4)
     pings = churn(48)
     core = Core(spec, [pings, [b"{oops"] * 50], NOW)
     sizes, panes = [], []
@@ -159,7 +159,7 @@ def test_state_levels_off_with_a_partition_that_never_gets_a_valid_ping() -> Non
 def test_a_partition_without_watermark_brings_pings_older_than_the_state_kept() -> None:
     """It judges against the dataflow's state: older pings are too late (counted in
     tooLate, not in rows), recent ones count as any other."""
-    spec = WindowSpec(bucket=60, window=120, lateness=0, horizon=300, idle=10, shards=2)
+    spec = WindowSpec(bucket_s=60, window_s=120, lateness_s=0, horizon_s=300, idle_s=10, shards=2)
     steady = [P(i % 3, T0 + 60 * i, True) for i in range(20)]
     core = Core(spec, [steady, [P("old", T0 + 30, True), P("new", T0 + 60 * 18 + 5, True),
                                 P("old2", T0 + 90, True)]], NOW)
@@ -218,7 +218,7 @@ def old_stream() -> list[list[object]]:
 def test_a_snapshot_of_the_previous_format_still_restores() -> None:
     """State written before this version (no format, no fingerprint, no late or
     per-reason counts, marks with fewer fields) resumes and finishes exactly."""
-    spec = WindowSpec(bucket=60, window=300, lateness=30, horizon=600, shards=4)
+    spec = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=600, shards=4)
     saved = pickle.loads((Path(__file__).parent / "data" / "state_format1.pickle").read_bytes())
     partitions = old_stream()
     core = Core(spec, partitions, NOW)
@@ -267,7 +267,7 @@ def test_a_clock_stepping_back_never_holds_heartbeats_or_writes_back() -> None:
     from presence.io.source import PingSource
 
     clock = [NOW]
-    spec = WindowSpec(bucket=60, window=60, lateness=5, idle=10, shards=1)
+    spec = WindowSpec(bucket_s=60, window_s=60, lateness_s=5, idle_s=10, shards=1)
     topic = MemoryTopic("t", 1)
     part = PingSource("t", 1, topic.feed, spec, bounded=False, clock=lambda: clock[0]).build_part(
         "pings", "0", None)

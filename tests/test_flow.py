@@ -23,7 +23,7 @@ from tests.oracle import P, oracle
 from tests.streams import stream
 
 from tests.streams import T0
-SPEC = WindowSpec(bucket=60, window=300, lateness=30, horizon=1800, idle=10)
+SPEC = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=1800, idle_s=10)
 
 
 def expected(partitions):

@@ -18,7 +18,7 @@ from tests.flow_procs import run_processes
 from tests.oracle import P, late_pings, oracle
 from tests.streams import T0, stream
 
-SPEC = WindowSpec(bucket=60, window=300, lateness=30, horizon=1800, idle=10)
+SPEC = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=1800, idle_s=10)
 PING = b'{"driver_id":7,"timestamp":%d,"on_duty":1' % (T0 + 100)
 
 # One message of each class: (value, the reason of its dead letter, or the valid ping it is).
@@ -150,7 +150,7 @@ def test_totals_are_the_same_whatever_workers_processes_batching_and_crashes(tmp
                                        resumed.status)
 
     rows, too_late, invalid = oracle(partitions, *oracle_rules(SPEC))
-    late = late_pings(partitions, SPEC.lateness, SPEC.horizon)
+    late = late_pings(partitions, SPEC.lateness_s, SPEC.horizon_s)
     valid = sum(isinstance(m, P) for p in partitions for m in p) - len(too_late)
     by_run = {name: ping_totals(out.status[-1][1]) for name, out in runs.items()}
     expected = by_run["1 worker"]
@@ -176,4 +176,4 @@ def test_status_carries_late_and_dead_letters_by_reason(workers: int) -> None:
         counted[letter.reason] = counted.get(letter.reason, 0) + 1
     assert dict(totals.dead_letters_by_reason) == counted
     assert totals.dead_letters == len(out.dead) == sum(counted.values())
-    assert totals.late == totals.corrected_late == len(late_pings(view, SPEC.lateness, SPEC.horizon))
+    assert totals.late == totals.corrected_late == len(late_pings(view, SPEC.lateness_s, SPEC.horizon_s))

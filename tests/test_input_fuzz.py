@@ -23,7 +23,7 @@ from presence.core.pings import MAX_DEPTH, Rejection, parse_ping, parse_ping_che
 from presence.core.windows import WindowSpec
 from tests.constants import NOW
 
-SPEC = WindowSpec(bucket=60, window=300, lateness=30, horizon=3600, idle=10, shards=4)
+SPEC = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=3600, idle_s=10, shards=4)
 BASE = 1_799_990_000  # event times near NOW, so future_timestamp is in play
 
 
@@ -135,7 +135,7 @@ def check_reader(values: list[bytes | None], stamps: list[int | None], cut: int)
     assert sum(reader.rejected.values()) == reader.invalid
     counted = {d for b in batches for shard in b.shards for sets in shard.values() for d in sets[0]}
     for message in messages:
-        own = message_time(message, NOW) + SPEC.max_future_skew
+        own = message_time(message, NOW) + SPEC.max_future_skew_s
         expected = parse_ping_checked(message.value(), own)
         letter = dead.get(message.offset())
         if isinstance(expected, Rejection):

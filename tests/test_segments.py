@@ -30,7 +30,7 @@ from presence.core.segments import (
 from presence.core.windows import WindowSpec
 from tests.constants import T0
 
-SPEC = WindowSpec(bucket=60, window=180, lateness=10, horizon=300)
+SPEC = WindowSpec(bucket_s=60, window_s=180, lateness_s=10, horizon_s=300)
 HK = (22.3193, 114.1694)
 T = T0
 

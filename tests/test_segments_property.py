@@ -23,7 +23,7 @@ from tests.constants import T0
 from tests.segment_oracle import SP, segment_oracle
 
 BASE = float(T0)
-SPEC = WindowSpec(bucket=60, window=180, lateness=10, horizon=300, idle=10, shards=3)
+SPEC = WindowSpec(bucket_s=60, window_s=180, lateness_s=10, horizon_s=300, idle_s=10, shards=3)
 
 SEGMENTS = st.sampled_from([
     "city;city,vehicle_type;h3:8",
@@ -161,7 +161,7 @@ def test_segment_rows_equal_oracle(data) -> None:
     shards = Shards(definitions, data.draw(st.booleans()))
     feed(shards, shuffled_with_duplicates(data, items), data)
     shards.report(None)
-    expected = segment_oracle(items, [d.name for d in definitions], SPEC.bucket, SPEC.window)
+    expected = segment_oracle(items, [d.name for d in definitions], SPEC.bucket_s, SPEC.window_s)
     assert shards.rows() == expected
 
 
@@ -172,7 +172,7 @@ def test_drop_before_then_newer_pings_equal_oracle(data) -> None:
     definitions = parse_segments(data.draw(SEGMENTS))
     cut = BASE + 600
     old = data.draw(pings(BASE, 599))
-    new = data.draw(pings(cut + SPEC.window, 600))
+    new = data.draw(pings(cut + SPEC.window_s, 600))
     shards = Shards(definitions, data.draw(st.booleans()))
     feed(shards, shuffled_with_duplicates(data, old), data)
     shards.report(None)
@@ -187,5 +187,5 @@ def test_drop_before_then_newer_pings_equal_oracle(data) -> None:
         shards.restore(shards.snapshot())
     feed(shards, shuffled_with_duplicates(data, new), data)
     shards.report(None)
-    expected = segment_oracle(old + new, [d.name for d in definitions], SPEC.bucket, SPEC.window)
+    expected = segment_oracle(old + new, [d.name for d in definitions], SPEC.bucket_s, SPEC.window_s)
     assert shards.rows() == expected

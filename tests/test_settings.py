@@ -25,13 +25,13 @@ def test_defaults_are_the_spec_table() -> None:
     assert (s.correction_horizon_minutes, s.idle_seconds, s.max_future_skew_seconds) == (60, 10, 300)
     assert s.stop_at_end is False and s.kafka_extra == {}
     spec = s.window_spec()
-    assert (spec.bucket, spec.window, spec.lateness, spec.horizon, spec.idle) == (60, 300, 30, 3600, 10)
+    assert (spec.bucket_s, spec.window_s, spec.lateness_s, spec.horizon_s, spec.idle_s) == (60, 300, 30, 3600, 10)
 
 
 def test_values_are_read() -> None:
     s = load_settings({"PRESENCE_WINDOW_MINUTES": "10", "PRESENCE_BUCKET_SECONDS": "30",
                        "PRESENCE_STOP_AT_END": "1", "PRESENCE_KAFKA_CONFIG": '{"security.protocol": "SSL"}'})
-    assert s.window_spec().window == 600 and s.window_spec().span == 20
+    assert s.window_spec().window_s == 600 and s.window_spec().span == 20
     assert s.stop_at_end is True and s.kafka_extra == {"security.protocol": "SSL"}
 
 

@@ -164,7 +164,7 @@ class PartitionReader:
             ping = parse_ping(value, latest_allowed)
             if type(ping) is not tuple and ping.reason == "future_timestamp":
                 # Beyond the batch's bound: judged against its own Kafka timestamp.
-                own = message_time(message, now) + self.spec.max_future_skew
+                own = message_time(message, now) + self.spec.max_future_skew_s
                 ping = parse_ping_checked(value, own)
         except Exception as exc:  # noqa: BLE001 - parse_ping does not raise; belt and braces
             ping = Rejection("invalid_json", f"could not be judged: {type(exc).__name__}")
@@ -172,7 +172,7 @@ class PartitionReader:
 
     @property
     def watermark(self) -> float:
-        return self.max_event - self.spec.lateness
+        return self.max_event - self.spec.lateness_s
 
     def note_gap(self, start: int, end: int) -> None:
         """Offsets ``[start, end)`` were purged by retention before being read."""
@@ -182,7 +182,7 @@ class PartitionReader:
     def mark(self, now: float, ended: bool = False) -> PartitionMark:
         if ended:
             state = ENDED
-        elif now - self.read_at >= self.spec.idle:
+        elif now - self.read_at >= self.spec.idle_s:
             state = IDLE
         else:
             state = LIVE
@@ -213,10 +213,10 @@ class PartitionReader:
         """
         spec = self.spec
         shards = spec.shards
-        bucket = spec.bucket
+        bucket = spec.bucket_s
         dead: list[DeadLetter] = []
         topic, partition = self.topic, self.partition
-        skew = spec.max_future_skew
+        skew = spec.max_future_skew_s
         # A bound for the whole batch (its earliest Kafka timestamp): a ping
         # within it is within its own; one beyond it is judged exactly below.
         try:
@@ -224,7 +224,7 @@ class PartitionReader:
         except Exception:  # noqa: BLE001 - odd timestamps: every ping judged on its own
             latest_allowed = NO_EVENT
         max_event = self.max_event
-        lateness, horizon = spec.lateness, spec.horizon
+        lateness, horizon = spec.lateness_s, spec.horizon_s
         late_before = max_event - lateness
         too_late_before = late_before - horizon
         cache = self._shard_cache

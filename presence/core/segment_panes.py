@@ -385,9 +385,9 @@ class SegmentPanes:
 
     def _row_panes(self, number: int, row: int) -> list[dict]:
         """The value tables of the panes of row ``row`` that exist."""
-        bucket = self.spec.bucket
+        bucket = self.spec.bucket_s
         out = []
-        for pane in range(row + bucket - self.spec.window, row + bucket, bucket):
+        for pane in range(row + bucket - self.spec.window_s, row + bucket, bucket):
             values = self._table(number, pane)
             if values:
                 out.append(values)
@@ -403,7 +403,7 @@ class SegmentPanes:
         snapshot's few bytes; a pane changed since the last call stays thawed.
         """
         frozen = 0
-        window = self.spec.window
+        window = self.spec.window_s
         touched = self._touched
         for number, panes in enumerate(self.panes):
             blobs = self._blobs[number]
@@ -435,7 +435,7 @@ class SegmentPanes:
         if watermark is None:
             closed = list(self.dirty)
         else:
-            last_row = watermark - self.spec.bucket
+            last_row = watermark - self.spec.bucket_s
             closed = [k for k in self.dirty if k[2] <= last_row]
         by_row: dict[tuple[int, int], list] = {}
         for number, value, row in closed:
@@ -596,7 +596,7 @@ def group_pings(
     Returns ``{pane: [{value: [online ids, off-duty ids, pings]}, ...]}``.
     """
     out: dict[int, list[dict[tuple, list]]] = {}
-    bucket = spec.bucket
+    bucket = spec.bucket_s
     for driver, time, on_duty, values in pings:
         pane = int(time // bucket) * bucket
         per_definition = out.get(pane)

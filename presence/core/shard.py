@@ -98,7 +98,7 @@ class ShardState:
             self.oldest = oldest
             keep_from = spec.oldest_kept_pane(oldest)
             if self.dirty:  # never the panes of a row still to be reported
-                keep_from = min(keep_from, min(self.dirty) + spec.bucket - spec.window)
+                keep_from = min(keep_from, min(self.dirty) + spec.bucket_s - spec.window_s)
             self.panes.drop_before(keep_from)
 
         summary = (watermark, flush, self.oldest, self.not_counted)

@@ -38,8 +38,8 @@ def dataflow_watermark(marks: Iterable[PartitionMark], spec: WindowSpec) -> floa
         return NO_EVENT
     live = [m.max_event for m in marks if m.state == LIVE]
     if live:
-        return min(live) - spec.lateness
-    return max(m.max_event for m in marks) - spec.lateness
+        return min(live) - spec.lateness_s
+    return max(m.max_event for m in marks) - spec.lateness_s
 
 
 def flush_watermark(marks: Iterable[PartitionMark], now: float, spec: WindowSpec) -> float:
@@ -57,7 +57,7 @@ def flush_watermark(marks: Iterable[PartitionMark], now: float, spec: WindowSpec
     carried = [
         m.max_event + max(0.0, now - m.read_at) for m in marks if m.max_event > NO_EVENT
     ]
-    return max([now, *carried]) - spec.lateness
+    return max([now, *carried]) - spec.lateness_s
 
 
 def oldest_countable(marks: Iterable[PartitionMark], spec: WindowSpec) -> float:
@@ -87,4 +87,4 @@ def oldest_countable(marks: Iterable[PartitionMark], spec: WindowSpec) -> float:
             return NO_EVENT
     if not known:
         return NO_EVENT
-    return min(known) - spec.lateness - spec.horizon
+    return min(known) - spec.lateness_s - spec.horizon_s

@@ -26,42 +26,42 @@ drivers of one shard into another after a restart.
 class WindowSpec:
     """The time rules of one dataflow, built from settings."""
 
-    bucket: int = 60
-    window: int = 300
-    lateness: float = 30.0
-    horizon: float = 3600.0
-    idle: float = 10.0
-    max_future_skew: float = 300.0
+    bucket_s: int = 60
+    window_s: int = 300
+    lateness_s: float = 30.0
+    horizon_s: float = 3600.0
+    idle_s: float = 10.0
+    max_future_skew_s: float = 300.0
     shards: int = SHARDS
 
     def __post_init__(self) -> None:
-        if self.bucket <= 0 or self.window <= 0 or self.window % self.bucket:
+        if self.bucket_s <= 0 or self.window_s <= 0 or self.window_s % self.bucket_s:
             raise ValueError("window must be a positive whole multiple of bucket")
 
     @property
     def span(self) -> int:
         """How many panes make one row."""
-        return self.window // self.bucket
+        return self.window_s // self.bucket_s
 
     def bucket_of(self, time: float) -> int:
         """Start of the bucket holding event time ``time``."""
-        return int(time // self.bucket) * self.bucket
+        return int(time // self.bucket_s) * self.bucket_s
 
     def row_end(self, row: int) -> int:
         """End (exclusive) of the interval of the row of bucket start ``row``."""
-        return row + self.bucket
+        return row + self.bucket_s
 
     def row_start(self, row: int) -> int:
         """Start (inclusive) of the interval of the row of bucket start ``row``."""
-        return row + self.bucket - self.window
+        return row + self.bucket_s - self.window_s
 
     def rows_of_pane(self, pane: int) -> range:
         """Bucket starts of the rows that pane ``pane`` is part of."""
-        return range(pane, pane + self.window, self.bucket)
+        return range(pane, pane + self.window_s, self.bucket_s)
 
     def panes_of_row(self, row: int) -> range:
         """Bucket starts of the panes whose union is row ``row``."""
-        return range(row + self.bucket - self.window, row + self.bucket, self.bucket)
+        return range(row + self.bucket_s - self.window_s, row + self.bucket_s, self.bucket_s)
 
     def oldest_kept_pane(self, gc_time: float) -> float:
         """Panes starting before this may be dropped once ``gc_time`` is known.
@@ -73,4 +73,4 @@ class WindowSpec:
         """
         if gc_time == float("-inf"):
             return gc_time
-        return self.bucket_of(gc_time) - (self.window - self.bucket)
+        return self.bucket_of(gc_time) - (self.window_s - self.bucket_s)

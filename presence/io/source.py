@@ -58,7 +58,7 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
         self.bounded = bounded
         self.batch_size = batch_size
         self.clock = clock
-        self.heartbeat = min(1.0, reader.spec.idle / 2)
+        self.heartbeat = min(1.0, reader.spec.idle_s / 2)
         self._awake: datetime | None = None
         self._last_emit = 0.0
         self._done = False
@@ -116,7 +116,7 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
             self._done = ended
             self._last_emit = now
             batch = reader.read(messages, now, ended=ended)
-            metrics.batch_read(reader.topic, reader.partition, len(messages), batch, reader.spec.lateness)
+            metrics.batch_read(reader.topic, reader.partition, len(messages), batch, reader.spec.lateness_s)
             return [batch]
 
         self._awake = datetime.now(timezone.utc) + timedelta(seconds=POLL_PAUSE_SECONDS)
