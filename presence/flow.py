@@ -7,6 +7,7 @@
       |-- split_by_shard -> panes (per driver shard) --\\
       |-- marks ---------------------------------------+-> rows (row book)
                                                             |-- report rows -> report_summary
+                                                            |   (and segment rows -> segment_summary)
                                                             \\-- status -----> pipeline_status
 
 Step ids are part of the recovery state: renaming one silently drops its
@@ -28,7 +29,7 @@ from bytewax.outputs import Sink
 
 from presence import metrics
 from presence.core.model import (
-    BookItem, MarkSeen, PartitionBatch, Row, ShardReport, ShardReported, Status,
+    BookItem, MarkSeen, PartitionBatch, Row, SegmentRow, ShardReport, ShardReported, Status,
 )
 from presence.core.rows import RowBook
 from presence.core.shard import ShardState
@@ -126,13 +127,14 @@ class BookLogic(StatefulBatchLogic):
 
     def on_eof(self) -> tuple[list, bool]:
         out: list[Any] = self.book.take_rows(final=True)
+        out += self.book.take_segment_rows(final=True)
         out.append(self._status())
         self.progress.log(self.book.totals(), self.clock(), final=True)
         return out, self.RETAIN
 
     def notify_at(self) -> datetime | None:
         at = self._next_status
-        if self.book.pending:
+        if self.book.pending or self.book.segment_pending:
             at = min(at, self._next_rows)
         # At most one status period ahead, even if the clock stepped back.
         wait = min(max(0.0, at - self.clock()), self.status_seconds)
@@ -153,9 +155,11 @@ class BookLogic(StatefulBatchLogic):
         """
         now = self.clock()
         out: list[Any] = []
-        if self.book.pending and due(now, self._next_rows, ROW_FLUSH_SECONDS):
+        book = self.book
+        if (book.pending or book.segment_pending) and due(now, self._next_rows, ROW_FLUSH_SECONDS):
             self._next_rows = now + ROW_FLUSH_SECONDS
-            out += self.book.take_rows()
+            out += book.take_rows()
+            out += book.take_segment_rows()
         if due(now, self._next_status, self.status_seconds):
             self._next_status = now + self.status_seconds
             out.append(self._status())
@@ -183,7 +187,8 @@ def _shard_parts(batch: PartitionBatch) -> Iterable:
 
 
 def _is_row(item: Any) -> bool:
-    return isinstance(item, Row)
+    """Rows of both collections (report_summary and segment_summary) go to the rows sink."""
+    return isinstance(item, (Row, SegmentRow))
 
 
 def build_flow(

@@ -478,6 +478,8 @@ class Settings(BaseModel):
             horizon_s=self.correction_horizon_minutes * 60,
             idle_s=self.idle_seconds,
             max_future_skew_s=self.max_future_skew_seconds,
+            segments=self.segment_definitions,
+            max_segment_values=self.max_segment_values,
         )
 
     def describe(self) -> str:

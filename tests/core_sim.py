@@ -12,7 +12,9 @@ from presence.core.partition import PartitionReader, RawMessage, shard_key
 from presence.core.rows import Row, RowBook
 from presence.core.shard import ShardState
 from presence.core.windows import WindowSpec
+from presence.core.model import SegmentRow
 from tests.oracle import P
+from tests.segment_oracle import SP
 
 TOPIC = "t"
 
@@ -20,6 +22,8 @@ TOPIC = "t"
 def encode(msg: object) -> bytes | None:
     if isinstance(msg, P):
         return orjson.dumps(msg.value())
+    if isinstance(msg, SP):
+        return orjson.dumps(msg.obj())
     return msg  # already bytes (or None)
 
 
@@ -30,6 +34,24 @@ class Store:
     rows: dict[int, dict] = field(default_factory=dict)
     history: list[Row] = field(default_factory=list)
     dead: dict[str, str] = field(default_factory=dict)
+    segments: dict[str, dict] = field(default_factory=dict)
+    """segment_summary by ``_id``."""
+    segment_history: list[SegmentRow] = field(default_factory=list)
+
+    def write_segment_rows(self, rows: list[SegmentRow]) -> None:
+        for row in rows:
+            self.segment_history.append(row)
+            doc = self.segments.setdefault(
+                row.doc_id, {"segment": row.segment, "key": tuple(row.key.values()),
+                             "bucket": row.bucket, "online": 0, "available": 0, "revision": 0})
+            doc["online"] = max(doc["online"], row.online)
+            doc["available"] = max(doc["available"], row.available)
+            doc["revision"] = max(doc["revision"], row.revision)
+
+    def segment_counts(self) -> dict[tuple, tuple[int, int]]:
+        """``{(segment, key values, bucket): (online, available)}``, as the segment oracle."""
+        return {(d["segment"], d["key"], d["bucket"]): (d["online"], d["available"])
+                for d in self.segments.values()}
 
     def write_rows(self, rows: list[Row]) -> None:
         for row in rows:
@@ -74,6 +96,7 @@ class Core:
             if report:
                 self.book.add_report(key, report)
         self.store.write_rows(self.book.take_rows())
+        self.store.write_segment_rows(self.book.take_segment_rows())
 
     def done(self, partition: int) -> bool:
         return (self.readers[partition].next_offset or 0) >= len(self.values[partition])
@@ -85,6 +108,7 @@ class Core:
             if report:
                 self.book.add_report(key, report)
         self.store.write_rows(self.book.take_rows(final=True))
+        self.store.write_segment_rows(self.book.take_segment_rows(final=True))
 
     def snapshot(self) -> bytes:
         return pickle.dumps(
@@ -101,6 +125,7 @@ class Core:
         # Rows written after the snapshot are written again (at least once):
         # monotony holds from here on.
         self.store.history.clear()
+        self.store.segment_history.clear()
         readers += [None] * (len(self.values) - len(readers))  # the topic may have grown
         self.readers = [
             PartitionReader(TOPIC, p, len(self.values), self.spec, self.now, snap)

@@ -87,3 +87,20 @@ def segment_oracle(
                 if ping.on_duty:
                     available[(segment, key, row)].add(driver)
     return {k: (len(online[k]), len(available[k])) for k in online}
+
+
+def expected(partitions: list[list[object]], segments: list[str], bucket: int, window: int,
+             lateness: float, horizon: float):
+    """For partitions of :class:`SP` and bad values: the global oracle's answer
+    ``(rows, too_late, invalid)`` (tests/oracle.py), the segment rows of the
+    counted pings, and how many counted pings are unlocated."""
+    from tests.oracle import P, oracle
+
+    plain = [[P(m.driver, m.time, m.on_duty) if isinstance(m, SP) else m for m in part]
+             for part in partitions]
+    rows, too_late, invalid = oracle(plain, bucket, window, lateness, horizon)
+    counted = [m for pid, part in enumerate(partitions) for off, m in enumerate(part)
+               if isinstance(m, SP) and (pid, off) not in too_late]
+    located = [s for s in segments if "h3:" in s]
+    unlocated = sum(1 for m in counted if located and key_of(located[0], m.obj()) is None)
+    return rows, too_late, invalid, segment_oracle(counted, segments, bucket, window), unlocated

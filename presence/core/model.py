@@ -15,7 +15,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
-from typing import Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from presence.core.pings import format_instant
 
@@ -76,6 +76,8 @@ class PartitionMark:
     """Valid pings older than this partition's watermark when read, not too late."""
     rejected: tuple[tuple[str, int], ...] = ()
     """Invalid messages by reason (``too_late`` is :attr:`too_late`), sorted by reason."""
+    unlocated: int = 0
+    """Counted pings without a valid location (counted only when a segment has ``h3``)."""
 
     def __getstate__(self) -> list:
         # Plain values only: the state is stored as its string ("live", ...),
@@ -127,6 +129,11 @@ Off-duty drivers are those of the online ones with no on-duty ping in the
 bucket (in this batch): usually far fewer than the available ones, so the
 pane step maps fewer ids, and fewer cross between processes."""
 
+SegmentPings = dict
+"""``{bucket start: [(driver id, on_duty, values), ...]}``: the counted pings of
+one shard with their segment values (one per definition, ``None`` when
+unlocated), as :meth:`presence.core.segment_panes.SegmentPanes.add_pings` takes them."""
+
 
 @dataclass(slots=True)
 class ShardPart:
@@ -134,6 +141,8 @@ class ShardPart:
 
     mark: PartitionMark
     buckets: BucketSets
+    segments: SegmentPings | None = None
+    """The same pings with their segment values; ``None`` when no segments are configured."""
 
 
 @dataclass(slots=True)
@@ -143,12 +152,17 @@ class PartitionBatch:
     mark: PartitionMark
     shards: list[BucketSets]
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    segments: list[SegmentPings] | None = None
+    """Per shard, as :attr:`ShardPart.segments`; ``None`` when no segments are configured."""
 
     def shard_parts(self) -> Iterator[tuple[str, ShardPart]]:
         """Every shard gets the mark (its watermark view moves on), with data or not."""
         mark = self.mark
+        segments = self.segments
         for shard, buckets in enumerate(self.shards):
-            yield shard_key(shard), ShardPart(mark, buckets)
+            yield shard_key(shard), ShardPart(
+                mark, buckets, None if segments is None else segments[shard]
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +182,11 @@ class ShardReport:
     flush: float = NO_EVENT
     """Rows ending at or before it may be written now: ``watermark``, or in a
     quiet live run the wall clock minus the lateness. Never stored."""
+    segment_partials: dict = field(default_factory=dict)
+    """``{(definition number, value, row): (online, available, overflow)}`` of
+    this shard's drivers, for changed segment rows (as ``partials``)."""
+    other_pings: tuple[int, ...] = ()
+    """Per definition: pings this shard counted under ``other`` (cumulative)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +209,59 @@ class Row:
             f"bucket {self.time_bucket} | online {self.online} | "
             f"available {self.available} | revision {self.revision}"
         )
+
+
+def segment_doc_id(segment: str, values: Iterable[str], time_bucket: str) -> str:
+    """The ``_id`` of a ``segment_summary`` document: segment, key values (in the
+    definition's field order) and ``timeBucket`` joined by ``|``. A ``|`` or
+    ``\\`` inside a value is escaped with ``\\``, so two keys never share an id."""
+    parts = [v.replace("\\", "\\\\").replace("|", "\\|") for v in values]
+    return "|".join([segment, *parts, time_bucket])
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    """One ``segment_summary`` document (one segment value in one row)."""
+
+    segment: str
+    """The definition's name (``city,vehicle_type``)."""
+    key: dict
+    """``{field: value}`` in the definition's order (H3 cells as hex strings)."""
+    bucket: int
+    window_start: int
+    window_end: int
+    online: int
+    available: int
+    revision: int
+    overflow: bool = False
+    """Some shard sent new values of this segment to ``other`` in one of the row's panes."""
+
+    @property
+    def time_bucket(self) -> str:
+        return format_instant(self.bucket)
+
+    @property
+    def doc_id(self) -> str:
+        return segment_doc_id(self.segment, self.key.values(), self.time_bucket)
+
+    def log_line(self) -> str:
+        key = ", ".join(f"{k}={v}" for k, v in self.key.items())
+        return (
+            f"segment {self.segment} {key} | bucket {self.time_bucket} | online {self.online} | "
+            f"available {self.available} | revision {self.revision}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentTotals:
+    """Status counters of one segment definition."""
+
+    segment: str
+    other_pings: int = 0
+    """Pings counted under ``other`` (the overflow valve), summed over shards."""
+    rows_written: int = 0
+    overflow_rows: int = 0
+    """Row writes with ``overflow``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +288,10 @@ class Totals:
     """Dead letters stored: ``invalid`` plus the too-late pings judged by their partition."""
     dead_letters_by_reason: tuple[tuple[str, int], ...] = ()
     """``(reason, count)`` of every dead letter, sorted by reason."""
+    unlocated: int = 0
+    """Counted pings without a valid location (counted only when a segment has ``h3``)."""
+    segments: tuple[SegmentTotals, ...] = ()
+    """One per configured definition, in their order; empty without segments."""
 
     @property
     def corrected_late(self) -> int:

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from itertools import accumulate
 from datetime import datetime, timezone
-from typing import Annotated, Literal, NamedTuple, Union
+from typing import Annotated, Any, Literal, NamedTuple, Union
 
 import msgspec
 import orjson
@@ -107,6 +107,36 @@ _decode_shape = msgspec.json.Decoder(_Shape).decode
 decode_shape = _decode_shape
 """msgspec's decoder of the usual ping shape (the reader inlines the fast path with it)."""
 _DecodeError = msgspec.DecodeError  # ValidationError is a subclass
+
+
+class _SegmentShape(_Shape, gc=False):
+    """:class:`_Shape` with the optional segment fields (SPEC "Input").
+
+    Typed ``Any``: a bad optional field (a number for ``city``, text for
+    ``lat``) neither rejects the ping nor sends it off the fast path; its
+    value is judged by :class:`presence.core.segments.ValueExtractor`. Used
+    only when segments are configured: without them the reader decodes
+    :class:`_Shape`, which skips these fields.
+    """
+
+    city: Any = None
+    vehicle_type: Any = None
+    lat: Any = None
+    lng: Any = None
+
+
+decode_segment_shape = msgspec.json.Decoder(_SegmentShape).decode
+"""msgspec's decoder of the usual ping shape with the optional segment fields."""
+
+
+def ping_object(value: bytes | None) -> dict:
+    """The JSON object of a value already judged valid (the checked path's
+    reading of it), for its optional fields; ``{}`` if there is none."""
+    try:
+        obj = _decode(value)
+    except Exception:  # noqa: BLE001 - a valid ping always decodes; belt and braces
+        return {}
+    return obj if type(obj) is dict else {}
 
 
 def parse_ping(value: bytes | None, latest_allowed: float) -> Parsed:

@@ -10,46 +10,167 @@ Every ping total (:class:`Totals`) comes from the partitions' own counters,
 kept in their recovery state, so it is the same whatever the workers,
 processes, batching or crashes; only the counts of writes (rows written,
 rewrites) depend on how reads were batched.
+
+Segment rows (:class:`SegmentRow`, one per definition, value and row) follow
+the same rules: summed over the shards' partials, written once every shard's
+watermark passed them, rewritten with ``revision + 1`` when a late ping
+changes them, forgotten with the global rows. With ``h3`` there are tens of
+thousands of them per bucket, so their state is kept per row (so forgetting
+a row is one dict deletion) and compact: per (definition, value) one tuple
+``(shard number, packed partial, ...)`` and one packed int of what was written.
+
+The recovery state is a :class:`BookSnapshot` (plain data, with a
+``version``); the dict of earlier versions (version 0) still restores.
 """
 
 from __future__ import annotations
 
-from presence.core.model import NO_EVENT, PartitionMark, Row, ShardReport, Totals  # noqa: F401
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+from presence.core.model import (  # noqa: F401
+    NO_EVENT, PartitionMark, Row, SegmentRow, SegmentTotals, ShardReport, Totals,
+)
 from presence.core.windows import WindowSpec
+
+BOOK_SNAPSHOT_VERSION = 1
+"""Version of :class:`BookSnapshot`. 0 is the dict written before it existed
+(same fields, no segments); raise it when a field changes meaning."""
+
+_COUNT_BITS = 32
+_COUNT_MASK = (1 << _COUNT_BITS) - 1
+
+
+def _pack_partial(online: int, available: int, overflow: bool) -> int:
+    """One shard's partial of a segment row as one int (small ints are shared)."""
+    return (online << (_COUNT_BITS + 1)) | (available << 1) | bool(overflow)
+
+
+def _pack_written(online: int, available: int, revision: int) -> int:
+    return (revision << (2 * _COUNT_BITS)) | (online << _COUNT_BITS) | available
+
+
+def _unpack_written(packed: int) -> tuple[int, int, int]:
+    return (packed >> _COUNT_BITS) & _COUNT_MASK, packed & _COUNT_MASK, packed >> (2 * _COUNT_BITS)
+
+
+@dataclass(frozen=True)
+class BookSnapshot:
+    """The row book's recovery state: plain values, bytewax pickles it."""
+
+    version: int
+    watermarks: dict
+    oldest: dict
+    not_counted: dict
+    partials: dict
+    """``{row: {shard: (online, available)}}``."""
+    written: dict
+    """``{row: (online, available, revision)}``."""
+    pending: tuple
+    marks: dict
+    rows_written: int
+    row_rewrites: int
+    segment_parts: dict | None = None
+    """``{row: {(definition number, value): (shard number, packed partial, ...)}}``."""
+    segment_written: dict | None = None
+    """``{row: {(definition number, value): packed (online, available, revision)}}``."""
+    segment_pending: dict | None = None
+    """``{row: tuple of (definition number, value)}``."""
+    other_pings: dict | None = None
+    """``{shard: (pings under other, per definition)}`` (cumulative, as reported)."""
+    segment_rows_written: tuple = ()
+    segment_overflow_rows: tuple = ()
+
+    @classmethod
+    def of(cls, resume: Any) -> "BookSnapshot":
+        """A snapshot of any known version; ``ValueError`` for anything else."""
+        if isinstance(resume, cls):
+            if resume.version != BOOK_SNAPSHOT_VERSION:
+                raise ValueError(
+                    f"row book state version {resume.version} is not known to this presence "
+                    f"(it reads {BOOK_SNAPSHOT_VERSION} and 0)"
+                )
+            return resume
+        if isinstance(resume, dict):  # version 0: the dict of presence before segments
+            return cls(
+                version=0,
+                watermarks=resume.get("watermarks", {}),
+                oldest=resume.get("oldest", {}),
+                not_counted=resume.get("not_counted", {}),
+                partials=resume.get("partials", {}),
+                written=resume.get("written", {}),
+                pending=tuple(resume.get("pending", ())),
+                marks=resume.get("marks", {}),
+                rows_written=resume.get("rows_written", 0),
+                row_rewrites=resume.get("row_rewrites", 0),
+            )
+        raise ValueError(f"row book state is a {type(resume).__name__}, not a book snapshot")
 
 
 class RowBook:
     """Sums of shard partials per row, revisions, and what was written."""
 
-    def __init__(self, spec: WindowSpec, resume: dict | None = None) -> None:
+    def __init__(self, spec: WindowSpec, resume: BookSnapshot | dict | None = None) -> None:
         self.spec = spec
-        resume = resume or {}
-        self.watermarks: dict[str, float] = dict(resume.get("watermarks", {}))
-        self.oldest: dict[str, float] = dict(resume.get("oldest", {}))
-        self.not_counted: dict[str, int] = dict(resume.get("not_counted", {}))
+        snap = BookSnapshot.of(resume) if resume else BookSnapshot.of({})
+        self.watermarks: dict[str, float] = dict(snap.watermarks)
+        self.oldest: dict[str, float] = dict(snap.oldest)
+        self.not_counted: dict[str, int] = dict(snap.not_counted)
         self.partials: dict[int, dict[str, tuple[int, int]]] = {
-            row: dict(parts) for row, parts in resume.get("partials", {}).items()
+            row: dict(parts) for row, parts in snap.partials.items()
         }
-        self.written: dict[int, tuple[int, int, int]] = dict(resume.get("written", {}))
-        self.pending: set[int] = set(resume.get("pending", ()))
-        self.marks: dict[str, PartitionMark] = dict(resume.get("marks", {}))
-        self.rows_written: int = resume.get("rows_written", 0)
-        self.row_rewrites: int = resume.get("row_rewrites", 0)
+        self.written: dict[int, tuple[int, int, int]] = dict(snap.written)
+        self.pending: set[int] = set(snap.pending)
+        self.marks: dict[str, PartitionMark] = dict(snap.marks)
+        self.rows_written: int = snap.rows_written
+        self.row_rewrites: int = snap.row_rewrites
         # Shards' flush watermarks (may follow the wall clock): never stored.
         self.flush: dict[str, float] = {}
-
-    def snapshot(self) -> dict:
-        return {
-            "watermarks": dict(self.watermarks),
-            "oldest": dict(self.oldest),
-            "not_counted": dict(self.not_counted),
-            "partials": {row: dict(parts) for row, parts in self.partials.items()},
-            "written": dict(self.written),
-            "pending": tuple(self.pending),
-            "marks": dict(self.marks),
-            "rows_written": self.rows_written,
-            "row_rewrites": self.row_rewrites,
+        # Segment rows, per row: see the module's docstring.
+        self.definitions = tuple(spec.segments)
+        count = len(self.definitions)
+        self.segment_parts: dict[int, dict[tuple, tuple]] = {
+            row: dict(parts) for row, parts in (snap.segment_parts or {}).items()
         }
+        self.segment_written: dict[int, dict[tuple, int]] = {
+            row: dict(w) for row, w in (snap.segment_written or {}).items()
+        }
+        self.segment_pending: dict[int, set[tuple]] = {
+            row: set(keys) for row, keys in (snap.segment_pending or {}).items()
+        }
+        self.other_pings: dict[str, tuple[int, ...]] = dict(snap.other_pings or {})
+        self.segment_rows_written: list[int] = list(snap.segment_rows_written) or [0] * count
+        self.segment_overflow_rows: list[int] = list(snap.segment_overflow_rows) or [0] * count
+        if len(self.segment_rows_written) != count or len(self.segment_overflow_rows) != count:
+            raise ValueError(
+                f"row book state was made with {len(self.segment_rows_written)} segment "
+                f"definitions, not {count}"
+            )
+
+    def snapshot(self) -> BookSnapshot:
+        segments = bool(self.definitions)
+        return BookSnapshot(
+            version=BOOK_SNAPSHOT_VERSION,
+            watermarks=dict(self.watermarks),
+            oldest=dict(self.oldest),
+            not_counted=dict(self.not_counted),
+            partials={row: dict(parts) for row, parts in self.partials.items()},
+            written=dict(self.written),
+            pending=tuple(self.pending),
+            marks=dict(self.marks),
+            rows_written=self.rows_written,
+            row_rewrites=self.row_rewrites,
+            segment_parts={row: dict(p) for row, p in self.segment_parts.items()}
+            if segments else None,
+            segment_written={row: dict(w) for row, w in self.segment_written.items()}
+            if segments else None,
+            segment_pending={row: tuple(k) for row, k in self.segment_pending.items()}
+            if segments else None,
+            other_pings=dict(self.other_pings) if segments else None,
+            segment_rows_written=tuple(self.segment_rows_written),
+            segment_overflow_rows=tuple(self.segment_overflow_rows),
+        )
 
     def add_report(self, shard: str, report: ShardReport) -> None:
         self.watermarks[shard] = max(self.watermarks.get(shard, NO_EVENT), report.watermark)
@@ -59,6 +180,40 @@ class RowBook:
         for row, counts in report.partials.items():
             self.partials.setdefault(row, {})[shard] = counts
             self.pending.add(row)
+        if report.other_pings:
+            before = self.other_pings.get(shard)
+            self.other_pings[shard] = (
+                report.other_pings if before is None
+                else tuple(map(max, before, report.other_pings))
+            )
+        if report.segment_partials:
+            self._add_segment_partials(_shard_number(shard), report.segment_partials)
+
+    def _add_segment_partials(self, number: int, partials: dict) -> None:
+        parts_by_row = self.segment_parts
+        pending = self.segment_pending
+        for (definition, value, row), (online, available, overflow) in partials.items():
+            key = (definition, value)
+            packed = _pack_partial(online, available, overflow)
+            parts = parts_by_row.get(row)
+            if parts is None:
+                parts = parts_by_row[row] = {}
+            old = parts.get(key)
+            if old is None:
+                parts[key] = (number, packed)
+            else:
+                # (shard, packed, shard, packed, ...): usually one or two shards.
+                for at in range(0, len(old), 2):
+                    if old[at] == number:
+                        parts[key] = old[:at + 1] + (packed,) + old[at + 2:]
+                        break
+                else:
+                    parts[key] = old + (number, packed)
+            keys = pending.get(row)
+            if keys is None:
+                pending[row] = {key}
+            else:
+                keys.add(key)
 
     def add_mark(self, mark: PartitionMark) -> None:
         self.marks[mark.key] = mark
@@ -103,6 +258,56 @@ class RowBook:
         self._forget_final_rows()
         return rows
 
+    def take_segment_rows(self, final: bool = False) -> list[SegmentRow]:
+        """Segment rows to (re)write now, as :meth:`take_rows` (call it after it)."""
+        if not self.segment_pending:
+            return []
+        spec = self.spec
+        watermark = self.flush_watermark
+        ready = sorted(r for r in self.segment_pending if final or spec.row_end(r) <= watermark)
+        definitions = self.definitions
+        rows_written = self.segment_rows_written
+        overflow_rows = self.segment_overflow_rows
+        out: list[SegmentRow] = []
+        for row in ready:
+            keys = self.segment_pending.pop(row)
+            parts = self.segment_parts.get(row, {})
+            written = self.segment_written.get(row)
+            if written is None:
+                written = self.segment_written[row] = {}
+            start, end = spec.row_start(row), spec.row_end(row)
+            for key in sorted(keys, key=_sort_key):
+                packed = parts.get(key, ())
+                online = available = 0
+                overflow = False
+                for at in range(1, len(packed), 2):
+                    p = packed[at]
+                    online += p >> (_COUNT_BITS + 1)
+                    available += (p >> 1) & _COUNT_MASK
+                    overflow = overflow or bool(p & 1)
+                before = written.get(key)
+                if online == 0:
+                    continue
+                if before is not None:
+                    b_online, b_available, b_revision = _unpack_written(before)
+                    if (b_online, b_available) == (online, available):
+                        continue
+                    revision = b_revision + 1
+                else:
+                    revision = 1
+                written[key] = _pack_written(online, available, revision)
+                number, value = key
+                definition = definitions[number]
+                out.append(SegmentRow(
+                    definition.name, definition.key(value), row, start, end,
+                    online, available, revision, overflow,
+                ))
+                rows_written[number] += 1
+                if overflow:
+                    overflow_rows[number] += 1
+        self._forget_final_rows()
+        return out
+
     def _forget_final_rows(self) -> None:
         """Rows before the oldest countable bucket can never change again."""
         if len(self.oldest) < self.spec.shards:
@@ -114,6 +319,13 @@ class RowBook:
         for row in [r for r in self.written if r < cutoff and r not in self.pending]:
             del self.written[row]
             self.partials.pop(row, None)
+        if self.segment_written or self.segment_parts:
+            pending = self.segment_pending
+            for row in [r for r in self.segment_parts if r < cutoff and r not in pending]:
+                del self.segment_parts[row]
+                self.segment_written.pop(row, None)
+            for row in [r for r in self.segment_written if r < cutoff and r not in pending]:
+                del self.segment_written[row]
 
     def totals(self) -> Totals:
         marks = self.marks.values()
@@ -137,4 +349,32 @@ class RowBook:
             row_rewrites=self.row_rewrites,
             dead_letters=invalid + too_late,
             dead_letters_by_reason=tuple(sorted(by_reason.items())),
+            unlocated=sum(m.unlocated for m in marks),
+            segments=self._segment_totals(),
         )
+
+    def _segment_totals(self) -> tuple[SegmentTotals, ...]:
+        out = []
+        others = list(self.other_pings.values())
+        for number, definition in enumerate(self.definitions):
+            out.append(SegmentTotals(
+                definition.name,
+                sum(o[number] for o in others if number < len(o)),
+                self.segment_rows_written[number],
+                self.segment_overflow_rows[number],
+            ))
+        return tuple(out)
+
+
+def _shard_number(shard: str) -> int:
+    """``shard-03`` -> 3 (the book's compact key of a shard)."""
+    try:
+        return int(shard.rsplit("-", 1)[-1])
+    except ValueError:  # not a shard key of presence.flow (tests): still stable and distinct
+        return zlib.crc32(shard.encode()) + (1 << 32)
+
+
+def _sort_key(key: tuple) -> tuple:
+    """Definition number, then the value as text (cells are ints, cities strings)."""
+    number, value = key
+    return number, tuple(map(str, value))

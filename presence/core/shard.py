@@ -13,33 +13,96 @@ the wall clock), or all of them at the end of a bounded run.
 A ping older than the state kept (only possible from a partition that had
 no watermark yet when the state was dropped: SPEC "Time") is too late here:
 not counted, and reported in :attr:`ShardReport.not_counted`.
+
+With segments (``spec.segments``), a :class:`SegmentPanes` sits beside the
+global panes: same pings, same closing, same clean-up; its partials travel in
+:attr:`ShardReport.segment_partials`.
+
+The recovery state is a :class:`ShardSnapshot` (plain data, with a
+``version``); the dict of earlier versions (version 0) still restores.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 from presence.core.model import LIVE, NO_EVENT, PartitionMark, ShardPart, ShardReport
 from presence.core.panes import ShardPanes
+from presence.core.segment_panes import SegmentPanes
 from presence.core.watermark import dataflow_watermark, flush_watermark, oldest_countable
 from presence.core.windows import WindowSpec
+
+SHARD_SNAPSHOT_VERSION = 1
+"""Version of :class:`ShardSnapshot`. 0 is the dict written before it existed
+(same fields, no segments); raise it when a field changes meaning."""
+
+
+@dataclass(frozen=True)
+class ShardSnapshot:
+    """One driver shard's recovery state: plain values, bytewax pickles it."""
+
+    version: int
+    panes: dict
+    """:meth:`ShardPanes.snapshot`."""
+    marks: dict
+    """``{partition key: PartitionMark}``."""
+    watermark: float
+    oldest: float
+    dirty: tuple
+    not_counted: int
+    segments: dict | None = None
+    """:meth:`SegmentPanes.snapshot`, or ``None`` without segments."""
+
+    @classmethod
+    def of(cls, resume: Any) -> "ShardSnapshot":
+        """A snapshot of any known version; ``ValueError`` for anything else."""
+        if isinstance(resume, cls):
+            if resume.version != SHARD_SNAPSHOT_VERSION:
+                raise ValueError(
+                    f"shard state version {resume.version} is not known to this presence "
+                    f"(it reads {SHARD_SNAPSHOT_VERSION} and 0)"
+                )
+            return resume
+        if isinstance(resume, dict):  # version 0: the dict of presence before segments
+            return cls(
+                version=0,
+                panes=resume["panes"],
+                marks=resume["marks"],
+                watermark=resume["watermark"],
+                oldest=resume["oldest"],
+                dirty=tuple(resume["dirty"]),
+                not_counted=resume.get("not_counted", 0),
+            )
+        raise ValueError(f"shard state is a {type(resume).__name__}, not a shard snapshot")
 
 
 class ShardState:
     """State of one driver shard, updated by :class:`ShardPart` items."""
 
-    def __init__(self, spec: WindowSpec, resume: dict | None = None) -> None:
+    def __init__(self, spec: WindowSpec, resume: ShardSnapshot | dict | None = None) -> None:
         self.spec = spec
+        self.segments: SegmentPanes | None = None
         if resume:
-            self.panes = ShardPanes.restore(spec, resume["panes"])
+            snap = ShardSnapshot.of(resume)
+            self.panes = ShardPanes.restore(spec, snap.panes)
             # A new run: no partition has gone idle or ended in it yet.
             self.marks: dict[str, PartitionMark] = {
-                k: replace(m, state=LIVE) for k, m in resume["marks"].items()
+                k: replace(m, state=LIVE) for k, m in snap.marks.items()
             }
-            self.watermark: float = resume["watermark"]
-            self.oldest: float = resume["oldest"]
-            self.dirty: set[int] = set(resume["dirty"])
-            self.not_counted: int = resume.get("not_counted", 0)
+            self.watermark: float = snap.watermark
+            self.oldest: float = snap.oldest
+            self.dirty: set[int] = set(snap.dirty)
+            self.not_counted: int = snap.not_counted
+            if snap.segments is not None or spec.segments:
+                if snap.segments is None:
+                    raise ValueError(
+                        "shard state was made without segments, not with "
+                        f"{';'.join(d.name for d in spec.segments)!r}"
+                    )
+                self.segments = SegmentPanes.restore(
+                    spec, spec.segments, snap.segments, spec.max_segment_values
+                )
         else:
             self.panes = ShardPanes(spec)
             self.marks = {}
@@ -47,17 +110,21 @@ class ShardState:
             self.oldest = NO_EVENT
             self.dirty = set()
             self.not_counted = 0
+            if spec.segments:
+                self.segments = SegmentPanes(spec, spec.segments, spec.max_segment_values)
         self._last_sent: tuple | None = None
 
-    def snapshot(self) -> dict:
-        return {
-            "panes": self.panes.snapshot(),
-            "marks": dict(self.marks),
-            "watermark": self.watermark,
-            "oldest": self.oldest,
-            "dirty": tuple(self.dirty),
-            "not_counted": self.not_counted,
-        }
+    def snapshot(self) -> ShardSnapshot:
+        return ShardSnapshot(
+            version=SHARD_SNAPSHOT_VERSION,
+            panes=self.panes.snapshot(),
+            marks=dict(self.marks),
+            watermark=self.watermark,
+            oldest=self.oldest,
+            dirty=tuple(self.dirty),
+            not_counted=self.not_counted,
+            segments=None if self.segments is None else self.segments.snapshot(),
+        )
 
     def apply(self, part: ShardPart) -> None:
         """Add one partition batch's share (its drivers and its mark)."""
@@ -74,6 +141,11 @@ class ShardState:
                 continue
             if self.panes.add(pane, online, off_duty):
                 self.dirty.update(spec.rows_of_pane(pane))
+        segments = self.segments
+        if segments is not None and part.segments:
+            for pane, pings in part.segments.items():
+                if pane >= countable:  # older: counted in not_counted above
+                    segments.add_pings(pane, pings)
 
     def report(self, now: float, final: bool = False) -> ShardReport | None:
         """Closed changed rows, or every changed row if ``final``; None if nothing new.
@@ -92,6 +164,13 @@ class ShardState:
             closed = [r for r in self.dirty if spec.row_end(r) <= flush]
         partials = {row: self.panes.row_counts(row) for row in closed}
         self.dirty.difference_update(closed)
+        segments = self.segments
+        segment_partials: dict = {}
+        other: tuple[int, ...] = ()
+        if segments is not None:
+            # Before any pane is dropped: the rows reported are whole.
+            segment_partials = segments.take_partials(None if final else flush)
+            other = tuple(segments.other_pings)
 
         oldest = oldest_countable(marks, spec)
         if oldest > self.oldest:
@@ -99,10 +178,19 @@ class ShardState:
             keep_from = spec.oldest_kept_pane(oldest)
             if self.dirty:  # never the panes of a row still to be reported
                 keep_from = min(keep_from, min(self.dirty) + spec.bucket_s - spec.window_s)
+            if segments is not None and segments.dirty:
+                first = min(k[2] for k in segments.dirty)
+                keep_from = min(keep_from, first + spec.bucket_s - spec.window_s)
             self.panes.drop_before(keep_from)
+            if segments is not None:
+                segments.drop_before(keep_from)
+        if segments is not None:
+            segments.freeze_closed(watermark)
 
-        summary = (watermark, flush, self.oldest, self.not_counted)
-        if not partials and not final and summary == self._last_sent:
+        summary = (watermark, flush, self.oldest, self.not_counted, other)
+        if not partials and not segment_partials and not final and summary == self._last_sent:
             return None
         self._last_sent = summary
-        return ShardReport(watermark, self.oldest, partials, self.not_counted, flush)
+        return ShardReport(
+            watermark, self.oldest, partials, self.not_counted, flush, segment_partials, other
+        )

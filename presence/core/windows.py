@@ -33,6 +33,11 @@ class WindowSpec:
     idle_s: float = 10.0
     max_future_skew_s: float = 300.0
     shards: int = SHARDS
+    segments: tuple = ()
+    """The segment definitions (:class:`presence.core.segments.SegmentDefinition`,
+    PRESENCE_SEGMENTS); empty: the global rows only."""
+    max_segment_values: int = 50_000
+    """PRESENCE_MAX_SEGMENT_VALUES: values per definition per bucket in one shard."""
 
     def __post_init__(self) -> None:
         if self.bucket_s <= 0 or self.window_s <= 0 or self.window_s % self.bucket_s:

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from bytewax.inputs import AbortExecution
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from presence.core.partition import RawMessage
 
@@ -106,3 +107,51 @@ class MemoryFeed:
 
     def close(self) -> None:
         pass
+
+
+class MemoryStore:
+    """What MongoDB would hold after the rows sink's upserts (``$set``/``$max``),
+    by the same ``_id`` s: ``report_summary`` and ``segment_summary`` as dicts of
+    documents (counts and revisions only; times as epoch seconds). For tests and
+    benchmarks that run the flow without a database."""
+
+    def __init__(self) -> None:
+        self.reports: dict[str, dict] = {}
+        self.segments: dict[str, dict] = {}
+
+    def write(self, items: list) -> None:
+        from presence.core.model import Row, SegmentRow
+
+        for item in items:
+            if type(item) is Row:
+                doc = self.reports.setdefault(item.time_bucket, {"timeBucket": item.time_bucket})
+            elif type(item) is SegmentRow:
+                doc = self.segments.setdefault(item.doc_id, {})
+                doc.update(segment=item.segment, key=dict(item.key), timeBucket=item.time_bucket)
+                if item.overflow:
+                    doc["overflow"] = True
+            else:
+                continue
+            doc["windowStart"], doc["windowEnd"] = item.window_start, item.window_end
+            for name, value in (("driversOnlineCount", item.online),
+                                ("driversAvailableCount", item.available),
+                                ("revision", item.revision)):
+                doc[name] = max(doc.get(name, value), value)
+
+
+class _StorePartition(StatelessSinkPartition):
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def write_batch(self, items: list) -> None:
+        self.store.write(items)
+
+
+class MemorySink(DynamicSink):
+    """The rows sink into a :class:`MemoryStore` (one process: workers share it)."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StorePartition:
+        return _StorePartition(self.store)

@@ -5,6 +5,8 @@ every write can be repeated without harm:
 
 - ``report_summary``: one upsert per row; counts, revision and ``updatedAt``
   go through ``$max``, so a replayed older result never lowers them;
+- ``segment_summary``: the same, one upsert per (segment, key, timeBucket),
+  by a deterministic ``_id`` (:func:`presence.core.model.segment_doc_id`);
 - ``dead_letters``: unordered inserts keyed by ``topic:partition:offset``; a
   replayed one fails as a duplicate key, which is ignored; kept
   ``PRESENCE_DEAD_LETTER_TTL_DAYS`` (a TTL index on ``receivedAt``, or, on a
@@ -38,7 +40,7 @@ from pymongo.errors import (
 )
 
 from presence import metrics
-from presence.core.model import DeadLetter, PartitionMark, Row, Status, Totals
+from presence.core.model import DeadLetter, PartitionMark, Row, SegmentRow, Status, Totals
 from presence.core.pings import bucket_epoch
 from presence.settings import Settings, mongo_hosts
 
@@ -46,6 +48,8 @@ log = logging.getLogger("presence.mongo")
 row_log = logging.getLogger("presence.rows")
 
 REPORTS = "report_summary"
+SEGMENTS = "segment_summary"
+SEGMENT_INDEX = "segment_key_bucket"
 DEAD_LETTERS = "dead_letters"
 STATUS = "pipeline_status"
 FINGERPRINTS = "fingerprint"
@@ -219,6 +223,9 @@ def ensure_indexes(db: Database, dead_letter_ttl_days: float = 30.0) -> bool:
     when it has no TTL indexes (then a plain index is made and the dead-letter sink
     deletes expired ones, see :func:`prune_dead_letters`)."""
     db[REPORTS].create_index("timeBucket", unique=True, name="timeBucket_unique")
+    db[SEGMENTS].create_index(
+        [("segment", 1), ("key", 1), ("timeBucket", 1)], unique=True, name=SEGMENT_INDEX
+    )
     db[DEAD_LETTERS].create_index("reason", name="reason")
     return ensure_ttl_index(db[DEAD_LETTERS], "receivedAt", round(dead_letter_ttl_days * 86400))
 
@@ -278,6 +285,34 @@ def row_update(row: Row, now: datetime) -> UpdateOne:
                 "windowStart": utc(row.window_start),
                 "windowEnd": utc(row.window_end),
             },
+            "$max": {
+                "driversOnlineCount": row.online,
+                "driversAvailableCount": row.available,
+                "revision": row.revision,
+                "updatedAt": now,
+            },
+        },
+        upsert=True,
+    )
+
+
+def segment_row_update(row: SegmentRow, now: datetime) -> UpdateOne:
+    """The upsert of one ``segment_summary`` document, by its deterministic ``_id``
+    (FerretDB scans the collection for an upsert by any other filter)."""
+    time_bucket = row.time_bucket
+    fields: dict[str, Any] = {
+        "segment": row.segment,
+        "key": row.key,
+        "timeBucket": time_bucket,
+        "windowStart": utc(row.window_start),
+        "windowEnd": utc(row.window_end),
+    }
+    if row.overflow:
+        fields["overflow"] = True
+    return UpdateOne(
+        {"_id": row.doc_id},
+        {
+            "$set": fields,
             "$max": {
                 "driversOnlineCount": row.online,
                 "driversAvailableCount": row.available,
@@ -355,12 +390,25 @@ def status_updates(
                     "rowRewrites": totals.row_rewrites,
                     "notCounted": totals.not_counted,
                     **_time_field("watermark", totals.watermark),
+                    **_segment_totals(totals),
                 },
             },
             upsert=True,
         )
     )
     return updates
+
+
+def _segment_totals(totals: Totals) -> dict[str, int]:
+    """``unlocated`` and ``segments.<definition>.*`` (only with segments configured)."""
+    if not totals.segments:
+        return {}
+    out = {"unlocated": totals.unlocated}
+    for seg in totals.segments:
+        out[f"segments.{seg.segment}.otherPings"] = seg.other_pings
+        out[f"segments.{seg.segment}.rowsWritten"] = seg.rows_written
+        out[f"segments.{seg.segment}.overflowRows"] = seg.overflow_rows
+    return out
 
 
 def _time_field(name: str, epoch_seconds: float) -> dict:
@@ -389,13 +437,14 @@ class _MongoPartition(StatelessSinkPartition):
         if items:
             self.write(self, items)
 
-    def bulk(self, what: str, updates: list[UpdateOne]) -> None:
+    def bulk(self, what: str, updates: list[UpdateOne], collection: Any = None) -> None:
         if not updates:
             return
+        target = self.collection if collection is None else collection
 
         def attempt(again: bool = True) -> None:
             try:
-                self.collection.bulk_write(updates, ordered=False)
+                target.bulk_write(updates, ordered=False)
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors") or []
                 if any(e.get("code") != 11000 for e in errors):
@@ -415,10 +464,24 @@ class _MongoPartition(StatelessSinkPartition):
         CLIENTS.release(self.settings.mongo_uri)
 
 
-def _write_rows(part: _MongoPartition, rows: list[Row]) -> None:
+SEGMENT_BATCH = 5000
+"""Segment rows per ``bulk_write`` (unordered): an h3 bucket has tens of thousands."""
+
+
+def _write_rows(part: _MongoPartition, items: list) -> None:
+    """Global rows to ``report_summary``, segment rows (if any) to ``segment_summary``."""
     now = datetime.now(timezone.utc)
-    part.bulk(f"writing {len(rows)} rows", [row_update(r, now) for r in rows])
-    metrics.rows_written(len(rows))
+    rows = [r for r in items if type(r) is Row]
+    segment_rows = [r for r in items if type(r) is SegmentRow] if len(rows) < len(items) else []
+    if rows:
+        part.bulk(f"writing {len(rows)} rows", [row_update(r, now) for r in rows])
+        metrics.rows_written(len(rows))
+    if segment_rows:
+        coll = part.db[SEGMENTS]
+        for at in range(0, len(segment_rows), SEGMENT_BATCH):
+            chunk = segment_rows[at:at + SEGMENT_BATCH]
+            part.bulk(f"writing {len(chunk)} segment rows",
+                      [segment_row_update(r, now) for r in chunk], coll)
     if part.settings.log_rows:
         for row in rows:
             row_log.info(row.log_line())

@@ -1,0 +1,256 @@
+"""Segments wired through the pure core: reader -> shards -> row book (SPEC "Segments").
+
+The reader's fast and checked paths, unlocated counting, the shard and book
+state as versioned data (and the dicts of the previous format still restored),
+and a property test over random streams with segments, crashes and
+incremental runs against the brute-force oracle (tests/segment_oracle.py).
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from presence.core.model import PartitionMark, SegmentRow, ShardReport, segment_doc_id
+from presence.core.partition import PartitionReader, RawMessage
+from presence.core.rows import BOOK_SNAPSHOT_VERSION, BookSnapshot, RowBook
+from presence.core.segments import parse_segments
+from presence.core.shard import SHARD_SNAPSHOT_VERSION, ShardSnapshot, ShardState
+from presence.core.windows import WindowSpec
+from tests.constants import NOW, T0, oracle_rules
+from tests.core_sim import Core
+from tests.segment_oracle import SP, expected
+from tests.streams import segment_stream
+
+SEGMENTS = "city;city,vehicle_type;h3:8"
+DEFS = parse_segments(SEGMENTS)
+NAMES = [d.name for d in DEFS]
+SPEC = WindowSpec(bucket_s=60, window_s=180, lateness_s=10, horizon_s=300, idle_s=10, shards=3,
+                  segments=DEFS)
+PLAIN = WindowSpec(bucket_s=60, window_s=180, lateness_s=10, horizon_s=300, idle_s=10, shards=3)
+
+
+def _msg(offset: int, obj: object) -> RawMessage:
+    data = obj if isinstance(obj, bytes) else orjson.dumps(obj)
+    return RawMessage(offset, data, int(NOW * 1000))
+
+
+def _values(batch) -> list:
+    return [v for shard in batch.segments for pings in shard.values() for (_, _, v) in pings]
+
+
+def test_reader_takes_optional_fields_on_both_paths() -> None:
+    base = {"driver_id": "d1", "timestamp": T0 + 5, "on_duty": 1}
+    messages = [
+        _msg(0, {**base, "city": "Hong Kong", "vehicle_type": "van", "lat": 22.3, "lng": 114.17}),
+        # a bad optional field neither rejects the ping nor changes its other values
+        _msg(1, {**base, "city": 7, "vehicle_type": ["van"], "lat": "22.3", "lng": 114.17}),
+        # ISO timestamp: the checked path
+        _msg(2, {**base, "timestamp": "2018-01-01T04:00:07Z", "city": "London", "lat": 51.5,
+                 "lng": -0.12}),
+        # long value (padding): beyond the short fast path, still read
+        _msg(3, {**base, "pad": "x" * 300, "city": "Lagos", "vehicle_type": "car"}),
+        # non-ASCII city (raw UTF-8): the checked path
+        _msg(4, ('{"driver_id": "d2", "timestamp": %d, "on_duty": 0, "city": "São Paulo", '
+                 '"lat": -23.55, "lng": -46.63}' % (T0 + 9)).encode()),
+        _msg(5, b'{"driver_id": "d3", "timestamp": 1514779209, "on_duty": 1, "lat": 1e400, "lng": 0}'),
+    ]
+    reader = PartitionReader("t", 0, 1, SPEC, NOW)
+    batch = reader.read(messages, NOW)
+    assert not batch.dead_letters
+    values = _values(batch)
+    hk = (("Hong Kong",), ("Hong Kong", "van"))
+    assert [v[:2] for v in values].count(hk) == 1
+    assert (("unknown",), ("unknown", "unknown"), None) in values
+    assert any(v[0] == ("London",) and v[2] is not None for v in values)
+    assert (("Lagos",), ("Lagos", "car"), None) in values
+    assert any(v[0] == ("São Paulo",) and v[2] is not None for v in values)
+    assert (("unknown",), ("unknown", "unknown"), None) in values
+    assert reader.unlocated == 3 and batch.mark.unlocated == 3
+    assert reader.snapshot()["unlocated"] == 3
+    again = PartitionReader("t", 0, 1, SPEC, NOW, pickle.loads(pickle.dumps(reader.snapshot())))
+    assert again.unlocated == 3
+
+
+def test_reader_without_segments_sends_none_and_counts_no_unlocated() -> None:
+    reader = PartitionReader("t", 0, 1, PLAIN, NOW)
+    batch = reader.read([_msg(0, {"driver_id": 1, "timestamp": T0, "on_duty": 1})], NOW)
+    assert batch.segments is None and batch.mark.unlocated == 0
+    assert all(part.segments is None for _, part in batch.shard_parts())
+    # Without an h3 definition, no ping is unlocated.
+    spec = WindowSpec(bucket_s=60, window_s=180, shards=3, segments=parse_segments("city"))
+    reader = PartitionReader("t", 0, 1, spec, NOW)
+    reader.read([_msg(0, {"driver_id": 1, "timestamp": T0, "on_duty": 1})], NOW)
+    assert reader.unlocated == 0
+
+
+def test_too_late_pings_are_in_no_segment_and_not_unlocated() -> None:
+    reader = PartitionReader("t", 0, 1, SPEC, NOW)
+    batch = reader.read([_msg(0, {"driver_id": 1, "timestamp": T0 + 1000, "on_duty": 1}),
+                         _msg(1, {"driver_id": 2, "timestamp": T0, "on_duty": 1})], NOW)
+    assert [d.reason for d in batch.dead_letters] == ["too_late"]
+    assert len(_values(batch)) == 1 and reader.unlocated == 1
+
+
+def test_doc_id_is_deterministic_and_escapes_the_separator() -> None:
+    assert segment_doc_id("city,vehicle_type", ["Hong Kong", "van"], "2018-01-01 04:00:00") == \
+        "city,vehicle_type|Hong Kong|van|2018-01-01 04:00:00"
+    assert segment_doc_id("city,vehicle_type", ["a|b", "c"], "T") != \
+        segment_doc_id("city,vehicle_type", ["a", "b|c"], "T")
+    row = SegmentRow("h3:8", {"h3": "88411c8d27fffff"}, T0, T0 - 120, T0 + 60, 3, 2, 1)
+    assert row.doc_id == "h3:8|88411c8d27fffff|2018-01-01 04:00:00"
+
+
+def _run(core: Core, rng: random.Random, crash_every: int = 0) -> None:
+    steps = 0
+    snapshot = core.snapshot()
+    while not all(core.done(p) for p in range(len(core.values))):
+        p = rng.randrange(len(core.values))
+        if core.done(p):
+            continue
+        core.read(p, rng.randint(1, 40))
+        steps += 1
+        if rng.random() < 0.3:
+            snapshot = core.snapshot()
+        if crash_every and steps % crash_every == 0:
+            core.restore(snapshot)
+    core.finish()
+
+
+def _check(core: Core, partitions, spec: WindowSpec) -> None:
+    rows, too_late, invalid, seg_rows, unlocated = expected(
+        partitions, [d.name for d in spec.segments], *oracle_rules(spec))
+    assert core.store.counts() == rows
+    assert core.store.segment_counts() == seg_rows
+    assert len(seg_rows) > len(rows), "the stream must give segment rows"
+    totals = core.book.totals()
+    assert totals.unlocated == unlocated
+    assert [s.segment for s in totals.segments] == [d.name for d in spec.segments]
+    assert all(s.other_pings == 0 and s.overflow_rows == 0 for s in totals.segments)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@given(seed=st.integers(0, 10_000), crash_every=st.sampled_from([0, 3, 7]),
+       segments=st.sampled_from([SEGMENTS, "h3:9;vehicle_type", "vehicle_type,h3:7,city;h3:0"]))
+def test_core_with_segments_equals_oracle(seed: int, crash_every: int, segments: str) -> None:
+    spec = WindowSpec(bucket_s=60, window_s=180, lateness_s=10, horizon_s=300, idle_s=10,
+                      shards=3, segments=parse_segments(segments))
+    partitions = segment_stream(seed, partitions=2, per_partition=120, drivers=40,
+                                horizon=300, pace=2.0)
+    core = Core(spec, partitions, NOW)
+    _run(core, random.Random(seed), crash_every)
+    _check(core, partitions, spec)
+    written = {}
+    for row in core.store.segment_history:  # revisions go up by one per rewrite
+        written.setdefault(row.doc_id, []).append(row.revision)
+    assert all(r == sorted(r) for r in written.values())
+
+
+def test_incremental_bounded_runs_with_segments() -> None:
+    """Two bounded runs over a growing topic: the second goes on from the state."""
+    partitions = segment_stream(11, partitions=2, per_partition=200, drivers=40, horizon=300)
+    first = [p[: len(p) // 2] for p in partitions]
+    core = Core(SPEC, first, NOW)
+    _run(core, random.Random(1))
+    _check(core, first, SPEC)
+    blob = core.snapshot()
+    grown = Core(SPEC, partitions, NOW)
+    grown.store = core.store
+    grown.restore(blob)
+    _run(grown, random.Random(2))
+    _check(grown, partitions, SPEC)
+
+
+def test_overflow_valve_counts_other_and_marks_rows() -> None:
+    spec = WindowSpec(bucket_s=60, window_s=60, lateness_s=0, horizon_s=300, shards=1,
+                      segments=parse_segments("city"), max_segment_values=2)
+    pings = [SP(d, T0 + d, True, (("city", f"c{d}"),)) for d in range(5)]
+    core = Core(spec, [pings], NOW)
+    _run(core, random.Random(0))
+    docs = core.store.segments
+    keys = sorted(d["key"] for d in docs.values())
+    assert keys == [("c0",), ("c1",), ("other",)]
+    assert [r for r in core.store.segment_history if r.key == {"city": "other"}][0].overflow
+    (totals,) = core.book.totals().segments
+    assert totals.other_pings == 3 and totals.overflow_rows >= 1 and totals.rows_written == 3
+
+
+# -- state as data: versioned snapshots, and the previous format ---------------------
+
+MARK = PartitionMark("t", 0, 1, T0 + 200.0, NOW, "live", 12, 12, 0, 0, (), 0, ())
+
+# ShardState.snapshot() and RowBook.snapshot() as the previous main wrote them
+# (plain dicts, STATE_FORMAT 2, no segments), hard-coded.
+OLD_SHARD = {
+    "panes": {"ids": ("7", "9"), "online": {T0: 0b11, T0 + 60: 0b01}, "available": {T0: 0b10}},
+    "marks": {"t:0": MARK},
+    "watermark": T0 + 190.0,
+    "oldest": T0 - 110.0,
+    "dirty": (T0 + 60, T0 + 120),
+    "not_counted": 4,
+}
+OLD_BOOK = {
+    "watermarks": {"shard-00": T0 + 190.0},
+    "oldest": {"shard-00": T0 - 110.0},
+    "not_counted": {"shard-00": 4},
+    "partials": {T0: {"shard-00": (2, 1)}},
+    "written": {T0: (2, 1, 1)},
+    "pending": (),
+    "marks": {"t:0": MARK},
+    "rows_written": 1,
+    "row_rewrites": 0,
+}
+
+
+def test_previous_format_shard_state_restores() -> None:
+    spec = WindowSpec(bucket_s=60, window_s=180, lateness_s=10, horizon_s=300, shards=1)
+    shard = ShardState(spec, pickle.loads(pickle.dumps(OLD_SHARD)))
+    assert shard.panes.row_counts(T0) == (2, 1)
+    assert shard.dirty == {T0 + 60, T0 + 120} and shard.not_counted == 4
+    report = shard.report(NOW, final=True)
+    assert report.partials == {T0 + 60: (2, 1), T0 + 120: (2, 1)}
+    snap = shard.snapshot()
+    assert type(snap) is ShardSnapshot and snap.version == SHARD_SNAPSHOT_VERSION
+    again = ShardState(spec, pickle.loads(pickle.dumps(snap)))
+    assert again.panes.row_counts(T0) == (2, 1) and again.not_counted == 4
+    # A run with segments cannot go on from state made without them.
+    with pytest.raises(ValueError, match="without segments"):
+        ShardState(SPEC, OLD_SHARD)
+
+
+def test_previous_format_book_restores() -> None:
+    spec = WindowSpec(bucket_s=60, window_s=180, lateness_s=10, horizon_s=300, shards=1)
+    book = RowBook(spec, pickle.loads(pickle.dumps(OLD_BOOK)))
+    assert book.written == {T0: (2, 1, 1)} and book.rows_written == 1
+    book.add_report("shard-00", ShardReport(T0 + 250.0, T0 - 50.0, {T0: (3, 1)}))
+    (row,) = book.take_rows()
+    assert (row.online, row.available, row.revision) == (3, 1, 2)
+    snap = book.snapshot()
+    assert type(snap) is BookSnapshot and snap.version == BOOK_SNAPSHOT_VERSION
+    assert RowBook(spec, pickle.loads(pickle.dumps(snap))).written[T0] == (3, 1, 2)
+
+
+def test_unknown_snapshot_versions_are_refused() -> None:
+    snap = ShardState(SPEC).snapshot()
+    with pytest.raises(ValueError, match="version 9"):
+        ShardState(SPEC, ShardSnapshot(**{**snap.__dict__, "version": 9}))
+    with pytest.raises(ValueError, match="not a book snapshot"):
+        RowBook(SPEC, ["nonsense"])
+
+
+def test_book_segment_state_is_compact() -> None:
+    """Per (definition, value) and row: one small tuple of partials, one packed int."""
+    book = RowBook(SPEC)
+    partials = {(2, (600000000000000000 + i,), T0): (1, 1, False) for i in range(1000)}
+    for s in range(3):
+        book.add_report(f"shard-0{s}", ShardReport(T0 + 500.0, T0, {}, 0, T0 + 500.0,
+                                                   partials if s == 0 else {}, (0, 0, 0)))
+    assert all(type(v) is tuple and len(v) == 2 for v in book.segment_parts[T0].values())
+    rows = book.take_segment_rows()
+    assert len(rows) == 1000 and all(r.online == 1 for r in rows)
+    assert all(type(v) is int for v in book.segment_written[T0].values())
