@@ -82,6 +82,10 @@ class BookSnapshot:
     segment_rows_written: tuple = ()
     segment_overflow_rows: tuple = ()
 
+    def __getitem__(self, name: str) -> Any:
+        """Fields by name too, as the dict of version 0 had them (``snap["watermark"]``)."""
+        return getattr(self, name)
+
     @classmethod
     def of(cls, resume: Any) -> "BookSnapshot":
         """A snapshot of any known version; ``ValueError`` for anything else."""

@@ -54,6 +54,10 @@ class ShardSnapshot:
     segments: dict | None = None
     """:meth:`SegmentPanes.snapshot`, or ``None`` without segments."""
 
+    def __getitem__(self, name: str) -> Any:
+        """Fields by name too, as the dict of version 0 had them (``snap["watermark"]``)."""
+        return getattr(self, name)
+
     @classmethod
     def of(cls, resume: Any) -> "ShardSnapshot":
         """A snapshot of any known version; ``ValueError`` for anything else."""
