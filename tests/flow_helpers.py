@@ -13,7 +13,9 @@ from presence.flow import Sinks, build_flow
 from presence.io.memory import MemoryTopic
 from presence.io.source import PingSource
 from presence.core.windows import WindowSpec
+from presence.core.model import Row, SegmentRow
 from tests.oracle import P
+from tests.segment_oracle import SP
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Outputs:
         """What MongoDB holds after the $max upserts of every row written."""
         best: dict[int, list[int]] = {}
         for row in self.rows:
+            if type(row) is not Row:
+                continue
             doc = best.setdefault(row.bucket, [0, 0])
             doc[0] = max(doc[0], row.online)
             doc[1] = max(doc[1], row.available)
@@ -34,8 +38,21 @@ class Outputs:
     def revisions(self) -> dict[int, int]:
         out: dict[int, int] = {}
         for row in self.rows:
-            out[row.bucket] = max(out.get(row.bucket, 0), row.revision)
+            if type(row) is Row:
+                out[row.bucket] = max(out.get(row.bucket, 0), row.revision)
         return out
+
+    def final_segment_rows(self) -> dict[tuple, tuple[int, int]]:
+        """segment_summary after the $max upserts: ``{(segment, key values, bucket):
+        (online, available)}``, as tests/segment_oracle.py gives them."""
+        best: dict[tuple, list[int]] = {}
+        for row in self.rows:
+            if type(row) is not SegmentRow:
+                continue
+            doc = best.setdefault((row.segment, tuple(row.key.values()), row.bucket), [0, 0])
+            doc[0] = max(doc[0], row.online)
+            doc[1] = max(doc[1], row.available)
+        return {k: (d[0], d[1]) for k, d in best.items()}
 
     def dead_ids(self) -> dict[str, str]:
         return {d.id: d.reason for d in self.dead}
@@ -45,7 +62,7 @@ def memory_topic(partitions: list[list[object]], name: str = "pings") -> MemoryT
     topic = MemoryTopic(name, len(partitions))
     for p, messages in enumerate(partitions):
         for m in messages:
-            topic.append(p, m.value() if isinstance(m, P) else m)
+            topic.append(p, m.value() if isinstance(m, P) else m.obj() if isinstance(m, SP) else m)
     return topic
 
 

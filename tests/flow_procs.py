@@ -63,15 +63,27 @@ def read_items(out: Path, kind: str) -> list:
 SPEC = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=1800, idle_s=10)
 
 
+def spec_with(segments: str) -> WindowSpec:
+    """:data:`SPEC` with these segments (``""``: none)."""
+    from dataclasses import replace
+
+    from presence.core.segments import parse_segments
+
+    return replace(SPEC, segments=parse_segments(segments))
+
+
 def _flow():
     from tests.flow_helpers import memory_topic
-    from tests.streams import stream
+    from tests.streams import segment_stream, stream
 
     out = Path(os.environ["PRESENCE_TEST_OUT"])
-    topic = memory_topic(stream(int(os.environ["PRESENCE_TEST_SEED"])))
-    source = PingSource(topic.name, len(topic.partitions), topic.feed, SPEC, bounded=True,
+    seed = int(os.environ["PRESENCE_TEST_SEED"])
+    segments = os.environ.get("PRESENCE_TEST_SEGMENTS", "")
+    spec = spec_with(segments)
+    topic = memory_topic(segment_stream(seed) if segments else stream(seed))
+    source = PingSource(topic.name, len(topic.partitions), topic.feed, spec, bounded=True,
                         batch_size=int(os.environ.get("PRESENCE_TEST_BATCH", "7")))
-    return build_flow(SPEC, source, Sinks(FileSink(out, "rows"), FileSink(out, "dead"),
+    return build_flow(spec, source, Sinks(FileSink(out, "rows"), FileSink(out, "dead"),
                                           FileSink(out, "status")))
 
 
@@ -90,14 +102,16 @@ def _free_ports(count: int) -> list[int]:
 
 
 def run_processes(seed: int, out: Path, processes: int = 2, batch_size: int = 7,
-                  timeout: float = 300):
-    """Run the flow in ``processes`` processes (one worker each); the outputs."""
+                  timeout: float = 300, segments: str = ""):
+    """Run the flow in ``processes`` processes (one worker each); the outputs.
+
+    With ``segments``, over :func:`tests.streams.segment_stream` and those segments."""
     from tests.flow_helpers import Outputs
 
     out.mkdir(parents=True, exist_ok=True)
     addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
     env = {**os.environ, "PRESENCE_TEST_OUT": str(out), "PRESENCE_TEST_SEED": str(seed),
-           "PRESENCE_TEST_BATCH": str(batch_size)}
+           "PRESENCE_TEST_BATCH": str(batch_size), "PRESENCE_TEST_SEGMENTS": segments}
     procs = [
         subprocess.Popen([sys.executable, "-m", "bytewax.run", "tests.flow_procs:flow",
                           "-i", str(i), "-a", addresses], cwd=REPO, env=env,
