@@ -17,6 +17,7 @@ from confluent_kafka import Producer
 from presence.io.kafka import delete_topic, ensure_topic, send  # noqa: F401 - delete_topic for tests
 
 from tests.oracle import P
+from tests.segment_oracle import SP
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,7 +35,8 @@ def produce(brokers: str, topic: str, partitions: list[list[object]]) -> None:
                          "message.max.bytes": 2_000_000})
     for p, messages in enumerate(partitions):
         for m in messages:
-            value = orjson.dumps(m.value()) if isinstance(m, P) else m
+            value = (orjson.dumps(m.value()) if isinstance(m, P)
+                     else orjson.dumps(m.obj()) if isinstance(m, SP) else m)
             send(producer, topic, value, partition=p, wait=0.5)
             producer.poll(0)
     assert producer.flush(60) == 0
@@ -112,4 +114,15 @@ def stored_rows(db) -> dict[int, tuple[int, int]]:
     for doc in db.report_summary.find():
         start = datetime.strptime(doc["timeBucket"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
         out[int(start.timestamp())] = (doc["driversOnlineCount"], doc["driversAvailableCount"])
+    return out
+
+
+def stored_segment_rows(db) -> dict[tuple, tuple[int, int]]:
+    """segment_summary as {(segment, key values, bucket start): (online, available)}."""
+    out = {}
+    for doc in db.segment_summary.find():
+        start = datetime.strptime(doc["timeBucket"], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
+        key = (doc["segment"], tuple(doc["key"].values()), int(start.timestamp()))
+        assert key not in out, f"two documents for {key}"
+        out[key] = (doc["driversOnlineCount"], doc["driversAvailableCount"])
     return out

@@ -432,6 +432,7 @@ class _MongoPartition(StatelessSinkPartition):
         self.collection = self.db[collection]
         self.write = write
         self.next_prune = 0.0  # monotonic time of the next dead-letter clean-up
+        self.replace_rewrites: bool | None = None  # segment rewrites: see write_segment_rows
 
     def write_batch(self, items: list) -> None:
         if items:
@@ -464,8 +465,158 @@ class _MongoPartition(StatelessSinkPartition):
         CLIENTS.release(self.settings.mongo_uri)
 
 
-SEGMENT_BATCH = 5000
-"""Segment rows per ``bulk_write`` (unordered): an h3 bucket has tens of thousands."""
+SEGMENT_BATCH = 1000
+"""Segment documents per insert or upsert command: an h3 bucket has tens of thousands."""
+
+REPLACE_BATCH = 250
+"""Segment documents per read-merge-replace on FerretDB: each of its commands
+scans the collection, at a cost growing with the ``_id`` s asked for too, so
+a command stays well within the client's socket timeout on a large collection."""
+
+
+def is_ferretdb(db: Database) -> bool:
+    """True if the server is FerretDB (its ``buildInfo`` says so)."""
+    try:
+        info = db.command("buildInfo")
+    except PyMongoError:
+        return False
+    return any(str(k).startswith("ferretdb") for k in info)
+
+
+def segment_doc(row: SegmentRow, now: datetime) -> dict[str, Any]:
+    """The whole ``segment_summary`` document of a row (what :func:`segment_row_update` makes)."""
+    doc: dict[str, Any] = {
+        "_id": row.doc_id,
+        "segment": row.segment,
+        "key": row.key,
+        "timeBucket": row.time_bucket,
+        "windowStart": utc(row.window_start),
+        "windowEnd": utc(row.window_end),
+        "driversOnlineCount": row.online,
+        "driversAvailableCount": row.available,
+        "revision": row.revision,
+        "updatedAt": now,
+    }
+    if row.overflow:
+        doc["overflow"] = True
+    return doc
+
+
+_MAX_FIELDS = ("driversOnlineCount", "driversAvailableCount", "revision", "updatedAt")
+
+
+def merge_segment_docs(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with the ``$max`` of each counter and ``overflow`` kept (the upsert's merge)."""
+    out = dict(new)
+    for name in _MAX_FIELDS:
+        if name in old:
+            try:
+                out[name] = max(old[name], new[name]) if name in new else old[name]
+            except TypeError:  # a date without a time zone (another client): the new one
+                pass
+    if old.get("overflow"):
+        out["overflow"] = True
+    return out
+
+
+def write_segment_rows(coll, rows: list[SegmentRow], now: datetime, replace: bool,
+                       sleep: Callable[[float], None] = time.sleep) -> None:
+    """Write segment rows, idempotently, with the merge of :func:`segment_row_update`.
+
+    Rows of one ``_id`` in the batch are merged first. A first write
+    (``revision`` 1) is a plain insert (unordered, cheap everywhere); one that
+    exists already (a replay) joins the rewrites. Rewrites are upserts by
+    ``_id`` (``$set``/``$max``); with ``replace`` (FerretDB, whose ``update``
+    scans the collection, so one costs ~O(documents)) they are read by
+    ``_id``, merged here, deleted and inserted again: three cheap commands per
+    batch instead of one scan per document. The only writer of the collection
+    is the row step's worker, so nothing writes between the read and the
+    insert; a reader may miss a rewritten document for that moment.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        doc = segment_doc(row, now)
+        old = merged.get(doc["_id"])
+        merged[doc["_id"]] = doc if old is None else merge_segment_docs(old, doc)
+    docs = list(merged.values())
+    for at in range(0, len(docs), SEGMENT_BATCH):
+        chunk = docs[at:at + SEGMENT_BATCH]
+        rewrites = [d for d in chunk if d["revision"] > 1]
+        firsts = [d for d in chunk if d["revision"] == 1]
+        if firsts:
+            rewrites += _insert_new(coll, firsts, sleep)
+        if rewrites and replace:
+            for start in range(0, len(rewrites), REPLACE_BATCH):
+                _replace_merged(coll, rewrites[start:start + REPLACE_BATCH], sleep)
+        elif rewrites:
+            _upsert(coll, rewrites, sleep)
+
+
+def _insert_new(coll, docs: list[dict], sleep: Callable[[float], None]) -> list[dict]:
+    """Insert; the documents that existed already (to merge) come back."""
+    clashes: list[dict] = []
+
+    def attempt() -> None:
+        clashes.clear()
+        try:
+            coll.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if any(e.get("code") != 11000 for e in errors):
+                raise
+            raise_for_write_concern(exc.details)
+            clashes.extend(docs[e["index"]] for e in errors)
+
+    with_retry(f"writing {len(docs)} segment rows", attempt, sleep=sleep)
+    return clashes
+
+
+def _upsert(coll, docs: list[dict], sleep: Callable[[float], None]) -> None:
+    updates = []
+    for doc in docs:
+        fields = {k: v for k, v in doc.items() if k != "_id" and k not in _MAX_FIELDS}
+        updates.append(UpdateOne(
+            {"_id": doc["_id"]},
+            {"$set": fields, "$max": {k: doc[k] for k in _MAX_FIELDS}},
+            upsert=True,
+        ))
+
+    def attempt(again: bool = True) -> None:
+        try:
+            coll.bulk_write(updates, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if any(e.get("code") != 11000 for e in errors) or not again:
+                raise
+            if errors:
+                attempt(again=False)  # an upsert raced an insert: now an update
+                return
+            raise_for_write_concern(exc.details)
+
+    with_retry(f"rewriting {len(docs)} segment rows", attempt, sleep=sleep)
+
+
+def _replace_merged(coll, docs: list[dict], sleep: Callable[[float], None]) -> None:
+    ids = [d["_id"] for d in docs]
+    found: dict[str, dict] = {}
+
+    def read() -> None:
+        found.clear()
+        for old in coll.find({"_id": {"$in": ids}}):
+            found[old["_id"]] = old
+
+    with_retry(f"reading {len(ids)} segment rows", read, sleep=sleep)
+    merged = [merge_segment_docs(found[d["_id"]], d) if d["_id"] in found else d for d in docs]
+
+    def replace() -> None:  # idempotent: the merged documents are computed once, above
+        coll.delete_many({"_id": {"$in": ids}})
+        try:
+            coll.insert_many(merged, ordered=False)
+        except BulkWriteError as exc:
+            raise_for_write_concern(exc.details)
+            raise
+
+    with_retry(f"rewriting {len(docs)} segment rows", replace, sleep=sleep)
 
 
 def _write_rows(part: _MongoPartition, items: list) -> None:
@@ -477,11 +628,9 @@ def _write_rows(part: _MongoPartition, items: list) -> None:
         part.bulk(f"writing {len(rows)} rows", [row_update(r, now) for r in rows])
         metrics.rows_written(len(rows))
     if segment_rows:
-        coll = part.db[SEGMENTS]
-        for at in range(0, len(segment_rows), SEGMENT_BATCH):
-            chunk = segment_rows[at:at + SEGMENT_BATCH]
-            part.bulk(f"writing {len(chunk)} segment rows",
-                      [segment_row_update(r, now) for r in chunk], coll)
+        if part.replace_rewrites is None:
+            part.replace_rewrites = is_ferretdb(part.db)
+        write_segment_rows(part.db[SEGMENTS], segment_rows, now, part.replace_rewrites)
     if part.settings.log_rows:
         for row in rows:
             row_log.info(row.log_line())

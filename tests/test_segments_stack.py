@@ -1,0 +1,69 @@
+"""Segments end to end on the real servers (Kafka, MongoDB-compatible):
+``PRESENCE_SEGMENTS="city;city,vehicle_type;h3:8"``, segment_summary equals the oracle."""
+
+from __future__ import annotations
+
+import pytest
+
+from presence.core.model import segment_doc_id
+from presence.io.mongo import SEGMENT_INDEX
+from tests.constants import BUCKET, LATENESS, WINDOW
+from tests.segment_oracle import SP, expected
+from tests.stack_helpers import (
+    create_topic, dataflow_env, init_recovery, produce, run_dataflow, stored_rows,
+    stored_segment_rows,
+)
+from tests.streams import segment_stream
+
+pytestmark = pytest.mark.stack
+
+HORIZON = 3600
+SEGMENTS = "city;city,vehicle_type;h3:8"
+NAMES = ["city", "city,vehicle_type", "h3:8"]
+
+
+def test_segment_summary_equals_the_oracle(kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
+    topic, db = topic_and_db
+    partitions = segment_stream(31, partitions=3, per_partition=600, horizon=HORIZON)
+    create_topic(kafka_brokers, topic, 3)
+    produce(kafka_brokers, topic, partitions)
+    env = dataflow_env(kafka_brokers, mongo_uri, topic, topic, PRESENCE_SEGMENTS=SEGMENTS)
+    recovery = init_recovery(tmp_path / "recovery")
+    args = ("-w", "2", "-r", str(recovery), "-s", "1", "-b", "0")
+    run_dataflow(env, *args)
+    rows, _, _, segment_rows, unlocated = expected(partitions, NAMES, BUCKET, WINDOW, LATENESS, HORIZON)
+    assert stored_rows(db) == rows
+    assert stored_segment_rows(db) == segment_rows
+    first = {d["_id"]: d for d in db.segment_summary.find()}
+
+    # Late pings of new drivers in a known city and cell, then a second bounded run.
+    start = min(m.time for m in partitions[0] if isinstance(m, SP))
+    late = [[SP(f"late-{p}-{i}", start + 60 * i, True,
+                (("city", "Hong Kong"), ("vehicle_type", "van"), ("lat", 22.3), ("lng", 114.17)))
+             for i in range(4)] for p in range(3)]
+    produce(kafka_brokers, topic, late)
+    run_dataflow(env, *args)
+    grown = [partitions[p] + late[p] for p in range(3)]
+    rows, _, _, segment_rows, unlocated = expected(grown, NAMES, BUCKET, WINDOW, LATENESS, HORIZON)
+    assert stored_rows(db) == rows
+    assert stored_segment_rows(db) == segment_rows
+    corrected = [d for d in db.segment_summary.find() if d["revision"] > 1]
+    assert corrected, "late pings must correct segment rows"
+    for doc in corrected:
+        assert doc["driversOnlineCount"] > first[doc["_id"]]["driversOnlineCount"]
+
+    doc = db.segment_summary.find_one({"segment": "city,vehicle_type"})
+    assert doc["_id"] == segment_doc_id(doc["segment"], doc["key"].values(), doc["timeBucket"])
+    assert list(doc["key"]) == ["city", "vehicle_type"] and "overflow" not in doc
+    assert (doc["windowEnd"] - doc["windowStart"]).total_seconds() == WINDOW
+    cell = db.segment_summary.find_one({"segment": "h3:8"})
+    assert len(cell["key"]["h3"]) == 15
+    indexes = db.segment_summary.index_information()
+    assert indexes[SEGMENT_INDEX]["unique"]
+    totals = db.pipeline_status.find_one({"_id": "totals"})
+    assert totals["unlocated"] == unlocated > 0
+    assert set(totals["segments"]) == set(NAMES)
+    for name in NAMES:
+        seg = totals["segments"][name]
+        assert seg["rowsWritten"] >= sum(1 for k in segment_rows if k[0] == name)
+        assert seg["otherPings"] == 0 and seg["overflowRows"] == 0
