@@ -254,3 +254,50 @@ def test_book_segment_state_is_compact() -> None:
     rows = book.take_segment_rows()
     assert len(rows) == 1000 and all(r.online == 1 for r in rows)
     assert all(type(v) is int for v in book.segment_written[T0].values())
+
+
+# -- the documents ------------------------------------------------------------------
+
+def test_segment_documents_and_status_fields() -> None:
+    from datetime import datetime, timezone
+
+    from presence.core.model import SegmentTotals, Totals
+    from presence.io.memory import MemoryStore
+    from presence.io.mongo import merge_segment_docs, segment_doc, segment_row_update, status_updates
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    row = SegmentRow("city,vehicle_type", {"city": "Hong Kong", "vehicle_type": "van"},
+                     T0, T0 - 240, T0 + 60, 5, 3, 2, overflow=True)
+    update = segment_row_update(row, now)
+    assert update._filter == {"_id": "city,vehicle_type|Hong Kong|van|2018-01-01 04:00:00"}
+    assert update._doc["$set"]["key"] == {"city": "Hong Kong", "vehicle_type": "van"}
+    assert update._doc["$set"]["overflow"] is True
+    assert update._doc["$max"]["driversOnlineCount"] == 5 and update._doc["$max"]["revision"] == 2
+    doc = segment_doc(row, now)
+    assert doc["_id"] == update._filter["_id"] and doc["overflow"] is True
+    lower = segment_doc(replace_row(row, online=4, available=4, revision=1, overflow=False), now)
+    merged = merge_segment_docs(doc, lower)
+    assert (merged["driversOnlineCount"], merged["driversAvailableCount"], merged["revision"],
+            merged["overflow"]) == (5, 4, 2, True)
+    assert "overflow" not in segment_row_update(replace_row(row, overflow=False), now)._doc["$set"]
+
+    totals = Totals(valid=10, invalid=0, late=0, too_late=0, watermark=float(T0), not_counted=0,
+                    rows_written=3, unlocated=2,
+                    segments=(SegmentTotals("city", 1, 7, 1), SegmentTotals("h3:8", 0, 9, 0)))
+    fields = status_updates([], totals, now)[-1]._doc["$max"]
+    assert fields["unlocated"] == 2
+    assert fields["segments.city.otherPings"] == 1 and fields["segments.city.rowsWritten"] == 7
+    assert fields["segments.city.overflowRows"] == 1 and fields["segments.h3:8.rowsWritten"] == 9
+    plain = status_updates([], replace_row(totals, unlocated=0, segments=()), now)[-1]._doc["$max"]
+    assert "unlocated" not in plain and not any(k.startswith("segments") for k in plain)
+
+    store = MemoryStore()
+    store.write([row, replace_row(row, online=4, revision=1, overflow=False)])
+    (kept,) = store.segments.values()
+    assert (kept["driversOnlineCount"], kept["revision"], kept["overflow"]) == (5, 2, True)
+
+
+def replace_row(obj, **changes):
+    from dataclasses import replace
+
+    return replace(obj, **changes)
