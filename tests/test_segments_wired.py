@@ -301,3 +301,30 @@ def replace_row(obj, **changes):
     from dataclasses import replace
 
     return replace(obj, **changes)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.data())
+def test_segments_change_no_judgement_of_adversarial_input(data) -> None:
+    """With segments the reader judges every value exactly as without (the fuzzer's values)."""
+    from tests.test_input_fuzz import SPEC as FUZZ, STAMPS, adversarial_json
+
+    items = data.draw(st.lists(st.tuples(st.one_of(adversarial_json(), st.none()), STAMPS),
+                               min_size=1, max_size=8))
+    cut = data.draw(st.integers(0, len(items)))
+    messages = [RawMessage(i, v, s) for i, (v, s) in enumerate(items)]
+    outcomes = []
+    for spec in (FUZZ, replace_row(FUZZ, segments=DEFS)):
+        reader = PartitionReader("t", 0, 1, spec, NOW)
+        batches = [reader.read(messages[:cut], NOW), reader.read(messages[cut:], NOW)]
+        outcomes.append((
+            [(d.offset, d.reason, d.detail) for b in batches for d in b.dead_letters],
+            [b.shards for b in batches], reader.valid, reader.invalid, reader.too_late, reader.late,
+        ))
+        if spec.segments:  # every counted ping has its values, in its shard and bucket
+            for b in batches:
+                for sets, segs in zip(b.shards, b.segments):
+                    assert sets.keys() == segs.keys()
+                    for pane, (online, _, pings) in sets.items():
+                        assert len(segs[pane]) == pings and {p[0] for p in segs[pane]} == online
+    assert outcomes[0] == outcomes[1]
