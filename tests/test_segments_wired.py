@@ -134,7 +134,7 @@ def _check(core: Core, partitions, spec: WindowSpec) -> None:
     assert all(s.other_pings == 0 and s.overflow_rows == 0 for s in totals.segments)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, 10_000), crash_every=st.sampled_from([0, 3, 7]),
        segments=st.sampled_from([SEGMENTS, "h3:9;vehicle_type", "vehicle_type,h3:7,city;h3:0"]))
 def test_core_with_segments_equals_oracle(seed: int, crash_every: int, segments: str) -> None:
