@@ -53,7 +53,8 @@ def test_segment_summary_equals_the_oracle(kafka_brokers, mongo_uri, topic_and_d
     assert any(d["key"] == {"city": "Hong Kong"} for d in corrected), \
         "late pings must correct segment rows"
     for doc in corrected:
-        assert doc["driversOnlineCount"] > first[doc["_id"]]["driversOnlineCount"]
+        if doc["_id"] in first:  # a new value (Hong Kong vans) may be rewritten in one run
+            assert doc["driversOnlineCount"] > first[doc["_id"]]["driversOnlineCount"]
 
     doc = db.segment_summary.find_one({"segment": "city,vehicle_type"})
     assert doc["_id"] == segment_doc_id(doc["segment"], doc["key"].values(), doc["timeBucket"])
