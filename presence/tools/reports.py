@@ -445,13 +445,14 @@ class Segments:
 
 
 def configured_segments(settings: Settings, db: Database) -> Segments:
-    """``PRESENCE_SEGMENTS`` when set, else the segments recorded in the database's
-    fingerprint by the dataflow that writes it (one ``_id`` lookup). The bucket size
-    is the recorded one when there is one, else ``PRESENCE_BUCKET_SECONDS``."""
+    """``PRESENCE_SEGMENTS`` (and ``PRESENCE_BUCKET_SECONDS``) when set, else the
+    segments (and bucket size) recorded in the database's fingerprint by the dataflow
+    that writes it (one ``_id`` lookup)."""
+    if settings.segments.strip():
+        return Segments(parse_segments(settings.segments), settings.bucket_seconds,
+                        "PRESENCE_SEGMENTS")
     recorded = recorded_segments(db)
     bucket = recorded[1] if recorded is not None and recorded[1] else settings.bucket_seconds
-    if settings.segments.strip():
-        return Segments(parse_segments(settings.segments), bucket, "PRESENCE_SEGMENTS")
     if recorded is None or not recorded[0].strip():
         return Segments((), bucket, "")
     try:
@@ -660,3 +661,30 @@ def zones_geojson(db: Database, segments: Segments, resolution: int | None = Non
     if cut:
         body["truncated"] = True
     return body
+
+
+def open_selection(settings: Settings, text: str) -> SegmentSelection:
+    """The segment value ``text`` (``city=Hong Kong,vehicle_type=van``) names, among the
+    configured definitions (:func:`configured_segments`), with a client of its own.
+    :class:`SegmentQueryError` for a bad selector (checked before any connection),
+    :class:`StoreUnavailable` when MongoDB fails."""
+    parse_selector(text)
+    client = mongo_client(settings)
+    try:
+        return resolve_selector(text, configured_segments(settings, client[settings.mongo_db]))
+    except PyMongoError as exc:
+        raise store_error(settings, exc) from None
+    finally:
+        client.close()
+
+
+def load_zones(settings: Settings, resolution: int | None, at: float | None) -> dict[str, Any]:
+    """:func:`zones_geojson` with a client of its own; :class:`StoreUnavailable` on failure."""
+    client = mongo_client(settings)
+    try:
+        db = client[settings.mongo_db]
+        return zones_geojson(db, configured_segments(settings, db), resolution, at)
+    except PyMongoError as exc:
+        raise store_error(settings, exc) from None
+    finally:
+        client.close()
