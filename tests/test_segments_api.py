@@ -600,3 +600,29 @@ def test_cli_segment_commands_with_mongodb_down_exit_1(args):
     assert result.exit_code == 1, result.output
     assert result.stderr.startswith("Error: MongoDB at mongodb://127.0.0.1:1 ")
     assert "hunter2" not in result.output and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.stack
+def test_newest_segment_rows_older_than_the_global_rows(mongo_uri, unique_name):
+    """/segments and /zones look from the newest global row first: when the segment rows
+    stop earlier (e.g. every later ping unlocated), they still find the newest ones."""
+    from pymongo import MongoClient
+
+    client = MongoClient(mongo_uri)
+    db = client[unique_name]
+    db.report_summary.insert_many(known_rows(200))  # up to 07:19
+    db.segment_summary.insert_many([seg_doc("h3:8", {"h3": CELLS[0]}, 8, 2, 1),
+                                    seg_doc("h3:8", {"h3": CELLS[1]}, 9, 3, 2)])
+    app = create_app(settings(mongo_uri=mongo_uri, mongo_db=unique_name,
+                              kafka_brokers=NO_KAFKA, segments="h3:8"), kafka_timeout=0.2)
+    try:
+        with TestClient(app) as api:
+            body = api.get("/zones").json()
+            assert body["timeBucket"] == "2018-01-01T04:09:00Z"
+            assert [f["id"] for f in body["features"]] == [CELLS[1]]
+            body = api.get("/segments").json()
+            assert (body["from"], body["to"]) == ("2018-01-01T03:09:00Z", "2018-01-01T04:09:00Z")
+            assert [v["key"]["h3"] for v in body["segments"][0]["values"]] == [CELLS[1], CELLS[0]]
+    finally:
+        client.drop_database(unique_name)
+        client.close()

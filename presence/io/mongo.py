@@ -720,17 +720,44 @@ def segment_cells(db: Database, segment: str, time_bucket: str,
               "driversAvailableCount": 1}
     cursor = db[SEGMENTS].find({"segment": segment, "timeBucket": time_bucket}, fields,
                                limit=most + 1)
-    out = []
-    for doc in cursor:
-        key = doc.get("key")
-        if not isinstance(key, dict):
-            continue
-        out.append(SegmentValue(
-            key={str(k): str(v) for k, v in key.items()}, time=doc.get("timeBucket"),
-            online=_int(doc.get("driversOnlineCount")),
-            available=_int(doc.get("driversAvailableCount")),
-        ))
+    out = [_segment_value(doc) for doc in cursor if isinstance(doc.get("key"), dict)]
     return out[:most], len(out) > most
+
+
+def newest_segment_cells(db: Database, segment: str, most: int = MAX_ZONE_CELLS
+                         ) -> tuple[str | None, list[SegmentValue], bool]:
+    """The newest bucket with rows of ``segment`` and those rows (at most ``most``, and
+    whether there were more), usually in one query: the rows at or after the newest
+    ``report_summary`` bucket (segment rows are written with the global rows of their
+    bucket), the newest bucket among them kept. Only when there are none (or too many
+    to tell) does it look for the newest bucket first, then read its rows: the same
+    answer, one query more. (On FerretDB 1.x every query here reads the collection.)"""
+    newest_report = db[REPORTS].find_one({}, {"_id": 0, "timeBucket": 1},
+                                         sort=[("timeBucket", -1)])
+    if newest_report is not None:
+        fields = {"_id": 0, "key": 1, "timeBucket": 1, "driversOnlineCount": 1,
+                  "driversAvailableCount": 1}
+        docs = list(db[SEGMENTS].find(
+            {"segment": segment, "timeBucket": {"$gte": newest_report["timeBucket"]}},
+            fields, limit=2 * most + 1))
+        if docs and len(docs) <= 2 * most:
+            newest = max(d["timeBucket"] for d in docs)
+            cells = [_segment_value(d) for d in docs
+                     if d["timeBucket"] == newest and isinstance(d.get("key"), dict)]
+            return newest, cells[:most], len(cells) > most
+    newest = latest_segment_bucket(db, segment)
+    if newest is None:
+        return None, [], False
+    cells, cut = segment_cells(db, segment, newest, most)
+    return newest, cells, cut
+
+
+def _segment_value(doc: dict[str, Any]) -> SegmentValue:
+    return SegmentValue(
+        key={str(k): str(v) for k, v in doc["key"].items()}, time=doc.get("timeBucket"),
+        online=_int(doc.get("driversOnlineCount")),
+        available=_int(doc.get("driversAvailableCount")),
+    )
 
 
 def latest_segment_bucket(db: Database, segment: str | None = None,

@@ -67,7 +67,7 @@ from presence.tools.reports import (
     DEFAULT_PAGE, DEFAULT_SEGMENT_VALUES, MAX_PAGE, MAX_SEGMENT_VALUES, KafkaWatermarks,
     SegmentQueryError, TimeError, bucket_epoch, configured_segments, fetch_page, mongo_client,
     parse_range, parse_time, pipeline_status, resolve_definition, segments_overview,
-    segments_range, select_value, store_error, zones_geojson,
+    select_value, store_error, zones_geojson,
 )
 
 SEGMENT_FIELDS = (CITY, VEHICLE_TYPE, H3)
@@ -404,10 +404,10 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
         except TimeError as exc:
             raise ApiError(400, str(exc)) from None
         try:
-            configured = configured_segments(settings, db)
-            time_range = segments_range(db, time_range)
+            overview, time_range = segments_overview(
+                db, configured_segments(settings, db), time_range, limit)
             body = {
-                "segments": segments_overview(db, configured, time_range, limit),
+                "segments": overview,
                 "from": _iso_or_none(time_range.start),
                 "to": _iso_or_none(time_range.end),
             }

@@ -33,8 +33,8 @@ from presence.io.mongo import (  # noqa: F401  (the document readers, re-exporte
     _ROW_FIELDS, REPORTS, TOTAL_FIELDS, ReportRow, _row, report_extent, row_count, store_status,
 )
 from presence.io.mongo import (
-    SegmentValue, latest_segment_bucket, recorded_segments, segment_cells, segment_rows,
-    segment_values,
+    SegmentValue, latest_segment_bucket, newest_segment_cells, recorded_segments,
+    segment_cells, segment_rows, segment_values,
 )
 from presence.core.segments import (
     H3, OTHER, SegmentDefinition, SegmentsError, format_segments, parse_segments,
@@ -551,16 +551,39 @@ def segments_range(db: Database, time_range: TimeRange) -> TimeRange:
 
 
 def segments_overview(db: Database, segments: Segments, time_range: TimeRange,
-                      limit: int = DEFAULT_SEGMENT_VALUES) -> list[dict[str, Any]]:
+                      limit: int = DEFAULT_SEGMENT_VALUES
+                      ) -> tuple[list[dict[str, Any]], TimeRange]:
     """For every configured definition, its values in the range with their latest row,
-    sorted by available drivers (most first) then key, at most ``limit``. One bounded
-    query per definition."""
+    sorted by available drivers (most first) then key, at most ``limit``; and the range
+    (with neither bound: the hour ending at the newest bucket with segment rows, see
+    :func:`segments_range`). One bounded query per definition: with no bounds, the
+    rows from an hour before the newest ``report_summary`` bucket on, which hold that
+    hour whenever the newest segment row is not older than the newest global row;
+    otherwise one query more finds the newest segment bucket first."""
     if not 1 <= limit <= MAX_SEGMENT_VALUES:
         raise ValueError(f"limit must be from 1 to {MAX_SEGMENT_VALUES}")
+    found: list[tuple[list[SegmentValue], bool]] | None = None
+    if time_range.start is None and time_range.end is None and segments.definitions:
+        newest = db[REPORTS].find_one({}, {"_id": 0, "timeBucket": 1},
+                                      sort=[("timeBucket", -1)])
+        if newest is not None:
+            start = bucket_epoch(newest["timeBucket"]) - SEGMENTS_DEFAULT_SPAN
+            query = TimeRange(start, None).query()
+            found = [segment_values(db, d.name, query) for d in segments.definitions]
+            last = max((v.time for values, _ in found for v in values), default=None)
+            if last is not None and last >= newest["timeBucket"]:
+                end = bucket_epoch(last)
+                time_range = TimeRange(end - SEGMENTS_DEFAULT_SPAN, end)
+                low = format_bucket(math.ceil(time_range.start))
+                found = [([v for v in values if v.time >= low], cut) for values, cut in found]
+            else:
+                found = None
+    if found is None:
+        time_range = segments_range(db, time_range)
+        query = time_range.query()
+        found = [segment_values(db, d.name, query) for d in segments.definitions]
     out = []
-    query = time_range.query()
-    for definition in segments.definitions:
-        values, cut = segment_values(db, definition.name, query)
+    for definition, (values, cut) in zip(segments.definitions, found):
         order = definition.fields
         values.sort(key=lambda v: (-v.available, tuple(v.key.get(f, "") for f in order)))
         out.append({
@@ -571,7 +594,7 @@ def segments_overview(db: Database, segments: Segments, time_range: TimeRange,
             "truncated": cut or len(values) > limit,
             "values": [_value_dict(v, order) for v in values[:limit]],
         })
-    return out
+    return out, time_range
 
 
 def _value_dict(value: SegmentValue, order: tuple[str, ...]) -> dict[str, Any]:
@@ -627,10 +650,11 @@ def zones_geojson(db: Database, segments: Segments, resolution: int | None = Non
     their counts go to the collection's ``other`` member (absent when none)."""
     definition = zone_definition(segments, resolution)
     if at is None:
-        bucket = latest_segment_bucket(db, definition.name)
+        bucket, cells, cut = newest_segment_cells(db, definition.name)
     else:
         size = segments.bucket_seconds
         bucket = format_bucket(int(at // size) * size)
+        cells, cut = segment_cells(db, definition.name, bucket)
     features: list[dict[str, Any]] = []
     body: dict[str, Any] = {
         "type": "FeatureCollection",
@@ -640,7 +664,6 @@ def zones_geojson(db: Database, segments: Segments, resolution: int | None = Non
     }
     if bucket is None:
         return body
-    cells, cut = segment_cells(db, definition.name, bucket)
     iso = bucket_iso(bucket)
     for cell in sorted(cells, key=lambda c: c.key.get(H3, "")):
         name = cell.key.get(H3, "")
