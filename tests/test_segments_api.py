@@ -626,3 +626,44 @@ def test_newest_segment_rows_older_than_the_global_rows(mongo_uri, unique_name):
     finally:
         client.drop_database(unique_name)
         client.close()
+
+
+# ------------------------------------------------------------------ the readers themselves
+
+
+def test_segment_totals_reads_the_status_document_defensively():
+    from presence.io.mongo import segment_totals
+
+    assert segment_totals({}) == {"unlocated": 0, "segments": {}}
+    assert segment_totals({"unlocated": 3, "segments": {
+        "h3:8": {"otherPings": 2}, "city": "damaged"}}) == {
+        "unlocated": 3, "segments": {"h3:8": {"otherPings": 2, "rowsWritten": 0,
+                                              "overflowRows": 0}}}
+
+
+@pytest.mark.stack
+def test_readers_bound_what_they_read(seeded):
+    from pymongo import MongoClient
+
+    from presence.io.mongo import (
+        latest_segment_bucket, recorded_segments, segment_cells, segment_rows, segment_values,
+    )
+
+    uri, name = seeded
+    with MongoClient(uri) as client:
+        db = client[name]
+        rows = segment_rows(db, "city,vehicle_type", {"city": "Hong Kong", "vehicle_type": "van"},
+                            {"timeBucket": {"$gte": bucket(2)}}, limit=3, newest=True)
+        assert [r.time for r in rows] == [bucket(9), bucket(8), bucket(7)]
+        values, cut = segment_values(db, "city,vehicle_type", {}, most_rows=5)
+        assert cut and 1 <= len(values) <= 5
+        values, cut = segment_values(db, "city,vehicle_type", {})
+        assert not cut and len(values) == 4  # Paris/car too: no range
+        cells, cut = segment_cells(db, "h3:8", bucket(9), most=2)
+        assert cut and len(cells) == 2
+        cells, cut = segment_cells(db, "h3:8", bucket(9))
+        assert not cut and sorted(c.key["h3"] for c in cells) == [*CELLS, "other"]
+        assert latest_segment_bucket(db) == bucket(9)
+        assert latest_segment_bucket(db, "city,vehicle_type", at_most=bucket(-1)) == bucket(-120)
+        assert latest_segment_bucket(db, "vehicle_type") is None
+        assert recorded_segments(db) == ("city,vehicle_type;h3:8", 60)
