@@ -32,7 +32,9 @@ OLD_METRICS = {
     "presence_dead_letters", "presence_report_rows", "presence_latest_bucket_seconds",
 }
 """Families (as the parser names them: counters without ``_total``) scraped before."""
-NEW_METRICS = {"presence_late_pings", "presence_row_rewrites"}
+NEW_METRICS = {"presence_late_pings", "presence_row_rewrites", "presence_unlocated_pings",
+               "presence_segment_other_pings", "presence_segment_rows_written",
+               "presence_segment_overflow_rows"}
 
 
 def settings(**values):

@@ -19,7 +19,7 @@ from presence.tools.reports import ReportRow
 from tests.known_docs import seed_database
 
 PRESENCE = Path(sys.executable).parent / "presence"
-SUBCOMMANDS = ["simulate", "report", "plot", "serve", "stack"]
+SUBCOMMANDS = ["simulate", "report", "plot", "zones", "serve", "stack"]
 
 
 def run(args, env=None):

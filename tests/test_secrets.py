@@ -138,7 +138,7 @@ def test_dataflow_mongo_down_shows_no_secret(kafka_brokers, unique_name, uri):
 
 PATHS = ["/healthz", "/status", "/metrics", "/reports", "/reports?from=banana",
          "/reports?from=2018-01-02&to=2018-01-01", "/reports?revision=maybe", "/nowhere",
-         "/openapi.json"]
+         "/openapi.json", "/segments", "/zones", "/reports?segment=city&city=Paris"]
 
 
 def api_bodies(settings) -> list[tuple[str, str]]:
@@ -180,6 +180,8 @@ CLI_CASES = [
     ("report json, mongo down (encoded uri)", ["report", "--format", "json"],
      {"PRESENCE_MONGO_URI": URI_ENCODED}, 1),
     ("plot, mongo down", ["plot", "-o", "never.png"], {}, 1),
+    ("report --segment, mongo down", ["report", "--segment", "city=Paris"], {}, 1),
+    ("zones, mongo down", ["zones"], {}, 1),
     ("report, bad --from", ["report", "--from", "banana"], {}, 2),
     ("report, refused uri", ["report"], {"PRESENCE_MONGO_URI": URI_REFUSED}, 2),
     ("report, bad setting", ["report"], {"PRESENCE_BUCKET_SECONDS": "7"}, 2),

@@ -825,4 +825,187 @@ def store_status(db: Database) -> dict[str, Any]:
         },
         "deadLetters": {"total": dead_total, "byReason": by_reason},
         "reports": report_extent(db),
+        "segmentTotals": segment_totals(totals),
     }
+
+
+# -- reading segment_summary (SPEC "Segments"; the API, the CLI and tests) -----------
+# Documents: one per (segment, key, timeBucket), unique index segment_key_bucket on
+# those three fields, written by the dataflow beside report_summary. Every query
+# below filters on those fields (``segment`` equality first, ``key`` as the whole
+# embedded document in the definition's field order, ``timeBucket`` a range), so a
+# MongoDB server walks that index; every query is bounded (a limit). FerretDB 1.x
+# scans the collection for any filter but ``_id`` equality (stack/README.md): each
+# call below is one query, one scan there.
+
+SEGMENTS = "segment_summary"
+
+SEGMENT_SCAN_ROWS = 200_000
+"""Most rows :func:`segment_values` reads for one definition; beyond, ``truncated``."""
+
+MAX_ZONE_CELLS = 200_000
+"""Most cells :func:`segment_cells` returns for one bucket; beyond, ``truncated``."""
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentValue:
+    """A value of a definition and its latest row in a range."""
+
+    key: dict[str, str]
+    time: str
+    online: int
+    available: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": dict(self.key), "timeBucket": bucket_iso_of(self.time),
+                "online": self.online, "available": self.available}
+
+
+def bucket_iso_of(time_bucket: str) -> str:
+    """``2018-01-01 04:00:00`` as ``2018-01-01T04:00:00Z``."""
+    from presence.core.pings import bucket_iso
+
+    return bucket_iso(time_bucket)
+
+
+def _segment_filter(segment: str, key: dict[str, str] | None,
+                    bucket_query: dict[str, Any]) -> dict[str, Any]:
+    query: dict[str, Any] = {"segment": segment}
+    if key is not None:
+        query["key"] = dict(key)  # the whole embedded document: the index's field
+    query.update(bucket_query)
+    return query
+
+
+def segment_rows(db: Database, segment: str, key: dict[str, str],
+                 bucket_query: dict[str, Any], limit: int, newest: bool = False
+                 ) -> list[ReportRow]:
+    """At most ``limit`` rows of one value of ``segment`` (``key`` as in its documents,
+    fields in the definition's order), sorted by ``timeBucket`` (the oldest, or with
+    ``newest`` the newest of the range, then reversed). ``bucket_query`` is the
+    ``timeBucket`` filter (:meth:`presence.tools.reports.TimeRange.query`). The caller
+    asks for one row more than a page to know where the next one starts."""
+    cursor = (
+        db[SEGMENTS]
+        .find(_segment_filter(segment, key, bucket_query), _ROW_FIELDS)
+        .sort("timeBucket", -1 if newest else 1)
+        .limit(limit)
+    )
+    return [_row(doc) for doc in cursor]
+
+
+def segment_values(db: Database, segment: str, bucket_query: dict[str, Any],
+                   most_rows: int = SEGMENT_SCAN_ROWS) -> tuple[list[SegmentValue], bool]:
+    """Each value of ``segment`` with a row in the range, with its latest row there,
+    and whether the range held more than ``most_rows`` rows (then only that many were
+    read, in no particular order: the values are those found). Unsorted."""
+    latest: dict[tuple, SegmentValue] = {}
+    seen = 0
+    fields = {"_id": 0, "key": 1, "timeBucket": 1, "driversOnlineCount": 1,
+              "driversAvailableCount": 1}
+    cursor = db[SEGMENTS].find(_segment_filter(segment, None, bucket_query), fields,
+                               limit=most_rows + 1)
+    for doc in cursor:
+        seen += 1
+        if seen > most_rows:
+            break
+        key = doc.get("key")
+        if not isinstance(key, dict):
+            continue
+        ident = tuple(sorted((str(k), str(v)) for k, v in key.items()))
+        time_bucket = doc.get("timeBucket")
+        known = latest.get(ident)
+        if known is None or time_bucket > known.time:
+            latest[ident] = SegmentValue(
+                key={str(k): str(v) for k, v in key.items()}, time=time_bucket,
+                online=_int(doc.get("driversOnlineCount")),
+                available=_int(doc.get("driversAvailableCount")),
+            )
+    return list(latest.values()), seen > most_rows
+
+
+def segment_cells(db: Database, segment: str, time_bucket: str,
+                  most: int = MAX_ZONE_CELLS) -> tuple[list[SegmentValue], bool]:
+    """The rows of ``segment`` at one bucket (for an ``h3:R`` definition: its cells),
+    at most ``most`` of them, and whether there were more."""
+    fields = {"_id": 0, "key": 1, "timeBucket": 1, "driversOnlineCount": 1,
+              "driversAvailableCount": 1}
+    cursor = db[SEGMENTS].find({"segment": segment, "timeBucket": time_bucket}, fields,
+                               limit=most + 1)
+    out = [_segment_value(doc) for doc in cursor if isinstance(doc.get("key"), dict)]
+    return out[:most], len(out) > most
+
+
+def newest_segment_cells(db: Database, segment: str, most: int = MAX_ZONE_CELLS
+                         ) -> tuple[str | None, list[SegmentValue], bool]:
+    """The newest bucket with rows of ``segment`` and those rows (at most ``most``, and
+    whether there were more), usually in one query: the rows at or after the newest
+    ``report_summary`` bucket (segment rows are written with the global rows of their
+    bucket), the newest bucket among them kept. Only when there are none (or too many
+    to tell) does it look for the newest bucket first, then read its rows: the same
+    answer, one query more. (On FerretDB 1.x every query here reads the collection.)"""
+    newest_report = db[REPORTS].find_one({}, {"_id": 0, "timeBucket": 1},
+                                         sort=[("timeBucket", -1)])
+    if newest_report is not None:
+        fields = {"_id": 0, "key": 1, "timeBucket": 1, "driversOnlineCount": 1,
+                  "driversAvailableCount": 1}
+        docs = list(db[SEGMENTS].find(
+            {"segment": segment, "timeBucket": {"$gte": newest_report["timeBucket"]}},
+            fields, limit=2 * most + 1))
+        if docs and len(docs) <= 2 * most:
+            newest = max(d["timeBucket"] for d in docs)
+            cells = [_segment_value(d) for d in docs
+                     if d["timeBucket"] == newest and isinstance(d.get("key"), dict)]
+            return newest, cells[:most], len(cells) > most
+    newest = latest_segment_bucket(db, segment)
+    if newest is None:
+        return None, [], False
+    cells, cut = segment_cells(db, segment, newest, most)
+    return newest, cells, cut
+
+
+def _segment_value(doc: dict[str, Any]) -> SegmentValue:
+    return SegmentValue(
+        key={str(k): str(v) for k, v in doc["key"].items()}, time=doc.get("timeBucket"),
+        online=_int(doc.get("driversOnlineCount")),
+        available=_int(doc.get("driversAvailableCount")),
+    )
+
+
+def latest_segment_bucket(db: Database, segment: str | None = None,
+                          at_most: str | None = None) -> str | None:
+    """The newest ``timeBucket`` with a row of ``segment`` (of any segment when
+    ``None``), at or before ``at_most`` if given; ``None`` when there is none."""
+    query: dict[str, Any] = {} if segment is None else {"segment": segment}
+    if at_most is not None:
+        query["timeBucket"] = {"$lte": at_most}
+    doc = db[SEGMENTS].find_one(query, {"_id": 0, "timeBucket": 1},
+                                sort=[("timeBucket", -1)])
+    return doc["timeBucket"] if doc else None
+
+
+def recorded_segments(db: Database) -> tuple[str, int] | None:
+    """``(segments, bucket seconds)`` of the database's fingerprint document (what the
+    dataflow that writes it was started with), or ``None`` if it has none. One ``_id``
+    lookup."""
+    doc = db[FINGERPRINTS].find_one({"_id": DOC_ID}, {"segments": 1, "bucketSeconds": 1})
+    if not doc or not isinstance(doc.get("segments"), str):
+        return None
+    bucket = doc.get("bucketSeconds")
+    return doc["segments"], bucket if type(bucket) is int and bucket > 0 else 0
+
+
+SEGMENT_TOTAL_FIELDS = ("otherPings", "rowsWritten", "overflowRows")
+"""Per definition, in ``pipeline_status`` totals ``segments.<definition>``."""
+
+
+def segment_totals(totals: dict[str, Any]) -> dict[str, Any]:
+    """The segment counters of a ``pipeline_status`` totals document, as served:
+    ``{"unlocated": n, "segments": {definition: {otherPings, rowsWritten, overflowRows}}}``."""
+    by_definition = totals.get("segments")
+    segments = {}
+    if isinstance(by_definition, dict):
+        for name, counters in sorted(by_definition.items()):
+            if isinstance(counters, dict):
+                segments[str(name)] = {f: _int(counters.get(f)) for f in SEGMENT_TOTAL_FIELDS}
+    return {"unlocated": _int(totals.get("unlocated")), "segments": segments}

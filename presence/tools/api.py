@@ -6,7 +6,14 @@
   most 100,000 rows); when the range holds more, a ``Link: <...>; rel="next"``
   header gives the next page's URL (and ``X-Next-From``, or with
   ``newest=true`` ``X-Next-To``, where it starts). A bad parameter is a 400
-  with ``{"error": ...}``;
+  with ``{"error": ...}``. ``segment=city,vehicle_type&city=...&vehicle_type=...``
+  gives the rows of one segment value instead (``segment_summary``), same shape
+  and paging;
+- ``GET /segments?from=&to=&limit=``: every configured segment definition and its
+  values in the range (default: the hour ending at the newest segment row), each
+  with its latest row, most available first;
+- ``GET /zones?resolution=&at=``: the zone map of a configured ``h3:R`` segment at
+  one bucket, a GeoJSON FeatureCollection of cell polygons;
 - ``GET /status``: pipeline status (offsets, Kafka lag, watermark, retention
   gaps, totals, dead letters by reason); Kafka being down is reported, not an
   error;
@@ -55,10 +62,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from presence.core.pings import bucket_iso
 from presence.settings import Settings, load_settings
+from presence.core.segments import CITY, H3, VEHICLE_TYPE
 from presence.tools.reports import (
-    DEFAULT_PAGE, MAX_PAGE, KafkaWatermarks, TimeError, bucket_epoch, fetch_page, mongo_client,
-    parse_range, pipeline_status, store_error,
+    DEFAULT_PAGE, DEFAULT_SEGMENT_VALUES, MAX_PAGE, MAX_SEGMENT_VALUES, KafkaWatermarks,
+    SegmentQueryError, TimeError, bucket_epoch, configured_segments, fetch_page, mongo_client,
+    parse_range, parse_time, pipeline_status, resolve_definition, segments_overview,
+    select_value, store_error, zones_geojson,
 )
+
+SEGMENT_FIELDS = (CITY, VEHICLE_TYPE, H3)
+"""Query parameters that carry a segment value in ``/reports?segment=...``."""
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
@@ -321,13 +334,28 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
         newest: bool = Query(False, description="The newest rows of the range instead of the "
                                                 "oldest (still sorted by time); the next page is older"),
         revision: bool = Query(False, description="Add each row's revision"),
+        segment: str | None = Query(
+            None, description="A configured segment definition (e.g. city,vehicle_type): the "
+                              "rows of one of its values, given as one query parameter per "
+                              "field (city=, vehicle_type=, h3=<hex cell>)"),
     ) -> Response:
         try:
             time_range = parse_range(start, end)
         except TimeError as exc:
             raise ApiError(400, str(exc)) from None
+        values = segment_values_of(request)
         try:
-            page = fetch_page(db, time_range, limit, newest=newest)
+            selection = None
+            if segment is not None:
+                selection = select_value(
+                    resolve_definition(segment, configured_segments(settings, db)), values)
+            elif values:
+                raise SegmentQueryError(
+                    f"{', '.join(values)} given without segment= (e.g. "
+                    "segment=city,vehicle_type&city=...&vehicle_type=...)")
+            page = fetch_page(db, time_range, limit, newest=newest, segment=selection)
+        except SegmentQueryError as exc:
+            raise ApiError(400, str(exc)) from None
         except PyMongoError as exc:
             raise store_failed(exc) from None
         if revision:
@@ -347,6 +375,67 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
                 headers["X-Next-From"] = at
             headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
         return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+
+    def segment_values_of(request: Request) -> dict[str, str]:
+        """The segment value fields among the query parameters (each at most once)."""
+        values: dict[str, str] = {}
+        for name, value in request.query_params.multi_items():
+            if name in SEGMENT_FIELDS:
+                if name in values:
+                    raise ApiError(400, f"{name} given twice")
+                values[name] = value
+        return values
+
+    @app.get("/segments", summary="The configured segment definitions and their values "
+                                  "in a range, each with its latest row")
+    def segments(
+        start: str | None = Query(None, alias="from",
+                                  description="First bucket: ISO-8601 (UTC if no offset) or "
+                                              "epoch seconds. Without from and to: the hour "
+                                              "ending at the newest bucket with segment rows"),
+        end: str | None = Query(None, alias="to",
+                                description="Last bucket: ISO-8601 (UTC if no offset) or "
+                                            "epoch seconds"),
+        limit: int = Query(DEFAULT_SEGMENT_VALUES, ge=1, le=MAX_SEGMENT_VALUES,
+                           description="Most values per definition (most available first)"),
+    ) -> Response:
+        try:
+            time_range = parse_range(start, end)
+        except TimeError as exc:
+            raise ApiError(400, str(exc)) from None
+        try:
+            overview, time_range = segments_overview(
+                db, configured_segments(settings, db), time_range, limit)
+            body = {
+                "segments": overview,
+                "from": _iso_or_none(time_range.start),
+                "to": _iso_or_none(time_range.end),
+            }
+        except PyMongoError as exc:
+            raise store_failed(exc) from None
+        return _json_response(200, body)
+
+    @app.get("/zones", summary="The zone map: a GeoJSON FeatureCollection of the H3 cells "
+                               "of one bucket, with online and available drivers")
+    def zones(
+        resolution: int | None = Query(None, ge=0, le=15,
+                                       description="H3 resolution of a configured segment "
+                                                   "h3:R (default: the only one configured)"),
+        at: str | None = Query(None, description="An instant in the bucket to show: ISO-8601 "
+                                                 "(UTC if no offset) or epoch seconds. "
+                                                 "Default: the newest bucket with cells"),
+    ) -> Response:
+        try:
+            instant = parse_time(at, "at")
+        except TimeError as exc:
+            raise ApiError(400, str(exc)) from None
+        try:
+            body = zones_geojson(db, configured_segments(settings, db), resolution, instant)
+        except SegmentQueryError as exc:
+            raise ApiError(400, str(exc)) from None
+        except PyMongoError as exc:
+            raise store_failed(exc) from None
+        return Response(orjson.dumps(body), media_type="application/geo+json")
 
     def compute_status() -> dict[str, Any]:
         try:
@@ -404,6 +493,12 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
 # ------------------------------------------------------------------ metrics
 
 
+def _iso_or_none(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _epoch(iso: str | None) -> float | None:
     if not iso:
         return None
@@ -454,6 +549,21 @@ HELP = {
                              "which expire after PRESENCE_DEAD_LETTER_TTL_DAYS). "
                              + DETERMINISTIC,
     "presence_report_rows": "Rows in report_summary (the count in the collection's metadata).",
+    "presence_unlocated_pings_total": "Valid pings without a valid location (lat/lng), so in "
+                                      "no zone of an h3 segment; counted only when a segment "
+                                      "has an h3 dimension. " + DETERMINISTIC,
+    "presence_segment_other_pings_total": "Pings counted under the value \"other\" of a "
+                                          "segment definition because it had "
+                                          "PRESENCE_MAX_SEGMENT_VALUES values in the bucket "
+                                          "already; one series per definition, never per "
+                                          "value. Depends on arrival order.",
+    "presence_segment_rows_written_total": "Writes of segment rows to segment_summary, per "
+                                           "segment definition (first writes and rewrites). "
+                                           + DEPENDS_ON_BATCHING,
+    "presence_segment_overflow_rows_total": "Writes of segment rows marked overflow (values "
+                                            "beyond PRESENCE_MAX_SEGMENT_VALUES counted under "
+                                            "\"other\"), per segment definition. "
+                                            + DEPENDS_ON_BATCHING,
     "presence_latest_bucket_seconds": "Bucket start of the newest row in report_summary "
                                       "(epoch seconds).",
 }
@@ -515,6 +625,15 @@ def status_metrics(status: dict[str, Any] | None, mongo_up: bool) -> list[Metric
     latest = gauge("presence_latest_bucket_seconds")
     if reports.get("last"):
         latest.add_metric([], bucket_epoch(reports["last"]))
+    seg = status.get("segmentTotals") or {}
+    counter("presence_unlocated_pings_total", seg.get("unlocated", 0))
+    by_definition = seg.get("segments") or {}
+    for name, field in (("presence_segment_other_pings_total", "otherPings"),
+                        ("presence_segment_rows_written_total", "rowsWritten"),
+                        ("presence_segment_overflow_rows_total", "overflowRows")):
+        family = counter(name, 0, ["segment"])
+        for definition, counts in sorted(by_definition.items()):
+            family.add_metric([definition], counts.get(field, 0))
     return out
 
 

@@ -271,20 +271,46 @@ def simulate(drivers: int, minutes: float, start: str | None, rate: float | None
 # ------------------------------------------------------------------ report
 
 
+SEGMENT_HELP = ("One value of a configured segment (PRESENCE_SEGMENTS, else the segments the "
+                "database records), as FIELD=VALUE pairs separated by commas: "
+                "\"city=Hong Kong,vehicle_type=van\", \"h3=88411c8d27fffff\". The set of "
+                "fields picks the definition. Default: the global rows.")
+
+
+def segment_option(func):
+    return click.option("--segment", "segment", default=None, metavar="FIELD=VALUE,...",
+                        help=SEGMENT_HELP)(func)
+
+
+def _selection(settings: Settings, text: str | None):
+    """The segment value of ``--segment`` (None without it); a bad one is exit 2."""
+    if text is None:
+        return None
+    from presence.tools.reports import SegmentQueryError, open_selection
+
+    try:
+        return open_selection(settings, text)
+    except SegmentQueryError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--segment'") from None
+
+
 @cli.command(context_settings=CONTEXT)
 @range_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True, help="Output format.")
-def report(start: str | None, end: str | None, fmt: str) -> None:
+@segment_option
+def report(start: str | None, end: str | None, fmt: str, segment: str | None) -> None:
     """Print the report rows (report_summary), one per time bucket.
 
-    JSON is a list of {"time", "online", "available", "revision"}.
+    JSON is a list of {"time", "online", "available", "revision"}. With --segment, the
+    rows of that segment value (segment_summary), in the same formats.
     """
     from presence.tools.reports import load_rows
 
     time_range = _time_range(start, end)
     settings = settings_from_env()
-    rows = load_rows(settings, time_range)
+    selection = _selection(settings, segment)
+    rows = load_rows(settings, time_range, segment=selection)
     out = sys.stdout
     if fmt == "json":
         out.write(json.dumps([r.as_dict() for r in rows], indent=2) + "\n")
@@ -296,14 +322,17 @@ def report(start: str | None, end: str | None, fmt: str) -> None:
     else:
         out.write(format_table(rows))
         if not rows:
-            click.echo(no_rows_message(settings, time_range), err=True)
+            click.echo(no_rows_message(settings, time_range, selection), err=True)
 
 
-def no_rows_message(settings: Settings, time_range) -> str:
+def no_rows_message(settings: Settings, time_range, selection=None) -> str:
     """Why there is nothing to show: an empty database, or rows outside the range."""
     from presence.io.mongo import REPORTS
     from presence.tools.reports import mongo_client, store_error
 
+    if selection is not None:
+        return (f"no rows of {selection.describe()} {time_range.describe()} in database "
+                f"{settings.mongo_db} (a value with no pings in a bucket has no row there)")
     client = mongo_client(settings)
     try:
         coll = client[settings.mongo_db][REPORTS]
@@ -349,27 +378,85 @@ def format_table(rows) -> str:
 @range_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True, path_type=Path),
               required=True, help="Output file: .png or .svg.")
-@click.option("--title", default="Available vs Online drivers", show_default=True,
-              help="Chart title.")
-def plot(start: str | None, end: str | None, output: Path, title: str) -> None:
-    """Draw the "Available vs Online drivers" line chart to a PNG or SVG file."""
+@click.option("--title", default=None,
+              help="Chart title.  [default: Available vs Online drivers, and the segment "
+                   "value with --segment]")
+@segment_option
+def plot(start: str | None, end: str | None, output: Path, title: str | None,
+         segment: str | None) -> None:
+    """Draw the "Available vs Online drivers" line chart to a PNG or SVG file
+    (with --segment, of one segment value)."""
     suffix = output.suffix.lower()
     if suffix not in (".png", ".svg"):
         raise click.BadParameter("the file name must end in .png or .svg",
                                  param_hint="'-o' / '--output'")
-    from presence.tools.plot import render_chart
+    from presence.tools.plot import DEFAULT_TITLE, render_chart
     from presence.tools.reports import load_rows
 
     time_range = _time_range(start, end)
     settings = settings_from_env()
-    rows = load_rows(settings, time_range)
+    selection = _selection(settings, segment)
+    if title is None:
+        title = DEFAULT_TITLE
+        if selection is not None:
+            title += ": " + ", ".join(f"{f}={v}" for f, v in selection.key.items())
+    rows = load_rows(settings, time_range, segment=selection)
     if not rows:
-        raise click.ClickException(f"{no_rows_message(settings, time_range)}; nothing to plot")
+        raise click.ClickException(
+            f"{no_rows_message(settings, time_range, selection)}; nothing to plot")
     if output.parent and not output.parent.exists():
         output.parent.mkdir(parents=True, exist_ok=True)
     render_chart(rows, output, title=title)
     corrected = sum(r.revision > 1 for r in rows)
     click.echo(f"wrote {output} ({len(rows):,} buckets, {corrected:,} late-corrected)")
+
+
+# ------------------------------------------------------------------ zones
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--at", type=TIME, default=None,
+              help="An instant in the bucket to map: ISO-8601 (UTC if no offset) or epoch "
+                   "seconds. Default: the newest bucket with cells.")
+@click.option("--resolution", type=click.IntRange(0, 15), default=None,
+              help="H3 resolution R of a configured segment h3:R. Default: the only one "
+                   "configured.")
+@click.option("-o", "--output", default="-", show_default=True,
+              type=click.Path(dir_okay=False, writable=True, allow_dash=True, path_type=Path),
+              help="Output file (GeoJSON); - is standard output.")
+def zones(at: str | None, resolution: int | None, output: Path) -> None:
+    """Write the zone map of one bucket as GeoJSON: a FeatureCollection of the H3 cells of
+    a configured segment h3:R, each a polygon with "h3", "online", "available" and
+    "timeBucket" properties (what GET /zones serves). A summary line goes to stderr.
+    """
+    from presence.tools.reports import SegmentQueryError, load_zones, parse_time
+
+    settings = settings_from_env()
+    try:
+        body = load_zones(settings, resolution, parse_time(at, "at") if at else None)
+    except SegmentQueryError as exc:
+        raise click.UsageError(str(exc)) from None
+    text = json.dumps(body, separators=(",", ":")) + "\n"
+    to_stdout = str(output) == "-"
+    if to_stdout:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        if output.parent and not output.parent.exists():
+            output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text, encoding="utf-8")
+    cells = body["features"]
+    where = "stdout" if to_stdout else str(output)
+    if body["timeBucket"] is None:
+        click.echo(f"no cells of segment h3:{body['resolution']} yet in database "
+                   f"{settings.mongo_db}: wrote an empty FeatureCollection to {where}", err=True)
+        return
+    online = sum(f["properties"]["online"] for f in cells)
+    available = sum(f["properties"]["available"] for f in cells)
+    click.echo(f"wrote {where}: {len(cells):,} cells of h3:{body['resolution']} at "
+               f"{body['timeBucket']} ({online:,} online and {available:,} available "
+               "summed over cells)" + (", truncated" if body.get("truncated") else ""),
+               err=True)
 
 
 # ------------------------------------------------------------------ serve
@@ -388,7 +475,8 @@ def plot(start: str | None, end: str | None, output: Path, title: str) -> None:
 def serve(host: str, port: int, log_level: str, allowed_hosts: tuple[str, ...]) -> None:
     """Serve the reports API and the live dashboard.
 
-    GET / (dashboard), /reports?from=&to=&limit=, /status, /metrics, /healthz.
+    GET / (dashboard), /reports?from=&to=&limit=[&segment=...], /segments, /zones,
+    /status, /metrics, /healthz.
     PRESENCE_API_TOKEN closes every endpoint but /healthz to requests without
     Authorization: Bearer <token>; PRESENCE_CORS_ORIGINS lets pages on other
     origins call it.

@@ -19,10 +19,11 @@ from presence.tools.reports import ReportRow  # noqa: E402
 ONLINE_COLOR = "#1f77b4"
 AVAILABLE_COLOR = "#2ca02c"
 CORRECTED_COLOR = "#d62728"
+DEFAULT_TITLE = "Available vs Online drivers"
 
 
 def render_chart(rows: Sequence[ReportRow], output: Path | str,
-                 title: str = "Available vs Online drivers") -> Path:
+                 title: str = DEFAULT_TITLE) -> Path:
     """Write the chart of ``rows`` (sorted by time) to ``output`` (.png or .svg)."""
     output = Path(output)
     times = [datetime.fromtimestamp(r.epoch, timezone.utc) for r in rows]

@@ -27,10 +27,17 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from presence.core.pings import (  # noqa: F401  (bucket_epoch: re-exported for the API)
-    EPOCH_MS_THRESHOLD, MIN_EVENT_TIME, bucket_epoch, format_instant,
+    EPOCH_MS_THRESHOLD, MIN_EVENT_TIME, bucket_epoch, bucket_iso, format_instant,
 )
 from presence.io.mongo import (  # noqa: F401  (the document readers, re-exported)
     _ROW_FIELDS, REPORTS, TOTAL_FIELDS, ReportRow, _row, report_extent, row_count, store_status,
+)
+from presence.io.mongo import (
+    SegmentValue, latest_segment_bucket, newest_segment_cells, recorded_segments,
+    segment_cells, segment_rows, segment_values,
+)
+from presence.core.segments import (
+    H3, OTHER, SegmentDefinition, SegmentsError, format_segments, parse_segments,
 )
 from presence.settings import Settings, mongo_hosts
 
@@ -190,22 +197,33 @@ class Page:
 
 
 def fetch_page(db: Database, time_range: TimeRange, limit: int = DEFAULT_PAGE,
-               newest: bool = False) -> Page:
+               newest: bool = False, segment: "SegmentSelection | None" = None) -> Page:
     """At most ``limit`` rows of the range, sorted by time: the oldest, or the newest.
 
     One indexed query of ``limit + 1`` rows: the extra row, if any, is where
     the next page starts (``timeBucket`` is unique, so no row is skipped or
-    repeated when pages are followed).
+    repeated when pages are followed). With ``segment``, the rows of that
+    segment value (``segment_summary``, unique on segment, key and
+    ``timeBucket``) instead of the global rows.
     """
     if not 1 <= limit <= MAX_PAGE:
         raise ValueError(f"limit must be from 1 to {MAX_PAGE}")
+    if segment is not None:
+        rows = segment_rows(db, segment.definition.name, segment.key, time_range.query(),
+                            limit + 1, newest=newest)
+        return _paged(rows, time_range, limit, newest)
     cursor = (
         db[REPORTS]
         .find(time_range.query(), _ROW_FIELDS)
         .sort("timeBucket", -1 if newest else 1)
         .limit(limit + 1)
     )
-    rows = [_row(doc) for doc in cursor]
+    return _paged([_row(doc) for doc in cursor], time_range, limit, newest)
+
+
+def _paged(rows: list[ReportRow], time_range: TimeRange, limit: int, newest: bool) -> Page:
+    """A page from ``limit + 1`` rows read in the page's order (the extra one, if any,
+    is where the next page starts)."""
     more = len(rows) > limit
     following = rows[limit] if more else None
     rows = rows[:limit]
@@ -225,20 +243,23 @@ def fetch_rows(db: Database, time_range: TimeRange, limit: int = MAX_ROWS) -> li
     return fetch_page(db, time_range, limit).rows
 
 
-def iter_rows(db: Database, time_range: TimeRange, page: int = MAX_PAGE) -> Iterator[ReportRow]:
-    """Every row of the range, oldest first, read a bounded page at a time."""
+def iter_rows(db: Database, time_range: TimeRange, page: int = MAX_PAGE,
+              segment: "SegmentSelection | None" = None) -> Iterator[ReportRow]:
+    """Every row of the range (of one segment value if given), oldest first, read a
+    bounded page at a time."""
     current: TimeRange | None = time_range
     while current is not None:
-        result = fetch_page(db, current, page)
+        result = fetch_page(db, current, page, segment=segment)
         yield from result.rows
         current = result.next_range
 
 
-def load_rows(settings: Settings, time_range: TimeRange) -> list[ReportRow]:
+def load_rows(settings: Settings, time_range: TimeRange,
+              segment: "SegmentSelection | None" = None) -> list[ReportRow]:
     """Every row of the range, with its own client; :class:`StoreUnavailable` on failure."""
     client = mongo_client(settings)
     try:
-        return list(iter_rows(client[settings.mongo_db], time_range))
+        return list(iter_rows(client[settings.mongo_db], time_range, segment=segment))
     except PyMongoError as exc:
         raise store_error(settings, exc) from None
     finally:
@@ -388,3 +409,305 @@ def pipeline_status(settings: Settings, db: Database, kafka_timeout: float = 3.0
         total_lag += part["lag"]
     info["lag"] = total_lag if offsets is not None else None
     return status
+
+
+# ------------------------------------------------------------------ segments
+
+
+class SegmentQueryError(ValueError):
+    """A bad segment, value or zone query (an unknown or unconfigured definition, a
+    missing or extra value, a bad H3 cell): the message is one line for the user."""
+
+
+SEGMENTS_DEFAULT_SPAN = 3600.0
+"""Seconds of segment data ``/segments`` looks at when no range is given: the hour
+ending at the newest bucket with segment rows."""
+
+DEFAULT_SEGMENT_VALUES = 200
+MAX_SEGMENT_VALUES = 5000
+"""Values per definition in one ``/segments`` answer: the default and the most."""
+
+
+@dataclass(frozen=True)
+class Segments:
+    """The segment definitions the rows were written with, and where they come from."""
+
+    definitions: tuple[SegmentDefinition, ...]
+    bucket_seconds: int
+    source: str
+    """``PRESENCE_SEGMENTS``, ``the database`` (its fingerprint) or ``""`` (none)."""
+
+    def describe(self) -> str:
+        if not self.definitions:
+            return ("no segments are configured: PRESENCE_SEGMENTS is empty and the database "
+                    "records none")
+        return f"configured ({self.source}): {format_segments(self.definitions)}"
+
+
+def configured_segments(settings: Settings, db: Database) -> Segments:
+    """``PRESENCE_SEGMENTS`` (and ``PRESENCE_BUCKET_SECONDS``) when set, else the
+    segments (and bucket size) recorded in the database's fingerprint by the dataflow
+    that writes it (one ``_id`` lookup)."""
+    if settings.segments.strip():
+        return Segments(parse_segments(settings.segments), settings.bucket_seconds,
+                        "PRESENCE_SEGMENTS")
+    recorded = recorded_segments(db)
+    bucket = recorded[1] if recorded is not None and recorded[1] else settings.bucket_seconds
+    if recorded is None or not recorded[0].strip():
+        return Segments((), bucket, "")
+    try:
+        definitions = parse_segments(recorded[0])
+    except SegmentsError:  # written by another version: nothing we can read by it
+        definitions = ()
+    return Segments(definitions, bucket, "the database")
+
+
+def resolve_definition(text: str, segments: Segments) -> SegmentDefinition:
+    """The configured definition ``text`` names (any spelling or order of its fields)."""
+    try:
+        parsed = parse_segments(text)
+    except SegmentsError as exc:
+        raise SegmentQueryError(f"segment: {exc}") from None
+    if len(parsed) != 1:
+        raise SegmentQueryError(
+            f"segment: {text.strip()!r} is not one definition (e.g. city,vehicle_type or h3:8)")
+    wanted = frozenset(parsed[0].dimensions)
+    for definition in segments.definitions:
+        if frozenset(definition.dimensions) == wanted:
+            return definition
+    raise SegmentQueryError(
+        f"segment {parsed[0].name!r} is not configured; {segments.describe()}")
+
+
+@dataclass(frozen=True)
+class SegmentSelection:
+    """One value of one definition: ``key`` as in its documents (fields in order)."""
+
+    definition: SegmentDefinition
+    key: dict[str, str]
+
+    def describe(self) -> str:
+        values = ", ".join(f"{f}={v}" for f, v in self.key.items())
+        return f"{values} (segment {self.definition.name})"
+
+
+def select_value(definition: SegmentDefinition, values: dict[str, str]) -> SegmentSelection:
+    """The value of ``definition`` given one text per field (``h3``: the hex cell)."""
+    for name, text in values.items():
+        if not text:
+            raise SegmentQueryError(f"{name}: empty value")
+    try:
+        value = definition.value_of_key(values)
+    except SegmentsError as exc:
+        raise SegmentQueryError(str(exc)) from None
+    return SegmentSelection(definition, definition.key(value))
+
+
+def parse_selector(text: str) -> dict[str, str]:
+    """``city=Hong Kong,vehicle_type=van`` as ``{"city": "Hong Kong", ...}`` (field
+    names case-insensitive; spaces around names and values dropped)."""
+    fields: dict[str, str] = {}
+    for part in text.split(","):
+        name, equals, value = part.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if not equals or not name:
+            raise SegmentQueryError(
+                f"{part.strip()!r} is not FIELD=VALUE (e.g. city=Hong Kong,vehicle_type=van)")
+        if name in fields:
+            raise SegmentQueryError(f"{name} given twice")
+        fields[name] = value
+    return fields
+
+
+def resolve_selector(text: str, segments: Segments) -> SegmentSelection:
+    """The segment value ``city=Hong Kong,vehicle_type=van`` names: the configured
+    definition with exactly those fields (for ``h3``, the cell's resolution picks
+    among several)."""
+    fields = parse_selector(text)
+    candidates = [d for d in segments.definitions if set(d.fields) == set(fields)]
+    if not candidates:
+        raise SegmentQueryError(
+            f"no configured segment has exactly the fields {', '.join(fields)}; "
+            f"{segments.describe()}")
+    problems = []
+    for definition in candidates:
+        try:
+            return select_value(definition, fields)
+        except SegmentQueryError as exc:
+            problems.append(str(exc))
+    raise SegmentQueryError("; ".join(problems))
+
+
+def segments_range(db: Database, time_range: TimeRange) -> TimeRange:
+    """``time_range``, or with neither bound the hour ending at the newest bucket with
+    segment rows (one query; an empty range stays open when there is none)."""
+    if time_range.start is not None or time_range.end is not None:
+        return time_range
+    latest = latest_segment_bucket(db)
+    if latest is None:
+        return time_range
+    end = bucket_epoch(latest)
+    return TimeRange(end - SEGMENTS_DEFAULT_SPAN, end)
+
+
+def segments_overview(db: Database, segments: Segments, time_range: TimeRange,
+                      limit: int = DEFAULT_SEGMENT_VALUES
+                      ) -> tuple[list[dict[str, Any]], TimeRange]:
+    """For every configured definition, its values in the range with their latest row,
+    sorted by available drivers (most first) then key, at most ``limit``; and the range
+    (with neither bound: the hour ending at the newest bucket with segment rows, see
+    :func:`segments_range`). One bounded query per definition: with no bounds, the
+    rows from an hour before the newest ``report_summary`` bucket on, which hold that
+    hour whenever the newest segment row is not older than the newest global row;
+    otherwise one query more finds the newest segment bucket first."""
+    if not 1 <= limit <= MAX_SEGMENT_VALUES:
+        raise ValueError(f"limit must be from 1 to {MAX_SEGMENT_VALUES}")
+    found: list[tuple[list[SegmentValue], bool]] | None = None
+    if time_range.start is None and time_range.end is None and segments.definitions:
+        newest = db[REPORTS].find_one({}, {"_id": 0, "timeBucket": 1},
+                                      sort=[("timeBucket", -1)])
+        if newest is not None:
+            start = bucket_epoch(newest["timeBucket"]) - SEGMENTS_DEFAULT_SPAN
+            query = TimeRange(start, None).query()
+            found = [segment_values(db, d.name, query) for d in segments.definitions]
+            last = max((v.time for values, _ in found for v in values), default=None)
+            if last is not None and last >= newest["timeBucket"]:
+                end = bucket_epoch(last)
+                time_range = TimeRange(end - SEGMENTS_DEFAULT_SPAN, end)
+                low = format_bucket(math.ceil(time_range.start))
+                found = [([v for v in values if v.time >= low], cut) for values, cut in found]
+            else:
+                found = None
+    if found is None:
+        time_range = segments_range(db, time_range)
+        query = time_range.query()
+        found = [segment_values(db, d.name, query) for d in segments.definitions]
+    out = []
+    for definition, (values, cut) in zip(segments.definitions, found):
+        order = definition.fields
+        values.sort(key=lambda v: (-v.available, tuple(v.key.get(f, "") for f in order)))
+        out.append({
+            "segment": definition.name,
+            "fields": list(order),
+            "resolution": definition.resolution,
+            "valueCount": len(values),
+            "truncated": cut or len(values) > limit,
+            "values": [_value_dict(v, order) for v in values[:limit]],
+        })
+    return out, time_range
+
+
+def _value_dict(value: SegmentValue, order: tuple[str, ...]) -> dict[str, Any]:
+    body = value.as_dict()
+    body["key"] = {f: value.key[f] for f in order if f in value.key} or dict(value.key)
+    return body
+
+
+def zone_definition(segments: Segments, resolution: int | None) -> SegmentDefinition:
+    """The configured definition ``h3:R`` (exactly that one dimension) of the zone map;
+    with no ``resolution``, the only such definition."""
+    maps = [d for d in segments.definitions if d.located and len(d.dimensions) == 1]
+    if resolution is None:
+        if len(maps) == 1:
+            return maps[0]
+        if not maps:
+            raise SegmentQueryError(
+                f"no zone map: no segment h3:R is configured; {segments.describe()}")
+        raise SegmentQueryError(
+            f"resolution: several zone maps are configured ({', '.join(d.name for d in maps)}); "
+            "give one")
+    for definition in maps:
+        if definition.resolution == resolution:
+            return definition
+    raise SegmentQueryError(
+        f"no zone map at resolution {resolution}: segment 'h3:{resolution}' is not "
+        f"configured; {segments.describe()}")
+
+
+def cell_ring(cell: str) -> list[list[float]]:
+    """The boundary of an H3 cell (hex string) as a closed GeoJSON ring of
+    ``[lng, lat]`` (H3 gives ``(lat, lng)`` pairs, counter-clockwise, as RFC 7946
+    wants exterior rings). ``ValueError`` if ``cell`` is not a valid cell."""
+    import h3
+
+    try:
+        valid = h3.is_valid_cell(cell)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(f"{cell!r} is not an H3 cell")
+    ring = [[round(lng, 7), round(lat, 7)] for lat, lng in h3.cell_to_boundary(cell)]
+    ring.append(list(ring[0]))
+    return ring
+
+
+def zones_geojson(db: Database, segments: Segments, resolution: int | None = None,
+                  at: float | None = None) -> dict[str, Any]:
+    """The zone map: a GeoJSON FeatureCollection of the cells of the ``h3:R`` definition
+    at the bucket holding ``at`` (default: the newest bucket with its rows), each a
+    Polygon with ``h3``, ``online``, ``available`` and ``timeBucket`` properties. Cells
+    are sorted by their hex id. Rows under the overflow value ``other`` are not cells:
+    their counts go to the collection's ``other`` member (absent when none)."""
+    definition = zone_definition(segments, resolution)
+    if at is None:
+        bucket, cells, cut = newest_segment_cells(db, definition.name)
+    else:
+        size = segments.bucket_seconds
+        bucket = format_bucket(int(at // size) * size)
+        cells, cut = segment_cells(db, definition.name, bucket)
+    features: list[dict[str, Any]] = []
+    body: dict[str, Any] = {
+        "type": "FeatureCollection",
+        "resolution": definition.resolution,
+        "timeBucket": bucket_iso(bucket) if bucket is not None else None,
+        "features": features,
+    }
+    if bucket is None:
+        return body
+    iso = bucket_iso(bucket)
+    for cell in sorted(cells, key=lambda c: c.key.get(H3, "")):
+        name = cell.key.get(H3, "")
+        if name == OTHER[0]:
+            body["other"] = {"online": cell.online, "available": cell.available}
+            continue
+        try:
+            ring = cell_ring(name)
+        except ValueError:
+            continue  # not written by presence
+        features.append({
+            "type": "Feature",
+            "id": name,
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+            "properties": {"h3": name, "online": cell.online, "available": cell.available,
+                           "timeBucket": iso},
+        })
+    if cut:
+        body["truncated"] = True
+    return body
+
+
+def open_selection(settings: Settings, text: str) -> SegmentSelection:
+    """The segment value ``text`` (``city=Hong Kong,vehicle_type=van``) names, among the
+    configured definitions (:func:`configured_segments`), with a client of its own.
+    :class:`SegmentQueryError` for a bad selector (checked before any connection),
+    :class:`StoreUnavailable` when MongoDB fails."""
+    parse_selector(text)
+    client = mongo_client(settings)
+    try:
+        return resolve_selector(text, configured_segments(settings, client[settings.mongo_db]))
+    except PyMongoError as exc:
+        raise store_error(settings, exc) from None
+    finally:
+        client.close()
+
+
+def load_zones(settings: Settings, resolution: int | None, at: float | None) -> dict[str, Any]:
+    """:func:`zones_geojson` with a client of its own; :class:`StoreUnavailable` on failure."""
+    client = mongo_client(settings)
+    try:
+        db = client[settings.mongo_db]
+        return zones_geojson(db, configured_segments(settings, db), resolution, at)
+    except PyMongoError as exc:
+        raise store_error(settings, exc) from None
+    finally:
+        client.close()
