@@ -163,7 +163,7 @@ def test_no_segments_hides_the_picker_and_the_map_says_so(browser):  # noqa: F81
                 assert page.is_visible("#map-off") and not page.is_visible("#map-body")
                 line = page.inner_text("#map-off")
                 assert "h3" in line and "\n" not in line.strip()
-                assert page.locator("#map path").count() == 0
+                assert page.locator("#map path.cell").count() == 0
                 assert not stub.data_requests("/zones")
                 assert not page.is_visible("#segments-error")
                 assert [e for e in page.errors if "status of 404" not in e] == []
@@ -322,7 +322,7 @@ def test_a_chosen_bucket(served, stub, page):
     page.click("#map-controls button[type=submit]")
     page.wait_for_selector("#map[data-state=empty]", timeout=10000)
     assert "No zone rows at 2026-11-29 08:10:00 UTC" in page.inner_text("#map-empty")
-    assert page.locator("#map path").count() == 0
+    assert page.locator("#map path.cell").count() == 0
     # Back to the latest.
     page.click("#map-latest")
     page.wait_for_selector("#map[data-state=ready]", timeout=10000)
@@ -366,10 +366,10 @@ def test_bad_answers_show_an_error_line(browser, path, answer, words, cells):  #
             assert all(w in error for w in words), error
             assert "\n" not in error.strip()
             if cells is not None:
-                assert page.locator("#map path").count() == cells
+                assert page.locator("#map path.cell").count() == cells
                 assert page.get_attribute("#map", "data-state") == "error"
             else:  # the good cells are drawn all the same
-                assert page.locator("#map path").count() > 10
+                assert page.locator("#map path.cell").count() > 10
             if path == "/segments":
                 assert page.is_visible("#segments-error") and words[-1] in page.inner_text("#segments-error")
             assert "error" in page.inner_text("#updated")

@@ -621,6 +621,31 @@
     return classes;
   }
 
+  function mercatorLat(y) { // the inverse of mercatorY
+    return (Math.atan(Math.sinh((y * Math.PI) / 180)) * 180) / Math.PI;
+  }
+
+  // A distance bar (bottom left): about 120 px, a round number of metres or kilometres.
+  function scaleBar(scale, lat, height) {
+    const NS = "http://www.w3.org/2000/svg";
+    const metresPerPx = (111320 * Math.cos((lat * Math.PI) / 180)) / scale;
+    const want = 120 * metresPerPx;
+    const power = 10 ** Math.floor(Math.log10(want));
+    const metres = [5, 2, 1].map((m) => m * power).find((m) => m <= want) || power;
+    const px = metres / metresPerPx;
+    const g = document.createElementNS(NS, "g");
+    g.setAttribute("class", "scale");
+    const y = height - 14;
+    const line = document.createElementNS(NS, "path");
+    line.setAttribute("d", `M12,${y - 5}V${y}H${(12 + px).toFixed(1)}V${y - 5}`);
+    const text = document.createElementNS(NS, "text");
+    text.setAttribute("x", String(12 + px + 6));
+    text.setAttribute("y", String(y + 1));
+    text.textContent = metres >= 1000 ? `${metres / 1000} km` : `${metres} m`;
+    g.append(line, text);
+    return g;
+  }
+
   function mercatorY(lat) {
     const r = (Math.max(-85, Math.min(85, lat)) * Math.PI) / 180;
     return Math.log(Math.tan(Math.PI / 4 + r / 2)) * (180 / Math.PI);
@@ -735,7 +760,7 @@
       path.dataset.h3 = c.id;
       return path;
     });
-    svg.replaceChildren(...paths);
+    svg.replaceChildren(...paths, scaleBar(scale, (mercatorLat(y0) + mercatorLat(y1)) / 2, height));
     state.map.cells = cells;
     const byId = new Map(cells.map((c) => [c.id, c]));
     state.map.byId = byId;
@@ -758,7 +783,7 @@
     }));
     const online = cells.reduce((a, c) => a + c.online, 0), available = cells.reduce((a, c) => a + c.available, 0);
     $("map-summary").textContent = `${fmt(cells.length)} cells · ${fmt(available)} available of ${fmt(online)} online ` +
-      `(a driver near a cell border may count in two cells) · bucket ${bucketText(bucket)} UTC · ` +
+      `(a driver who moved counts in every cell it pinged from) · bucket ${bucketText(bucket)} UTC · ` +
       "point at a cell for its figures, click it to chart it";
     $("map").dataset.cells = String(cells.length);
     $("map").dataset.state = "ready";
