@@ -64,6 +64,8 @@ class Stub:
         self.minutes = minutes
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.override: dict[str, tuple[int, str]] = {}
+        self.zone_extra: dict[str, Any] = {}  # more members of /zones' answer ("other", "truncated")
+        self.config: dict[str, Any] = {"mapTiles": None}  # GET /dashboard.json
         self.lock = threading.Lock()
 
     # -------------------------------------------------------------- figures
@@ -201,7 +203,7 @@ class Stub:
                              "properties": {"h3": cell, "online": online, "available": available,
                                             "timeBucket": bucket_iso(minute)}})
         return 200, {"type": "FeatureCollection", "resolution": resolution,
-                     "timeBucket": bucket_iso(minute), "features": features}
+                     "timeBucket": bucket_iso(minute), "features": features, **self.zone_extra}
 
     def status(self) -> dict[str, Any]:
         last = self.minutes - 1
@@ -240,6 +242,8 @@ class Stub:
                 return respond(path, 200, self.segments(query))
             if path == "/zones":
                 return respond(path, *self.zones(query))
+            if path == "/dashboard.json":
+                return respond(path, 200, self.config)
             return respond(path, 200, self.status())
 
         async def index(request: Request) -> Response:
@@ -248,7 +252,7 @@ class Stub:
         return Starlette(routes=[
             Route("/", index),
             Route("/reports", data), Route("/status", data),
-            Route("/segments", data), Route("/zones", data),
+            Route("/segments", data), Route("/zones", data), Route("/dashboard.json", data),
             Mount("/static", StaticFiles(directory=WEB_DIR)),
         ])
 

@@ -410,6 +410,19 @@ def test_a_malformed_reports_answer_is_an_error_line_not_a_crash(served, stub, p
     assert page.errors == []
 
 
+def test_cells_over_the_value_limit_and_a_cut_answer_are_said(served, stub, page):
+    # /zones puts the overflow value's counts in "other" (no cell, no polygon) and
+    # says "truncated" when it sent only part of the cells.
+    stub.zone_extra = {"other": {"online": 321, "available": 123}, "truncated": True}
+    page.goto(f"{served.url}/?range=all&live=0")
+    page.wait_for_selector("#map[data-state=ready]", timeout=15000)
+    summary = page.inner_text("#map-summary")
+    assert "321 online, 123 available" in summary and "PRESENCE_MAX_SEGMENT_VALUES" in summary
+    assert "only part" in summary
+    assert page.locator("#map path.cell").count() == len(last_cells(stub, "Hong Kong"))
+    assert page.errors == []
+
+
 def test_live_refresh_follows_the_latest_bucket(served, stub, page):
     page.goto(f"{served.url}/?range=all&refresh=2")
     page.wait_for_selector("#map[data-state=ready]", timeout=15000)
@@ -495,3 +508,121 @@ def test_stub_follows_the_interface(stub):
     assert stub.reports({"segment": "city", "city": "Lisbon"})[0] == 200
     assert stub.reports({"segment": "city"})[0] == 400
     assert stub.reports({"segment": "h3:9", "h3": "x"})[0] == 400
+
+
+# ------------------------------------------------------------------ PRESENCE_MAP_TILES
+
+PNG = bytes.fromhex(  # 1x1 grey PNG
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c63f8cfc0f01f0005000201a5d2e1a60000000049454e44ae426082")
+
+
+def test_map_tiles_are_drawn_under_the_cells_and_line_up(served, stub, browser):  # noqa: F811
+    import math
+
+    import h3
+
+    stub.config = {"mapTiles": "http://tiles.test/{z}/{x}/{y}.png"}
+    context, page = new_page(browser)
+    tiles = []
+
+    def tile(route):
+        tiles.append((route.request.url, route.request.headers))
+        route.fulfill(status=200, content_type="image/png", body=PNG)
+
+    page.route("http://tiles.test/**", tile)  # the later route wins over new_page's own
+    try:
+        page.goto(f"{served.url}/?range=all&live=0")
+        page.wait_for_selector("#map[data-state=ready]", timeout=15000)
+        z = int(page.get_attribute("#map g.tiles", "data-zoom"))
+        assert 11 <= z <= 15, z  # some km across: a city's zoom
+        hrefs = page.evaluate("[...document.querySelectorAll('#map g.tiles image')].map(i => i.getAttribute('href'))")
+        assert hrefs and all(re.fullmatch(rf"http://tiles\.test/{z}/\d+/\d+\.png", h) for h in hrefs)
+        # Under the cells, and covering the whole box.
+        order = page.evaluate("[...document.getElementById('map-svg').children].map(c => c.tagName)")
+        assert order[0] == "g" and order[1] == "path"
+        cover = page.evaluate("""() => {
+            const box = document.getElementById('map-svg').getBoundingClientRect();
+            const r = [...document.querySelectorAll('#map g.tiles image')].map(i => i.getBoundingClientRect());
+            return [Math.min(...r.map(x => x.left)) - box.left, Math.min(...r.map(x => x.top)) - box.top,
+                    box.right - Math.max(...r.map(x => x.right)), box.bottom - Math.max(...r.map(x => x.bottom))];
+        }""")
+        assert all(v <= 0.5 for v in cover), cover
+        # The tile holding a cell's centre (standard slippy-map numbering) is drawn where the cell is.
+        cell = h3.latlng_to_cell(*CITIES["Hong Kong"], 8)
+        lat, lng = h3.cell_to_latlng(cell)
+        n = 2 ** z
+        tx = int((lng + 180) / 360 * n)
+        ty = int((1 - math.asinh(math.tan(math.radians(lat))) / math.pi) / 2 * n)
+        where = page.evaluate("""([cell, href]) => {
+            const p = document.querySelector(`#map path[data-h3='${cell}']`).getBoundingClientRect();
+            const i = [...document.querySelectorAll('#map g.tiles image')].find(x => x.getAttribute('href') === href);
+            if (!i) return null;
+            const t = i.getBoundingClientRect();
+            const cx = (p.left + p.right) / 2, cy = (p.top + p.bottom) / 2;
+            return cx >= t.left && cx <= t.right && cy >= t.top && cy <= t.bottom;
+        }""", [cell, f"http://tiles.test/{z}/{tx}/{ty}.png"])
+        assert where is True, (z, tx, ty, hrefs[:5])
+        # The browser fetched them, with no token and no page address.
+        page.wait_for_function(f"performance.getEntriesByType('resource').filter(e => e.name.startsWith('http://tiles.test/')).length >= {len(hrefs)}", timeout=10000)
+        assert tiles and all("authorization" not in h and "referer" not in h for _, h in tiles)
+        assert "background tiles from tiles.test" in page.inner_text("#map-summary")
+        # The cells are still what the pointer finds.
+        page.hover(f"#map path[data-h3='{cell}']")
+        assert cell in page.inner_text("#map-tip")
+        assert page.errors == [] and page.outside == []
+    finally:
+        context.close()
+
+
+def test_no_tiles_unless_configured(served, stub, page):
+    page.goto(f"{served.url}/?range=all&live=0")
+    page.wait_for_selector("#map[data-state=ready]", timeout=15000)
+    assert stub.data_requests("/dashboard.json")
+    assert page.locator("#map g.tiles").count() == 0
+    assert page.locator("#map image").count() == 0
+    assert page.outside == []
+
+
+def test_dashboard_json_serves_the_tile_template_and_nothing_secret():
+    from fastapi.testclient import TestClient
+
+    from presence.settings import load_settings
+    from presence.tools.api import create_app
+    from presence.tools.dashboard_config import add_dashboard_config
+
+    token = "tiles-Token-31"
+    template = "https://tiles.example.org/{z}/{x}/{y}.png?key=public-1"
+    settings = load_settings({"PRESENCE_MAP_TILES": template, "PRESENCE_API_TOKEN": token,
+                              "PRESENCE_MONGO_URI": "mongodb://user:pw-Secret-9@127.0.0.1:1/",
+                              "PRESENCE_KAFKA_BROKERS": "127.0.0.1:1"})
+    app = create_app(settings, kafka_timeout=0.2)
+    add_dashboard_config(app, settings)  # a no-op once create_app serves it itself
+    add_dashboard_config(app, settings)
+    with TestClient(app) as client:
+        assert client.get("/dashboard.json").status_code == 401  # behind the token like the API
+        got = client.get("/dashboard.json", headers={"Authorization": f"Bearer {token}"})
+        assert got.status_code == 200 and got.json() == {"mapTiles": template}
+        assert token not in got.text and "pw-Secret-9" not in got.text
+    off = load_settings({"PRESENCE_MAP_TILES": ""})
+    app = create_app(off, kafka_timeout=0.2)
+    add_dashboard_config(app, off)
+    with TestClient(app) as client:
+        assert client.get("/dashboard.json").json() == {"mapTiles": None}
+
+
+@pytest.mark.parametrize("value, words", [
+    ("ftp://tiles.example.org/{z}/{x}/{y}.png", ["http(s) URL template"]),
+    ("https://tiles.example.org/{z}/{x}.png", ["{z}, {x} and {y}"]),
+    ("tiles.other.net/{z}/{x}/{y}.png", ["http(s)"]),
+    ("https://user:Hidden-77@tiles.example.org/{z}/{x}/{y}.png", ["user name or password"]),
+])
+def test_a_bad_map_tiles_setting_is_one_line(value, words):
+    from presence.settings import SettingsError, load_settings
+
+    with pytest.raises(SettingsError) as err:
+        load_settings({"PRESENCE_MAP_TILES": value})
+    message = str(err.value)
+    assert message.startswith("PRESENCE_MAP_TILES: ") and "\n" not in message
+    assert all(w in message for w in words), message
+    assert "Hidden-77" not in message and value not in message

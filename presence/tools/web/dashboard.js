@@ -50,6 +50,7 @@
     segmentKey: null, // {field: value}, or null: no value chosen yet
     segments: null, // the definitions /segments listed ([] = none configured)
     segmentsAbsent: false, // a server without GET /segments (404)
+    config: null, // GET /dashboard.json: {mapTiles: "<URL template>" | null}, once
     map: {
       mode: params.get("map") === "share" ? "share" : "available",
       at: params.get("map_at") || "", // "" = the latest bucket
@@ -646,6 +647,39 @@
     return g;
   }
 
+  // PRESENCE_MAP_TILES: Web-Mercator tiles of the zoom nearest to the map's scale, under
+  // the cells (the page's own projection is Web Mercator, so they line up). No tiles
+  // when not configured, and none beyond 200 (the whole world at a coarse zoom).
+  function tileLayer(width, height, x0, y1, ox, oy, scale) {
+    const template = state.config && typeof state.config.mapTiles === "string" ? state.config.mapTiles : "";
+    if (!/^https?:\/\//.test(template)) return null;
+    const z = Math.max(0, Math.min(19, Math.round(Math.log2((scale * 360) / 256))));
+    const n = 2 ** z, deg = 360 / n, size = deg * scale;
+    const lngAt = (sx) => x0 + (sx - ox) / scale, yAt = (sy) => y1 - (sy - oy) / scale;
+    const txFrom = Math.floor((lngAt(0) + 180) / deg), txTo = Math.floor((lngAt(width) + 180) / deg);
+    const tyFrom = Math.max(0, Math.floor((180 - yAt(0)) / deg));
+    const tyTo = Math.min(n - 1, Math.floor((180 - yAt(height)) / deg));
+    if ((txTo - txFrom + 1) * (tyTo - tyFrom + 1) > 200) return null;
+    const NS = "http://www.w3.org/2000/svg";
+    const g = document.createElementNS(NS, "g");
+    g.setAttribute("class", "tiles");
+    g.dataset.zoom = String(z);
+    for (let tx = txFrom; tx <= txTo; tx++) {
+      for (let ty = tyFrom; ty <= tyTo; ty++) {
+        const image = document.createElementNS(NS, "image");
+        image.setAttribute("href", template.replaceAll("{z}", String(z))
+          .replaceAll("{x}", String(((tx % n) + n) % n)).replaceAll("{y}", String(ty)));
+        image.setAttribute("x", (ox + (tx * deg - 180 - x0) * scale).toFixed(1));
+        image.setAttribute("y", (oy + (y1 - (180 - ty * deg)) * scale).toFixed(1));
+        image.setAttribute("width", (size + 0.5).toFixed(1));
+        image.setAttribute("height", (size + 0.5).toFixed(1));
+        image.setAttribute("preserveAspectRatio", "none");
+        g.appendChild(image);
+      }
+    }
+    return g;
+  }
+
   function mercatorY(lat) {
     const r = (Math.max(-85, Math.min(85, lat)) * Math.PI) / 180;
     return Math.log(Math.tan(Math.PI / 4 + r / 2)) * (180 / Math.PI);
@@ -728,9 +762,18 @@
     mapMessage(read.bad ? `GET /zones: ${fmt(read.bad)} of ${fmt(read.total)} features had no polygon or counts and are not drawn` : "",
                read.bad ? "error" : null);
     drawCells(cells, bucket);
-    if (read.unplaced) {
-      $("map-summary").textContent += ` · ${fmt(read.unplaced)} without a place (over the value limit: "other") not drawn`;
+    const notes = [];
+    const other = body.other;
+    if (other && Number.isFinite(Number(other.online))) {
+      notes.push(`${fmt(other.online)} online, ${fmt(other.available)} available in cells beyond ` +
+                 "PRESENCE_MAX_SEGMENT_VALUES (\"other\": no place, not drawn)");
     }
+    if (read.unplaced) notes.push(`${fmt(read.unplaced)} features without a place not drawn`);
+    if (body.truncated) notes.push("the API sent only part of this bucket's cells");
+    if ($("map-svg").querySelector("g.tiles")) {
+      notes.push(`background tiles from ${new URL(state.config.mapTiles.replace(/[{}]/g, "")).host} (PRESENCE_MAP_TILES)`);
+    }
+    if (notes.length) $("map-summary").textContent += " · " + notes.join(" · ");
   }
 
   function drawCells(cells, bucket) {
@@ -760,7 +803,10 @@
       path.dataset.h3 = c.id;
       return path;
     });
-    svg.replaceChildren(...paths, scaleBar(scale, (mercatorLat(y0) + mercatorLat(y1)) / 2, height));
+    const tiles = tileLayer(width, height, x0, y1, ox, oy, scale);
+    svg.classList.toggle("with-tiles", Boolean(tiles));
+    svg.replaceChildren(...(tiles ? [tiles] : []), ...paths,
+                        scaleBar(scale, (mercatorLat(y0) + mercatorLat(y1)) / 2, height));
     state.map.cells = cells;
     const byId = new Map(cells.map((c) => [c.id, c]));
     state.map.byId = byId;
@@ -901,7 +947,14 @@
         if (err.status === 404) return { list: [], absent: true };
         throw err;
       });
-    const zonesCall = segmentsCall.then((s) => {
+    const configCall = state.config ? Promise.resolve(state.config) : getJson("/dashboard.json").then(
+      (r) => (state.config = r.body && typeof r.body === "object" ? r.body : {}),
+      (err) => {
+        if (err instanceof AuthError) throw err;
+        if (err.status === 404) state.config = {}; // a server without it: no tiles
+        return {};
+      });
+    const zonesCall = Promise.all([segmentsCall, configCall]).then(([s]) => {
       state.segments = s.list;
       return loadZones();
     });
