@@ -50,6 +50,7 @@
     segmentKey: null, // {field: value}, or null: no value chosen yet
     segments: null, // the definitions /segments listed ([] = none configured)
     segmentsAbsent: false, // a server without GET /segments (404)
+    segmentsAt: null, // Date.now() of the last answer of /segments
     config: null, // GET /dashboard.json: {mapTiles: "<URL template>" | null}, once
     map: {
       mode: params.get("map") === "share" ? "share" : "available",
@@ -343,6 +344,7 @@
   // ------------------------------------------------------------ segments (the chart's picker)
 
   const SEGMENT_VALUES = 500; // values per definition asked of /segments (the picker's list)
+  const SEGMENTS_EVERY = 30; // seconds: the picker's lists are asked again at most this often
 
   function sameDefinition(a, b) {
     return dimsOf(a).sort().join(",") === dimsOf(b).sort().join(",");
@@ -941,12 +943,14 @@
     const errors = [];
     // /segments (the picker's lists; a server without it has no segments), then /zones
     // of the h3:R definition it names; the chart's rows and the status meanwhile.
-    const segmentsCall = getJson(`/segments?limit=${SEGMENT_VALUES}`).then(
-      (r) => ({ list: checkSegments(r.body), absent: false }),
-      (err) => {
-        if (err.status === 404) return { list: [], absent: true };
-        throw err;
-      });
+    const fresh = state.segmentsAt != null && Date.now() - state.segmentsAt < SEGMENTS_EVERY * 1000;
+    const segmentsCall = fresh ? Promise.resolve({ list: state.segments, absent: state.segmentsAbsent })
+      : getJson(`/segments?limit=${SEGMENT_VALUES}`).then(
+        (r) => ({ list: checkSegments(r.body), absent: false, at: Date.now() }),
+        (err) => {
+          if (err.status === 404) return { list: [], absent: true, at: Date.now() };
+          throw err;
+        });
     const configCall = state.config ? Promise.resolve(state.config) : getJson("/dashboard.json").then(
       (r) => (state.config = r.body && typeof r.body === "object" ? r.body : {}),
       (err) => {
@@ -988,9 +992,11 @@
     }
     if (segments.status === "fulfilled") {
       state.segmentsAbsent = segments.value.absent;
+      if (segments.value.at) state.segmentsAt = segments.value.at;
       renderSegments(segments.value.list);
       $("segments-error").hidden = true;
     } else {
+      state.segmentsAt = null; // asked again next time
       errors.push(segments.reason.message);
       $("segments-error").textContent = segments.reason.message;
       $("segments-error").hidden = false;
