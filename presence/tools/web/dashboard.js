@@ -901,7 +901,11 @@
     const def = findDefinition(state.segment);
     const fields = def ? def.fields : fieldsOf(state.segment);
     const values = JSON.parse($("segment-value").value || "null");
-    if (!values) return;
+    if (!values) { // a note ("… more, not listed"), not a value: keep the choice
+      $("segment-value").dataset.options = "";
+      renderValues();
+      return;
+    }
     const key = {};
     fields.forEach((f, i) => { key[f] = values[i]; });
     chooseSegment(state.segment, key);
