@@ -352,6 +352,8 @@ class Settings(BaseModel):
     """Origins allowed to call the API from a browser; ``("*",)`` = any; empty = same origin."""
     metrics_port: int | None = Field(None, ge=1, le=65535)
     """Port of the dataflow's own Prometheus endpoint; None = off."""
+    map_tiles: str = Field("", max_length=2048)
+    """Tile URL template (``{z}``, ``{x}``, ``{y}``) under the dashboard's zone map; empty = none."""
     # Not in the SPEC table; documented in the README.
     log_rows: bool = True
     """One INFO line per row written (turn off at high volume)."""
@@ -408,6 +410,21 @@ class Settings(BaseModel):
     def _segments(cls, value: str) -> str:
         parse_segments(value)
         return value.strip()
+
+    @field_validator("map_tiles")
+    @classmethod
+    def _map_tiles(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        if not re.fullmatch(r"https?://[^\s/]+/\S*", value) or not all(
+                part in value for part in ("{z}", "{x}", "{y}")):
+            raise ValueError("must be an http(s) URL template with {z}, {x} and {y}, e.g. "
+                             "https://tiles.example.org/{z}/{x}/{y}.png")
+        if "@" in value.split("/")[2]:
+            raise ValueError("must not carry a user name or password: every browser that "
+                             "opens the dashboard gets this URL")
+        return value
 
     @field_validator("api_token")
     @classmethod
@@ -511,8 +528,10 @@ NOT_SETTINGS_PREFIXES = ("PRESENCE_STACK_", "PRESENCE_FERRETDB_", "PRESENCE_TEST
 """``PRESENCE_*`` variables read by other tools (stack scripts, CLI, tests), not the dataflow."""
 
 SECRET_FIELDS = ("mongo_uri", "kafka_config", "api_token")
+NOT_ECHOED = ("map_tiles",)
+"""Not secrets, but their value is not repeated in an error (a tile URL may carry a key)."""
 
-EMPTY_MEANS_OFF = ("segments", "api_token", "cors_origins", "metrics_port")
+EMPTY_MEANS_OFF = ("segments", "api_token", "cors_origins", "metrics_port", "map_tiles")
 """Settings whose default is "off": set but empty means off. Any other empty one is an error."""
 
 
@@ -560,7 +579,7 @@ def _one_line(exc: ValidationError) -> str:
     field = str(loc[0])
     line = f"{PREFIX}{field.upper()}: {message}"
     value = error.get("input")
-    if field not in SECRET_FIELDS and isinstance(value, str) and len(value) <= 200:
+    if field not in SECRET_FIELDS + NOT_ECHOED and isinstance(value, str) and len(value) <= 200:
         line += f" (got {value!r})"
     return line
 

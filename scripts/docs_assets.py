@@ -13,6 +13,11 @@ with a fixed start time so the sample's time buckets stay put, then writes:
   docs/demo-chart.png   the chart the second run drew (presence plot)
   docs/dashboard.png    the dashboard on the demo's data, in headless Chromium
                         (Debian's package, driven by Playwright, as the tests do)
+  docs/dashboard-segments.png   the dashboard with the chart on one city (the
+                        segment picker) and the zone map below it
+  docs/zone-map.png     the zone map alone (the demo's h3:R segment, its busiest
+                        area, coloured by available drivers, one cell hovered);
+                        both only when the demo's API lists an h3:R segment
 
 Needs `make install`, the local stack (`make stack-up`) and /usr/bin/chromium
 (`make system-deps`); `make docs-assets` does all three first. It uses the
@@ -26,6 +31,9 @@ override them) and its demo-output/ directory, like `make demo`.
                         (each full run keeps demo-output/docs-run-1.log and
                         docs-run-2.log); no pictures
     --once              run the demo once (faster; no comparison of two runs)
+    --segments-from-stub  no run: draw docs/dashboard-segments.png and
+                        docs/zone-map.png from tests/dashboard_stub.py's made-up
+                        figures (the shapes of GET /segments and /zones)
 """
 
 from __future__ import annotations
@@ -270,6 +278,12 @@ def screenshot_dashboard(env: dict[str, str], out: Path) -> None:
                 page.wait_for_timeout(1000)  # let the status panel and the legend settle
                 out.parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(out), full_page=True)
+                if page.evaluate("window.presence.state.segments !== null && "
+                                 "window.presence.state.segments.some(d => d.resolution != null)"):
+                    screenshot_segments(browser, url, out.parent)
+                else:
+                    _say("the demo's API lists no h3:R segment: docs/dashboard-segments.png and"
+                         " docs/zone-map.png left as they are")
             finally:
                 browser.close()
     finally:
@@ -285,6 +299,62 @@ def screenshot_dashboard(env: dict[str, str], out: Path) -> None:
     _say(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 
+def screenshot_segments(browser, url: str, docs: Path) -> None:
+    """docs/dashboard-segments.png and docs/zone-map.png from the dashboard at ``url``."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    page = browser.new_page(viewport=VIEWPORT)
+    try:
+        page.goto(f"{url}/?range=all&live=0")
+        try:
+            page.wait_for_function("window.presence.state.segments !== null", timeout=60000)
+            # The chart on the busiest value of the first definition without h3 (city).
+            name = page.evaluate("(window.presence.state.segments.find(d => d.resolution == null)"
+                                 " || window.presence.state.segments[0]).segment")
+            page.select_option("#segment", name)
+            page.wait_for_function("window.presence.state.segmentKey !== null && "
+                                   "document.getElementById('chart').dataset.state === 'ready'",
+                                   timeout=60000)
+            page.wait_for_selector("#map[data-state=ready]", timeout=60000)
+            page.wait_for_load_state("networkidle", timeout=30000)
+        except PlaywrightTimeout:
+            raise SystemExit("docs-assets: the dashboard did not draw the segment chart and the"
+                             " zone map within 60 s") from None
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(docs / "dashboard-segments.png"), full_page=True)
+        _say(f"wrote {docs / 'dashboard-segments.png'}")
+        # The map alone, one of its busiest cells hovered (the figures it shows).
+        page.evaluate("document.getElementById('zones').scrollIntoView()")
+        cell = page.evaluate("() => { const cells = window.presence.state.map.cells.slice()"
+                             ".sort((a, b) => b.available - a.available);"
+                             " return cells.length ? cells[Math.min(2, cells.length - 1)].id : null; }")
+        if cell:
+            page.hover(f"#map path[data-h3='{cell}']")
+            page.wait_for_selector("#map-tip", state="visible", timeout=5000)
+        page.locator("#zones").screenshot(path=str(docs / "zone-map.png"))
+        _say(f"wrote {docs / 'zone-map.png'}")
+    finally:
+        page.close()
+
+
+def segments_from_stub(docs: Path) -> None:
+    """The two segment pictures from tests/dashboard_stub.py (no demo run, no stack)."""
+    if not Path(CHROMIUM).exists():
+        raise SystemExit(f"docs-assets: {CHROMIUM} missing (make system-deps installs Debian's chromium)")
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT))
+    from tests.dashboard_stub import Served, Stub
+
+    docs.mkdir(parents=True, exist_ok=True)
+    with Served(Stub()) as served, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            screenshot_segments(browser, served.url, docs)
+        finally:
+            browser.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="scripts/docs_assets.py", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -295,11 +365,18 @@ def main(argv: list[str] | None = None) -> int:
                              " no run, no pictures")
     parser.add_argument("--once", action="store_true", help="run the demo once, not twice")
     parser.add_argument("--no-screenshot", action="store_true", help="leave docs/dashboard.png as it is")
+    parser.add_argument("--segments-from-stub", action="store_true",
+                        help="only draw docs/dashboard-segments.png and docs/zone-map.png, from"
+                             " tests/dashboard_stub.py's made-up figures (no run)")
     parser.add_argument("--start", default=os.environ.get("DEMO_START", DEFAULT_START),
                         help=f"the demo's first simulated instant (default {DEFAULT_START})")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
+
+    if args.segments_from_stub:
+        segments_from_stub(args.docs)
+        return 0
 
     readme_text = args.readme.read_text()
     try:
@@ -331,7 +408,9 @@ def main(argv: list[str] | None = None) -> int:
              f" database {db}), keep its output in {', '.join(str(p) for p in logs)}")
         _say(f"would rewrite {args.readme} between {START_MARK} and {END_MARK}")
         _say(f"would write {args.docs / 'demo-chart.png'}"
-             + ("" if args.no_screenshot else f" and {args.docs / 'dashboard.png'}"))
+             + ("" if args.no_screenshot else f", {args.docs / 'dashboard.png'} and (when the demo"
+                f" has an h3:R segment) {args.docs / 'dashboard-segments.png'},"
+                f" {args.docs / 'zone-map.png'}"))
         _say("dry run: nothing changed")
         return 0
 
