@@ -49,6 +49,8 @@ row_log = logging.getLogger("presence.rows")
 
 REPORTS = "report_summary"
 SEGMENTS = "segment_summary"
+SEGMENT_BUCKET_INDEX = "segment_bucket"
+"""Serves ``/zones`` and the newest bucket of a definition (the unique index cannot)."""
 SEGMENT_INDEX = "segment_key_bucket"
 DEAD_LETTERS = "dead_letters"
 STATUS = "pipeline_status"
@@ -226,6 +228,8 @@ def ensure_indexes(db: Database, dead_letter_ttl_days: float = 30.0) -> bool:
     db[SEGMENTS].create_index(
         [("segment", 1), ("key", 1), ("timeBucket", 1)], unique=True, name=SEGMENT_INDEX
     )
+    # The zone map and the newest-bucket lookups ask by (segment, timeBucket).
+    db[SEGMENTS].create_index([("segment", 1), ("timeBucket", 1)], name=SEGMENT_BUCKET_INDEX)
     db[DEAD_LETTERS].create_index("reason", name="reason")
     return ensure_ttl_index(db[DEAD_LETTERS], "receivedAt", round(dead_letter_ttl_days * 86400))
 

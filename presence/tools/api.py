@@ -63,6 +63,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from presence.core.pings import bucket_iso
 from presence.settings import Settings, load_settings
 from presence.core.segments import CITY, H3, VEHICLE_TYPE
+from presence.tools.dashboard_config import add_dashboard_config
 from presence.tools.reports import (
     DEFAULT_PAGE, DEFAULT_SEGMENT_VALUES, MAX_PAGE, MAX_SEGMENT_VALUES, KafkaWatermarks,
     SegmentQueryError, TimeError, bucket_epoch, configured_segments, fetch_page, mongo_client,
@@ -485,6 +486,7 @@ def create_app(settings: Settings | None = None, kafka_timeout: float = 2.0,
         return FileResponse(WEB_DIR / "index.html", media_type="text/html; charset=utf-8",
                             headers={"Cache-Control": "no-cache"})
 
+    add_dashboard_config(app, settings)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
 
     return app
