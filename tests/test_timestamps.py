@@ -24,7 +24,11 @@ from hypothesis import strategies as st
 from presence.core import pings as pings_module
 from presence.core import timestamps
 from presence.core.pings import parse_ping, parse_ping_checked
-from presence.core.timestamps import parse_iso_instant, parse_iso_instant_reference
+from presence.core.timestamps import (
+    parse_iso_instant,
+    parse_iso_instant_reference,
+    usual_iso_instant,
+)
 
 FAST = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -41,6 +45,10 @@ def _check(text: str) -> None:
     assert _same(got, expected), (text, got, expected)
     # Twice: the second time from the caches.
     assert _same(parse_iso_instant(text), expected), (text, "cached")
+    # The fast path alone: the reference's value, or None (not the usual layout),
+    # and only for ASCII text (no lone surrogate or other digits reach a value).
+    usual = usual_iso_instant(text)
+    assert usual is None or (_same(usual, expected) and text.isascii()), (text, usual)
 
 
 # --- hand-picked cases, with the values they must have ------------------------------
@@ -64,6 +72,8 @@ KNOWN = [
     ("2024-01-01 00:00:05", 1704067205.0),  # reference only: space separator
     ("2024-01-01", 1704067200.0),  # reference only: a date
     ("2024-01-01T00:00:05.Z", 1704067205.0),  # reference only: an empty fraction
+    ("2024-01-01\u00e900:00:05Z", 1704067205.0),  # reference only: any one separator,
+    ("2024-01-01\ud80000:00:05", 1704067205.0),  # a lone surrogate too (JSON: invalid)
     ("0001-01-01T00:00:00+01:00", -62135600400.0),
     ("9999-12-31T23:59:59.999999Z", 253402300800.0),  # rounded to the nearest double
 ]
@@ -234,12 +244,20 @@ def test_every_valid_instant_same_as_reference(moment, offset_minutes, digits, z
         sign = "-" if offset_minutes < 0 else "+"
         text += f"{sign}{abs(offset_minutes) // 60:02d}:{abs(offset_minutes) % 60:02d}"
     _check(text)
-    assert parse_iso_instant(text) is not None
+    assert usual_iso_instant(text) is not None
 
 
 @FAST
 @given(st.text(max_size=80))
 def test_random_text_same_as_reference(text: str) -> None:
+    _check(text)
+
+
+@FAST
+@given(st.text(st.characters(blacklist_categories=()), max_size=40)
+       | st.builds(lambda a, c, b: a + c + b, near_iso(), st.characters(blacklist_categories=()),
+                   st.text(max_size=3)))
+def test_any_code_point_even_surrogates_same_as_reference(text: str) -> None:
     _check(text)
 
 

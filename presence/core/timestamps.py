@@ -77,10 +77,12 @@ def _tail_micros(tail: str) -> int | None:
     return micros
 
 
-def parse_iso_instant(text: str) -> float | None:
-    """Epoch seconds of an ISO-8601 date-time; no offset means UTC; None if not one.
+def usual_iso_instant(text: str) -> float | None:
+    """Epoch seconds of a date-time of the usual layout; None for any other string.
 
-    The same result as :func:`parse_iso_instant_reference` for every string.
+    None does not mean invalid: the string may still be one that
+    :func:`parse_iso_instant_reference` accepts. For a caller that has a
+    slower, exhaustive path of its own to fall back on.
     """
     head = text[:19]
     seconds = _HEADS.get(head, _HEADS)
@@ -88,16 +90,28 @@ def parse_iso_instant(text: str) -> float | None:
         if len(_HEADS) >= CACHE_MAX:
             _HEADS.clear()
         seconds = _HEADS[head] = _head_seconds(head)
-    if seconds is not None:
-        tail = text[19:]
-        micros = _TAILS.get(tail, _TAILS)
-        if micros is _TAILS:
-            if len(_TAILS) >= CACHE_MAX:
-                _TAILS.clear()
-            micros = _TAILS[tail] = _tail_micros(tail)
-        if micros is not None:
-            return (seconds * 1_000_000 + micros) / 1_000_000
-    return parse_iso_instant_reference(text)
+    if seconds is None:
+        return None
+    tail = text[19:]
+    micros = _TAILS.get(tail, _TAILS)
+    if micros is _TAILS:
+        if len(_TAILS) >= CACHE_MAX:
+            _TAILS.clear()
+        micros = _TAILS[tail] = _tail_micros(tail)
+    if micros is None:
+        return None
+    return (seconds * 1_000_000 + micros) / 1_000_000
+
+
+def parse_iso_instant(text: str) -> float | None:
+    """Epoch seconds of an ISO-8601 date-time; no offset means UTC; None if not one.
+
+    The same result as :func:`parse_iso_instant_reference` for every string.
+    """
+    seconds = usual_iso_instant(text)
+    if seconds is None:
+        return parse_iso_instant_reference(text)
+    return seconds
 
 
 def parse_iso_instant_reference(text: str) -> float | None:
