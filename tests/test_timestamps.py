@@ -30,7 +30,7 @@ from presence.core.timestamps import (
     usual_iso_instant,
 )
 
-FAST = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _same(a: float | None, b: float | None) -> bool:
