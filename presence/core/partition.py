@@ -40,6 +40,7 @@ from presence.core.model import (  # noqa: F401  (re-exported: the partition's t
     ENDED, IDLE, LIVE, NO_EVENT, BucketSets, DeadLetter, PartitionBatch, PartitionMark,
     PartitionState, ShardPart, partition_key, shard_key, shard_of,
 )
+from presence.core.timestamps import usual_iso_instant
 from presence.core.pings import (
     EPOCH_MS_THRESHOLD, MAX_VALUE_BYTES, MIN_EVENT_TIME, SHALLOW_BYTES, Rejection,
     decode_segment_shape, decode_shape, format_instant, parse_ping, parse_ping_checked,
@@ -263,7 +264,9 @@ class PartitionReader:
                     if type(driver) is int:
                         driver = str(driver)
                     time = shape.timestamp
-                    if time >= EPOCH_MS_THRESHOLD:
+                    if type(time) is str:
+                        time = usual_iso_instant(time)  # None: judged below
+                    elif time >= EPOCH_MS_THRESHOLD:
                         time = time / 1000.0
                     if MIN_EVENT_TIME <= time <= latest_allowed:
                         time += 0.0
@@ -378,7 +381,9 @@ class PartitionReader:
                     if type(driver) is int:
                         driver = str(driver)
                     time = shape.timestamp
-                    if time >= EPOCH_MS_THRESHOLD:
+                    if type(time) is str:
+                        time = usual_iso_instant(time)  # None: judged below
+                    elif time >= EPOCH_MS_THRESHOLD:
                         time = time / 1000.0
                     if MIN_EVENT_TIME <= time <= latest_allowed:
                         time += 0.0

@@ -99,7 +99,7 @@ class _Shape(msgspec.Struct, gc=False):
         Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)],
         Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DRIVER_ID_CHARS)],
     ]
-    timestamp: Union[int, float]
+    timestamp: Union[int, float, str]
     on_duty: Union[bool, Literal[0, 1]]
 
 
@@ -168,7 +168,9 @@ def parse_ping(value: bytes | None, latest_allowed: float) -> Parsed:
         if type(driver) is int:
             driver = str(driver)
         stamp = shape.timestamp
-        if stamp >= EPOCH_MS_THRESHOLD:
+        if type(stamp) is str:
+            stamp = usual_iso_instant(stamp)  # None (unusual layout): the checked path
+        elif stamp >= EPOCH_MS_THRESHOLD:
             stamp = stamp / 1000.0
         if MIN_EVENT_TIME <= stamp <= latest_allowed:
             return (driver, stamp + 0.0, shape.on_duty == 1)
@@ -395,7 +397,7 @@ def _as_float(number: int | _HugeInt) -> float:
 
 # Epoch seconds of an ISO-8601 date-time (no offset = UTC), None if not one:
 # a fast path for the usual layout, the fromisoformat reference for the rest.
-from presence.core.timestamps import parse_iso_instant  # noqa: E402
+from presence.core.timestamps import parse_iso_instant, usual_iso_instant  # noqa: E402
 
 
 def format_instant(epoch_seconds: float) -> str:
