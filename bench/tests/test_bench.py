@@ -11,6 +11,7 @@ import socket
 import numpy as np
 import pytest
 
+from bench import flink, report, systems
 from bench import run as bench_run
 from bench import workload as wl
 from tests.oracle import P, oracle
@@ -75,9 +76,9 @@ def test_table_and_targets_render():
         {**base, "system": "quix", "exact": False, "exactness": "2 rows missing",
          "pings_per_s": 5.0, "pings_per_cpu_s": 8.0},
     ]
-    text = bench_run.table(results, results[0])
+    text = report.table(results, results[0])
     assert "| presence-1w | yes |" in text and "**no** (2 rows missing)" in text
-    checks = dict((name, ok) for name, _val, ok in bench_run.targets(
+    checks = dict((name, ok) for name, _val, ok in report.targets(
         {r["system"]: r for r in results}, None, None))
     assert checks["presence-1w >= 0.5 x ceiling (wall)"] is True
     assert checks["1 worker >= 10 x quix (pings/CPU-s)"] is True
@@ -86,10 +87,10 @@ def test_table_and_targets_render():
 def test_median_run_reports_the_spread_and_any_inexact_run():
     runs = [{"wall_s": w, "exact": e, "exactness": x}
             for w, e, x in ((3.0, True, "ok"), (1.0, True, "ok"), (2.0, False, "1 row wrong"))]
-    r = bench_run.median_run(runs)
+    r = systems.median_run(runs)
     assert (r["wall_s"], r["runs"], r["wall_min_s"], r["wall_max_s"]) == (2.0, 3, 1.0, 3.0)
     assert r["exact"] is False and r["exactness"] == "1 row wrong in 1 of 3 runs"
-    assert bench_run.spread(r) == "3: 1.00-3.00"
+    assert report.spread(r) == "3: 1.00-3.00"
 
 
 @pytest.mark.stack
@@ -169,7 +170,7 @@ def _args(*argv):
 
 
 def test_flink_commands_differ_only_in_watermark_and_jvm_flags():
-    cmds = {s: bench_run.flink_command(s, "t1", "CP") for s in bench_run.FLINK_SYSTEMS}
+    cmds = {s: flink.flink_command(s, "t1", "CP") for s in flink.FLINK_SYSTEMS}
     for system, cmd in cmds.items():
         assert cmd[0] == "java" and cmd[cmd.index("-cp") + 1] == "CP"
         assert "presence.bench.FlinkPeer" in cmd
@@ -183,7 +184,7 @@ def test_flink_commands_differ_only_in_watermark_and_jvm_flags():
     # the harness dispatches flink-* systems to that command
     args = _args()
     args.flink_classpath = "CP"
-    assert bench_run.command("flink-exact", "t1", "db", args)[0] == cmds["flink-exact"]
+    assert systems.command("flink-exact", "t1", "db", args)[0] == cmds["flink-exact"]
 
 
 def test_flink_rows_and_stats_are_read_from_its_output():
@@ -191,27 +192,27 @@ def test_flink_rows_and_stats_are_read_from_its_output():
            '{"row":1704067260,"online":9,"available":0}\n'
            'flink-stats {"rows":2,"records":5,"submitted_s":1.5,"first_record_s":2.0,'
            '"read_s":0.5,"read_rate":10,"end_s":3.0}\n')
-    assert bench_run.flink_rows(out) == {1704067200: (10000, 8000), 1704067260: (9, 0)}
-    stats = json.loads(bench_run.FLINK_STATS.search(out).group(1))
+    assert flink.flink_rows(out) == {1704067200: (10000, 8000), 1704067260: (9, 0)}
+    stats = json.loads(flink.FLINK_STATS.search(out).group(1))
     assert stats["first_record_s"] == 2.0 and stats["read_rate"] == 10
 
 
 def test_flink_is_skipped_with_a_reason_without_java_or_maven(monkeypatch):
-    monkeypatch.setattr(bench_run.shutil, "which", lambda tool: None)
-    classpath, why = bench_run.flink_setup()
+    monkeypatch.setattr(flink.shutil, "which", lambda tool: None)
+    classpath, why = flink.flink_setup()
     assert classpath is None and "java not found" in why
 
 
 def test_system_selection_by_no_flink_and_timestamps():
-    every = bench_run.select_systems(_args())
-    assert set(bench_run.FLINK_SYSTEMS) <= set(every) and set(bench_run.MIXED_SYSTEMS) <= set(every)
-    no_flink = bench_run.select_systems(_args("--no-flink"))
-    assert not set(bench_run.FLINK_SYSTEMS) & set(no_flink) and "presence-1w" in no_flink
-    assert bench_run.select_systems(_args("--timestamps", "mixed")) == list(bench_run.MIXED_SYSTEMS)
-    assert not set(bench_run.MIXED_SYSTEMS) & set(bench_run.select_systems(
+    every = systems.select_systems(_args())
+    assert set(flink.FLINK_SYSTEMS) <= set(every) and set(systems.MIXED_SYSTEMS) <= set(every)
+    no_flink = systems.select_systems(_args("--no-flink"))
+    assert not set(flink.FLINK_SYSTEMS) & set(no_flink) and "presence-1w" in no_flink
+    assert systems.select_systems(_args("--timestamps", "mixed")) == list(systems.MIXED_SYSTEMS)
+    assert not set(systems.MIXED_SYSTEMS) & set(systems.select_systems(
         _args("--timestamps", "float")))
     with pytest.raises(SystemExit):
-        bench_run.select_systems(_args("--only", "flink"))
+        systems.select_systems(_args("--only", "flink"))
 
 
 def test_flink_and_mixed_targets_render():
@@ -229,7 +230,7 @@ def test_flink_and_mixed_targets_render():
         "presence-1w-mixed": {**base, "system": "presence-1w-mixed", "pings_per_s": 30.0,
                               "pings_per_cpu_s": 30.0},
     }
-    got = {name: (val, ok) for name, val, ok in bench_run.targets(by, None, None)}
+    got = {name: (val, ok) for name, val, ok in report.targets(by, None, None)}
     # against the better JVM of the exact setting: 90 / 50
     assert got["1 worker >= 2 x Flink exact, best JVM (flink-exact-tuned) (pings/CPU-s)"] == (
         "1.80 x", False)
@@ -237,17 +238,17 @@ def test_flink_and_mixed_targets_render():
         "0.30 x", False)
 
 
-FLINK_CLASSES = bench_run.FLINK_DIR / "target" / "classes" / "presence" / "bench" / "FlinkPeer.class"
+FLINK_CLASSES = flink.FLINK_DIR / "target" / "classes" / "presence" / "bench" / "FlinkPeer.class"
 
 
 def _flink_built() -> bool:
     """Built already, or buildable offline from the Maven cache `make bench` filled (no download)."""
     if FLINK_CLASSES.exists():
         return True
-    m2 = bench_run.M2
-    if not (m2.is_dir() and any(m2.iterdir())) or bench_run.shutil.which("java") is None:
+    m2 = flink.M2
+    if not (m2.is_dir() and any(m2.iterdir())) or flink.shutil.which("java") is None:
         return False
-    classpath, _why = bench_run.flink_setup()
+    classpath, _why = flink.flink_setup()
     return classpath is not None and FLINK_CLASSES.exists()
 
 
@@ -257,7 +258,7 @@ def _flink_built() -> bool:
 def test_flink_peer_command_line():
     import subprocess
 
-    cp = str(bench_run.FLINK_DIR / "target" / "classes")
+    cp = str(flink.FLINK_DIR / "target" / "classes")
     help_ = subprocess.run(["java", "-cp", cp, "presence.bench.FlinkPeer", "--help"],
                            capture_output=True, text=True, timeout=120)
     assert help_.returncode == 0 and "--watermark-seconds" in help_.stdout
@@ -266,7 +267,7 @@ def test_flink_peer_command_line():
                          timeout=120)
     assert bad.returncode == 2 and "--watermark-seconds must be >= 0" in bad.stderr
     sql = subprocess.run(["java", "-cp", cp, "presence.bench.FlinkPeer", "--topic", "t",
-                          "--print-sql", *bench_run.flink_command("flink-exact", "t", cp)[6:]],
+                          "--print-sql", *flink.flink_command("flink-exact", "t", cp)[6:]],
                          capture_output=True, text=True, timeout=120)
     assert sql.returncode == 0, sql.stderr
     assert "ts - INTERVAL '11' MINUTE" in sql.stdout
