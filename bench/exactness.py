@@ -16,6 +16,20 @@ def stored_rows(db: str) -> dict[int, tuple[int, int]]:
     return out
 
 
+def stored_segment_rows(db: str) -> dict[tuple[str, tuple, int], tuple[int, int]]:
+    """``segment_summary`` keyed as ``tests/segment_oracle.py`` keys its rows:
+    (segment, key values in the definition's field order, bucket start)."""
+    out = {}
+    for doc in mongo()[db].segment_summary.find():
+        start = datetime.strptime(doc["timeBucket"], "%Y-%m-%d %H:%M:%S").replace(
+            tzinfo=timezone.utc)
+        fields = [dim.split(":")[0] for dim in doc["segment"].split(",")]
+        key = tuple(doc["key"][f] for f in fields)
+        out[(doc["segment"], key, int(start.timestamp()))] = (
+            doc["driversOnlineCount"], doc["driversAvailableCount"])
+    return out
+
+
 def compare(rows: dict, oracle: dict) -> tuple[bool, str]:
     if rows == oracle:
         return True, f"{len(rows)} rows equal"

@@ -7,6 +7,7 @@ import platform
 import subprocess
 from datetime import datetime, timezone
 
+from bench import segments
 from bench.env import REPO
 from bench.flink import java_version
 from bench.systems import quix_version
@@ -77,7 +78,8 @@ def table(results: list[dict], ceiling: dict | None) -> str:
     return "\n".join(lines)
 
 
-def targets(by: dict, lat: dict | None, state: dict | None) -> list[tuple[str, str, bool | None]]:
+def targets(by: dict, lat: dict | None, state: dict | None,
+            seg_state: dict | None = None) -> list[tuple[str, str, bool | None]]:
     out = []
     p1 = by.get("presence-1w")
     ceil = by.get("ceiling")
@@ -126,11 +128,12 @@ def targets(by: dict, lat: dict | None, state: dict | None) -> list[tuple[str, s
         x = state["snapshot_bytes_per_pair"]
         out.append(("state <= 64 bytes per (driver, bucket) pair (snapshot)", f"{x:.1f} B",
                     x <= 64))
+    out += segments.targets(by, seg_state)
     return out
 
 
 def render(args, mach: dict, results: list[dict], lat: dict | None, state: dict | None,
-           load: dict, produce_s: float) -> str:
+           load: dict, produce_s: float, seg_state: dict | None = None) -> str:
     by = {r["system"]: r for r in results}
     lines = [f"# presence benchmark, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", ""]
     lines += [f"Workload: {args.pings:,} pings, {args.drivers:,} drivers, window 5 min, bucket "
@@ -191,8 +194,9 @@ def render(args, mach: dict, results: list[dict], lat: dict | None, state: dict 
             f"{state['rss_bytes_per_pair']:.0f} B/pair (peak RSS {big['peak_rss'] / 2**20:.0f} MB "
             f"vs {ctl['peak_rss'] / 2**20:.0f} MB for the same pings from {ctl['drivers']:,} "
             f"drivers, {ctl['pairs']:,} pairs).", ""]
+    lines += segments.text(args, by, seg_state, load)
     lines += ["Targets (presence):", "", "| target | measured | met |", "|---|---|---|"]
-    for name, val, ok in targets(by, lat, state):
+    for name, val, ok in targets(by, lat, state, seg_state):
         met = {True: "yes", False: "**no**", None: "(for reference)"}[ok]
         lines.append(f"| {name} | {val} | {met} |")
     lines += ["", "Machine: " + ", ".join(f"{k}: {v}" for k, v in mach.items()), "",

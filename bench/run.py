@@ -11,6 +11,15 @@ one table and writes it, with the machine description, to
     python -m bench.run --pings 50000 --only ceiling,presence-1w --no-latency --no-state
     python -m bench.run --no-flink            # without the Flink SQL rows (no Java needed)
 
+``--quick``: a small run of a few systems (seconds per system), for a smoke test.
+
+The ``presence-1w-cities`` and ``presence-1w-segments`` systems read a topic
+of pings carrying ``city``, ``vehicle_type``, ``lat`` and ``lng``
+(``--segment-pings`` pings of ``--segment-drivers`` drivers in 10 cities):
+presence without segments and with ``city;city,vehicle_type;h3:8``, segment
+rows checked against the segment oracle; then ``bench/segment_state.py``
+gives the segment state's bytes per (driver, bucket, segment value).
+
 The ``*-mixed`` systems read a second topic whose ``timestamp`` mixes every
 shape the SPEC accepts (``--timestamps``). The ``flink-*`` systems run
 ``bench/peers/flink`` (Flink SQL on a local MiniCluster), built once with
@@ -26,14 +35,21 @@ import os
 from datetime import datetime, timezone
 from pathlib import Path
 
+from bench import segments
 from bench import workload as wl
 from bench.env import BROKERS, QUIX_PY, RESULTS, log
 from bench.flink import FLINK_SYSTEMS, flink_setup
 from bench.latency import latency_test
 from bench.report import machine, render
 from bench.state import state_test
-from bench.systems import (MIXED_SYSTEMS, NOTES, SYSTEMS, delete_quix_topics, measure_startup,
-                           median_run, run_system, select_systems)
+from bench.systems import (MIXED_SYSTEMS, NOTES, SEGMENT_SYSTEMS, SYSTEMS, delete_quix_topics,
+                           measure_startup, median_run, run_system, select_systems)
+
+QUICK = dict(pings=20_000, drivers=1_000, segment_pings=20_000, segment_drivers=2_000,
+             segment_state_panes=8, repeat=1, no_latency=True, no_state=True, no_startup=True,
+             no_flink=True)
+QUICK_SYSTEMS = ("ceiling", "handloop", "presence-1w") + SEGMENT_SYSTEMS
+SHAPE_ORDER = ("float", "mixed", "cities")
 
 
 def parse_args(argv=None):
@@ -74,11 +90,38 @@ def parse_args(argv=None):
                     help="float: only the float-timestamp topic; mixed: only the *-mixed "
                          "systems, on a topic mixing every timestamp shape the SPEC accepts; "
                          "both (default): both topics")
+    ap.add_argument("--segment-pings", type=int, default=600_000,
+                    help="pings of the cities topic (presence-1w-cities, presence-1w-segments)")
+    ap.add_argument("--segment-drivers", type=int, default=100_000)
+    ap.add_argument("--segment-state-panes", type=int, default=65,
+                    help="one-minute panes of the segment state measure (bench/segment_state.py)")
+    ap.add_argument("--no-segments", action="store_true",
+                    help="leave out the segment systems and the segment state measure")
+    ap.add_argument("--no-segment-state", action="store_true",
+                    help="leave out the segment state measure only")
+    ap.add_argument("--quick", action="store_true",
+                    help="a small, fast run: " + ", ".join(
+                        f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                        for k, v in QUICK.items())
+                    + f", systems {','.join(QUICK_SYSTEMS)} unless --only is given")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--keep-dbs", action="store_true")
     ap.add_argument("--results", default=str(RESULTS), help="where to write the results")
     ap.add_argument("--no-write", action="store_true", help="print only")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
+        if args.only == ",".join(SYSTEMS):
+            args.only = ",".join(QUICK_SYSTEMS)
+    return args
+
+
+def shape_of(system: str) -> str:
+    """The workload a system reads: float timestamps, mixed ones, or the cities topic."""
+    if system in MIXED_SYSTEMS:
+        return "mixed"
+    return "cities" if system in SEGMENT_SYSTEMS else "float"
 
 
 def main(argv=None) -> int:
@@ -97,25 +140,34 @@ def main(argv=None) -> int:
     load = {"start": tuple(round(x, 2) for x in os.getloadavg())}
     mach = machine()
 
-    # One topic per timestamp shape in use: (topic, oracle) by shape.
-    shapes = sorted({"mixed" if s in MIXED_SYSTEMS else "float" for s in systems}) or ["float"]
+    # One topic per workload in use: (topic, oracle) by shape.
+    needed = {shape_of(s) for s in systems}
+    shapes = [s for s in SHAPE_ORDER if s in needed] or ["float"]
     topics: dict[str, tuple[str, dict]] = {}
+    segment_oracle = None
     produce_s = 0.0
     try:
         for shape in shapes:
-            w = wl.generate(args.pings, args.drivers, timestamps=shape)
+            if shape == "cities":
+                w = wl.generate(args.segment_pings, args.segment_drivers, cities=True)
+            else:
+                w = wl.generate(args.pings, args.drivers, timestamps=shape)
             oracle, too_late = wl.oracle_rows(w)
             if shape == shapes[0]:
                 load.update(rows=len(oracle), too_late=too_late)
             load[f"{shape}_rows"], load[f"{shape}_too_late"] = len(oracle), too_late
-            topic = f"bench-{run_id}" + ("-mixed" if shape == "mixed" else "")
+            if shape == "cities" and "presence-1w-segments" in systems:
+                segment_oracle = wl.segment_oracle_rows(w)
+                load["cities_segment_rows"] = len(segment_oracle)
+            topic = f"bench-{run_id}" + ("" if shape == "float" else f"-{shape}")
             wl.create_topic(BROKERS, topic, 3)
             topics[shape] = (topic, oracle)
             log(f"producing {w.pings:,} pings ({shape} timestamps) to {topic} "
                 f"(partitions {[len(d) for d in w.drivers]}, {w.late:,} late)")
             took = wl.produce(BROKERS, topic, w)
             load[f"{shape}_produce_s"] = took
-            produce_s += took
+            if shape != "cities":  # the segment paragraph says its own
+                produce_s += took
             log(f"produced in {took:.1f} s; oracle {len(oracle)} rows, {too_late} too late")
             del w
     except BaseException:
@@ -137,8 +189,12 @@ def main(argv=None) -> int:
                 under = args.flink_repeat_under if system in FLINK_SYSTEMS else args.repeat_under
                 if round_no and runs[system][0]["wall_s"] >= under:
                     continue
-                topic, oracle = topics["mixed" if system in MIXED_SYSTEMS else "float"]
-                runs[system].append(run_system(system, topic, run_id, args.pings, oracle, args))
+                shape = shape_of(system)
+                topic, oracle = topics[shape]
+                pings = args.segment_pings if shape == "cities" else args.pings
+                runs[system].append(run_system(
+                    system, topic, run_id, pings, oracle, args,
+                    segment_oracle if system == "presence-1w-segments" else None))
     finally:
         for topic, _ in topics.values():
             wl.delete_topic(BROKERS, topic)
@@ -156,8 +212,11 @@ def main(argv=None) -> int:
 
     lat = None if args.no_latency else latency_test(args, run_id)
     state = None if args.no_state else state_test(args, run_id)
+    seg_state = None
+    if not (args.no_segments or args.no_segment_state):
+        seg_state = segments.segment_state_test(args)
     load["end"] = tuple(round(x, 2) for x in os.getloadavg())
-    text = render(args, mach, results, lat, state, load, produce_s)
+    text = render(args, mach, results, lat, state, load, produce_s, seg_state)
     print(text)
     if not args.no_write:
         out = Path(args.results)
@@ -167,7 +226,8 @@ def main(argv=None) -> int:
         (out / f"{stamp}.json").write_text(json.dumps(
             {"args": {k: v for k, v in vars(args).items() if k != "flink_classpath"},
              "machine": mach, "load": load, "results": results,
-             "latency": lat, "state": state}, indent=2, default=str))
+             "latency": lat, "state": state, "segment_state": seg_state}, indent=2,
+            default=str))
         log(f"written {out / (stamp + '.md')}")
     return 0
 

@@ -9,14 +9,17 @@ import subprocess
 
 from bench import workload as wl
 from bench.env import BROKERS, PY, QUIX_PY, REPO, base_env, log, mongo, presence_env
-from bench.exactness import compare, stored_rows
+from bench.exactness import compare, stored_rows, stored_segment_rows
 from bench.flink import FLINK_STATS, FLINK_SYSTEMS, flink_command, flink_rows
 from bench.measure import run_measured
 from bench.peers.common import TUNED_FETCH
 
 MIXED_SYSTEMS = ("ceiling-mixed", "handloop-mixed", "presence-1w-mixed")
+SEGMENT_SYSTEMS = ("presence-1w-cities", "presence-1w-segments")
+"""presence without and with segments, on the same pings carrying city/vehicle_type/lat/lng."""
+SEGMENTS = ";".join(wl.BENCH_SEGMENTS)
 SYSTEMS = ("ceiling", "ceiling-2p", "handloop", "presence-1w", "presence-1w-fetch", "presence-2p",
-           "presence-2p-fetch", "bytewax", "quix") + FLINK_SYSTEMS + MIXED_SYSTEMS
+           "presence-2p-fetch", "bytewax", "quix") + FLINK_SYSTEMS + MIXED_SYSTEMS + SEGMENT_SYSTEMS
 FETCH_CONFIG = json.dumps({"max.partition.fetch.bytes": TUNED_FETCH["max.partition.fetch.bytes"]})
 """The peers' fetch size, given to the *-fetch presence runs (presence sets the backoff itself)."""
 
@@ -38,12 +41,18 @@ NOTES = {
     "ceiling-mixed": "ceiling on the mixed-timestamp topic (orjson.loads only: no instant computed)",
     "handloop-mixed": "handloop on the mixed-timestamp topic (ms rule + datetime.fromisoformat)",
     "presence-1w-mixed": "presence-1w on the mixed-timestamp topic",
+    "presence-1w-cities": "presence-1w on the cities topic (pings with city, vehicle_type, "
+                          "lat, lng), no segments",
+    "presence-1w-segments": "same + PRESENCE_SEGMENTS=" + SEGMENTS,
 }
 
 
 def command(system: str, topic: str, db: str, args) -> tuple[list[str], dict]:
-    if system.endswith("-mixed"):
-        return command(system[: -len("-mixed")], topic, db, args)
+    if system.endswith("-mixed") or system == "presence-1w-cities":
+        return command(system.rsplit("-", 1)[0], topic, db, args)
+    if system == "presence-1w-segments":
+        return ([PY, "-m", "bytewax.run", "dataflow"],
+                presence_env(topic, db, PRESENCE_SEGMENTS=SEGMENTS))
     if system.startswith("flink-"):
         return flink_command(system, topic, args.flink_classpath), base_env()
     if system == "ceiling":
@@ -85,7 +94,8 @@ def quix_version() -> str:
     return out.stdout.strip() or "not installed"
 
 
-def run_system(system: str, topic: str, run_id: str, pings: int, oracle: dict, args) -> dict:
+def run_system(system: str, topic: str, run_id: str, pings: int, oracle: dict, args,
+               segment_oracle: dict | None = None) -> dict:
     db = f"bench_{run_id}_{system.replace('-', '_')}"
     mongo().drop_database(db)
     cmd, env = command(system, topic, db, args)
@@ -125,13 +135,31 @@ def run_system(system: str, topic: str, run_id: str, pings: int, oracle: dict, a
         result["exact"], result["exactness"] = compare(flink_rows(m.output), oracle)
     else:
         result["exact"], result["exactness"] = compare(stored_rows(db), oracle)
+        if segment_oracle is not None:
+            result.update(segment_exactness(db, segment_oracle))
         if not args.keep_dbs:
             mongo().drop_database(db)
     log(f"{system}: {wall:.1f} s wall, {m.cpu:.1f} s CPU, "
         f"{result['pings_per_s']:,.0f} pings/s, {result['pings_per_cpu_s']:,.0f} pings/CPU-s, "
         f"{result['peak_rss_mb']:.0f} MB, {result['exactness']}"
+        + (f", segment rows: {result['segment_exactness']}" if "segment_exactness" in result
+           else "")
         + (f", flink {result['flink']}" if "flink" in result else ""))
     return result
+
+
+SEGMENT_ROWS_UNAVAILABLE = ("unavailable: this dataflow wrote no segment_summary rows "
+                            "(segments not wired into it yet)")
+
+
+def segment_exactness(db: str, oracle: dict) -> dict:
+    """``segment_exact`` (None when the dataflow wrote no segment rows at all) and
+    ``segment_exactness``, against :func:`bench.workload.segment_oracle_rows`."""
+    rows = stored_segment_rows(db)
+    if not rows:
+        return {"segment_exact": None, "segment_exactness": SEGMENT_ROWS_UNAVAILABLE}
+    exact, text = compare(rows, oracle)
+    return {"segment_exact": exact, "segment_exactness": text, "segment_rows": len(rows)}
 
 
 STEADY_RATE = re.compile(r"done \| \d+ pings counted \((\d+)/s\)")
@@ -149,11 +177,12 @@ def median_run(runs: list[dict]) -> dict:
         out["steady_pings_per_s"] = steady[(len(steady) - 1) // 2]
     out["connect_retries"] = sum(1 for r in runs if r.get("connect_retry"))
     out["exact_runs"] = sum(1 for r in runs if r["exact"] is True)
-    wrong = [r for r in runs if r["exact"] is False]
-    if wrong:
-        out["exact"] = False
-        out["exactness"] = wrong[0]["exactness"] + (
-            f" in {len(wrong)} of {len(runs)} runs" if len(runs) > 1 else "")
+    for field in ("exact", "segment_exact"):
+        wrong = [r for r in runs if r.get(field) is False]
+        if wrong:
+            out[field] = False
+            out[field + "ness"] = wrong[0][field + "ness"] + (
+                f" in {len(wrong)} of {len(runs)} runs" if len(runs) > 1 else "")
     return out
 
 
@@ -188,13 +217,15 @@ def measure_startup(run_id: str, systems: list[str], args) -> dict[str, float]:
 
 
 def select_systems(args) -> list[str]:
-    """The systems of this run: --only less --skip, --no-flink and --timestamps."""
+    """The systems of this run: --only less --skip, --no-flink, --no-segments and --timestamps."""
     systems = [s for s in args.only.split(",") if s and s not in args.skip.split(",")]
     for s in systems:
         if s not in SYSTEMS:
             raise SystemExit(f"unknown system {s!r}; choose from {', '.join(SYSTEMS)}")
     if args.no_flink:
         systems = [s for s in systems if s not in FLINK_SYSTEMS]
+    if args.no_segments:
+        systems = [s for s in systems if s not in SEGMENT_SYSTEMS]
     if args.timestamps == "float":
         systems = [s for s in systems if s not in MIXED_SYSTEMS]
     elif args.timestamps == "mixed":

@@ -274,3 +274,140 @@ def test_flink_peer_command_line():
     assert "'scan.bounded.mode' = 'latest-offset'" in sql.stdout
     assert "HOP(TABLE read_pings, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)" \
         in sql.stdout
+
+
+# ------------------------------------------------------------------ segment workload
+
+@pytest.mark.parametrize("horizon", [3600.0, 120.0])
+def test_city_workload_oracle_equals_the_brute_force_segment_oracle(horizon):
+    """The vectorised segment oracle against tests/segment_oracle.py, on the pings as
+    sent (decoded from their bytes), too-late ones left out by tests/oracle.py."""
+    import orjson
+
+    from tests.segment_oracle import SP, segment_oracle
+
+    w = wl.generate(6_000, 300, late_fraction=0.2, cities=True)
+    parts = [[P(int(d), float(t), bool(u)) for d, t, u in zip(w.drivers[p], w.times[p], w.duty[p])]
+             for p in range(3)]
+    _rows, too_late, _ = oracle(parts, 60, 300, 30.0, horizon)
+    counted = []
+    for p in range(3):
+        for offset, value in enumerate(w.values(p)):
+            if (p, offset) in too_late:
+                continue
+            obj = orjson.loads(value)
+            extra = tuple((k, v) for k, v in obj.items()
+                          if k not in ("driver_id", "timestamp", "on_duty"))
+            counted.append(SP(obj["driver_id"], obj["timestamp"], bool(obj["on_duty"]), extra))
+    expected = segment_oracle(counted, list(wl.BENCH_SEGMENTS), 60, 300)
+    got = wl.segment_oracle_rows(w, horizon=horizon)
+    assert got == expected
+    segments = {s for s, _k, _r in got}
+    assert segments == set(wl.BENCH_SEGMENTS)
+    assert any(k == ("unknown",) for s, k, _r in got if s == "city")  # field faults
+
+
+def test_city_workload_keeps_the_global_pings_and_carries_the_fields():
+    from presence.core.pings import Rejection, parse_ping
+
+    plain = wl.generate(20_000, 2_000)
+    cities = wl.generate(20_000, 2_000, cities=True)
+    for a, b in zip(plain.drivers + plain.times + plain.duty,
+                    cities.drivers + cities.times + cities.duty):
+        assert np.array_equal(a, b)
+    assert wl.oracle_rows(plain) == wl.oracle_rows(cities)
+    values = cities.values(0)
+    assert all(not isinstance(parse_ping(v, 4e9), Rejection) for v in values)
+    with_all = sum(all(f in v for f in (b'"city"', b'"vehicle_type"', b'"lat"', b'"lng"'))
+                   for v in values)
+    assert 0.9 < with_all / len(values) < 1.0
+    drivers_per_city = np.bincount(np.concatenate([f["city"] for f in cities.fields]))
+    assert len(drivers_per_city) == 10 and drivers_per_city.min() > 0
+    with pytest.raises(ValueError):
+        wl.generate(10, 10, timestamps="mixed", cities=True)
+
+
+def test_segment_systems_run_presence_with_and_without_the_segments():
+    args = _args()
+    _cmd, plain = systems.command("presence-1w-cities", "t", "db", args)
+    cmd, seg = systems.command("presence-1w-segments", "t", "db", args)
+    assert cmd[-2:] == ["bytewax.run", "dataflow"] or cmd[-1] == "dataflow"
+    assert "PRESENCE_SEGMENTS" not in plain
+    assert seg["PRESENCE_SEGMENTS"] == "city;city,vehicle_type;h3:8"
+    assert {k: v for k, v in seg.items() if k != "PRESENCE_SEGMENTS"} == plain
+    every = systems.select_systems(_args())
+    assert set(systems.SEGMENT_SYSTEMS) <= set(every)
+    assert not set(systems.SEGMENT_SYSTEMS) & set(systems.select_systems(_args("--no-segments")))
+    assert not set(systems.SEGMENT_SYSTEMS) & set(
+        systems.select_systems(_args("--timestamps", "mixed")))
+
+
+def test_quick_is_a_small_run_of_a_few_systems():
+    args = _args("--quick")
+    assert (args.pings, args.segment_pings, args.repeat) == (20_000, 20_000, 1)
+    assert args.no_latency and args.no_state and args.no_startup and args.no_flink
+    assert systems.select_systems(args) == list(bench_run.QUICK_SYSTEMS)
+    assert systems.select_systems(_args("--quick", "--only", "presence-1w")) == ["presence-1w"]
+
+
+def test_segment_rows_and_targets_render():
+    from bench import segments
+
+    base = dict(wall_s=1.0, cpu_s=1.0, peak_rss_mb=10.0, load_before=0.1, load_after=0.2,
+                note="n", exactness="ok", exact=True, runs=1)
+    off = {**base, "system": "presence-1w-cities", "pings_per_s": 50.0, "pings_per_cpu_s": 100.0}
+    on = {**base, "system": "presence-1w-segments", "pings_per_s": 30.0, "pings_per_cpu_s": 60.0,
+          "segment_exact": None, "segment_exactness": systems.SEGMENT_ROWS_UNAVAILABLE}
+    seg_state = {"snapshot_bytes_per_triple": 4.87, "shard_drivers": 6272, "drivers": 100000,
+                 "panes": 65, "triples": 1292473, "us_per_ping_add_pings": 15.0,
+                 "us_per_ping_values_3_segments": 3.0, "us_per_ping_partials": 9.9,
+                 "per_definition": {"h3:8": {"values_per_pane": 5362.0}}}
+    by = {r["system"]: r for r in (off, on)}
+    got = {name.split(" (")[0]: (val, ok) for name, val, ok in report.targets(by, None, None,
+                                                                              seg_state)}
+    ratio = got["presence-1w-segments >= 0.5 x presence-1w-cities"]
+    assert ratio[0].startswith("0.60 x (segment rows unavailable") and ratio[1] is None
+    assert got["segment rows exact"] == (systems.SEGMENT_ROWS_UNAVAILABLE, None)
+    assert got["segment state <= 16 bytes per"] == ("4.87 B", True)
+    exact = {**on, "segment_exact": True, "segment_exactness": "120 rows equal"}
+    got = {name.split(" (")[0]: (val, ok) for name, val, ok in segments.targets(
+        {"presence-1w-cities": off, "presence-1w-segments": exact}, None)}
+    assert got["presence-1w-segments >= 0.5 x presence-1w-cities"] == ("0.60 x", True)
+    assert got["segment rows exact"] == ("120 rows equal", True)
+    args = _args("--quick")
+    text = report.render(args, {"cpu": "x"}, [off, exact], None, None,
+                         {"start": (1, 1, 1), "end": (1, 1, 1), "rows": 3, "too_late": 0,
+                          "cities_segment_rows": 120}, 1.0, seg_state)
+    assert "**0.60 x** the pings/CPU-s" in text and "4.87 B per (driver, bucket" in text
+
+
+def test_segment_median_run_reports_an_inexact_segment_run():
+    runs = [{"wall_s": w, "exact": True, "exactness": "ok", "segment_exact": e,
+             "segment_exactness": x}
+            for w, e, x in ((1.0, True, "ok"), (2.0, False, "3 wrong"), (3.0, True, "ok"))]
+    r = systems.median_run(runs)
+    assert r["exact"] is True
+    assert r["segment_exact"] is False and r["segment_exactness"] == "3 wrong in 1 of 3 runs"
+
+
+@pytest.mark.stack
+@pytest.mark.skipif(not _stack_up(), reason="needs the local stack (make stack-up)")
+def test_quick_run_with_segments(tmp_path):
+    """presence without and with segments on the cities topic, and the segment state:
+    the segment rows are exact, or said to be unavailable while the dataflow writes none."""
+    code = bench_run.main(["--quick", "--only", "presence-1w-cities,presence-1w-segments",
+                           "--segment-pings", "6000", "--segment-drivers", "600",
+                           "--results", str(tmp_path)])
+    assert code == 0
+    [result] = tmp_path.glob("*.json")
+    data = json.loads(result.read_text())
+    by = {r["system"]: r for r in data["results"]}
+    assert by["presence-1w-cities"]["exact"] is True, by["presence-1w-cities"]["exactness"]
+    seg = by["presence-1w-segments"]
+    assert seg["exact"] is True, seg["exactness"]
+    if seg["segment_exact"] is None:  # GUARD: until the dataflow writes segment rows
+        assert seg["segment_exactness"] == systems.SEGMENT_ROWS_UNAVAILABLE
+    else:
+        assert seg["segment_exact"] is True, seg["segment_exactness"]
+    assert 0 < data["segment_state"]["snapshot_bytes_per_triple"] <= 16
+    assert "presence-1w-segments" in next(tmp_path.glob("*.md")).read_text()
