@@ -98,7 +98,7 @@ def parse_args(argv=None):
     ap.add_argument("--no-segments", action="store_true",
                     help="leave out the segment systems and the segment state measure")
     ap.add_argument("--no-segment-state", action="store_true",
-                    help="leave out the segment state measure only")
+                    help="leave out the segment state measure (run with the segment systems)")
     ap.add_argument("--quick", action="store_true",
                     help="a small, fast run: " + ", ".join(
                         f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     lat = None if args.no_latency else latency_test(args, run_id)
     state = None if args.no_state else state_test(args, run_id)
     seg_state = None
-    if not (args.no_segments or args.no_segment_state):
+    if any(s in SEGMENT_SYSTEMS for s in systems) and not args.no_segment_state:
         seg_state = segments.segment_state_test(args)
     load["end"] = tuple(round(x, 2) for x in os.getloadavg())
     text = render(args, mach, results, lat, state, load, produce_s, seg_state)
