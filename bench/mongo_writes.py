@@ -177,6 +177,62 @@ def run_way(db, way: str, batch: int, args, all_cells: list[str]) -> dict:
     return {"way": way, "batch": batch, "buckets": buckets, "checked": ok}
 
 
+def row_traffic(drivers: int, minutes: int, lateness: float = 30.0, bucket: int = 60,
+                window: int = 300) -> dict:
+    """Segment rows a live fleet writes per minute: first writes (one per (value, row))
+    and rewrites (rows a late ping changes after they closed: a (value, row, driver)
+    whose earliest ping is sent after the row closed at its end + ``lateness``), from
+    the bench's cities workload (``drivers`` drivers, ``minutes`` minutes, 2 % late by
+    1-10 min). Only rows far enough from both ends of the workload are counted."""
+    import numpy as np
+
+    from bench import workload as wl
+
+    w = wl.generate(drivers * minutes * 2, drivers, cities=True)
+    d = np.concatenate(w.drivers)
+    t = np.concatenate(w.times)
+    f = {k: np.concatenate([x[k] for x in w.fields]) for k in w.fields[0]}
+    effects = wl._fault_effects()
+    faulty = f["fault"] >= 0
+    fault = np.where(faulty, f["fault"], 0)
+    located = ~(faulty & effects[fault, 2])
+    base = int(t.min() // bucket) * bucket
+    bi = ((t - base) // bucket).astype(np.int64)
+    span = window // bucket
+    first_row, last_row = span, int((t.max() - base) // bucket) - 11  # late pings: <= 10 min
+    codes = {}
+    cells = np.zeros(len(d), dtype=np.int64)
+    for k in np.nonzero(located)[0].tolist():
+        cells[k] = h3.str_to_int(h3.latlng_to_cell(float(f["lat"][k]), float(f["lng"][k]), 8))
+    codes["h3:8"] = (np.unique(cells, return_inverse=True)[1].reshape(-1), located)
+    city = np.where(faulty & effects[fault, 0], len(wl.CITY_NAMES), f["city"])
+    codes["city"] = (city, np.ones(len(d), dtype=bool))
+    vehicle = np.where(faulty & effects[fault, 1], len(wl.VEHICLE_NAMES), f["vehicle"])
+    codes["city,vehicle_type"] = (city * 8 + vehicle, np.ones(len(d), dtype=bool))
+    out = {"drivers": drivers, "minutes": minutes, "rows_counted": max(0, last_row - first_row)}
+    for name, (code, keep) in codes.items():
+        c, b, dd, send = code[keep].astype(np.int64), bi[keep], d[keep], f["send"][keep]
+        keys = np.concatenate([(c << 40) | ((b + k) << 24) | dd for k in range(span)])
+        sends = np.tile(send, span)
+        order = np.argsort(keys, kind="stable")
+        keys, sends = keys[order], sends[order]
+        starts = np.concatenate(([0], np.nonzero(np.diff(keys))[0] + 1))
+        first_send = np.minimum.reduceat(sends, starts)
+        keys = keys[starts]
+        rows = (keys >> 24) & 0xFFFF
+        closes = base + rows * bucket + bucket + lateness
+        mid = (rows >= first_row) & (rows < last_row)
+        all_rows = np.unique(keys[mid] >> 24)
+        late_rows = np.unique(keys[mid & (first_send > closes)] >> 24)
+        n = max(1, last_row - first_row)
+        late_triples = int((mid & (first_send > closes)).sum())
+        out[name] = {"rows_per_minute": round(len(all_rows) / n),
+                     "rewritten_rows_per_minute": round(len(late_rows) / n),
+                     # at most one rewrite per late (value, row, driver): the upper bound
+                     "rewrites_per_minute_at_most": round(late_triples / n)}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, default=50_000, help="rows per bucket (H3 cells)")
@@ -190,9 +246,16 @@ def main(argv=None) -> int:
                     help="upserts timed per bucket (by_id new rows; rewrites)")
     ap.add_argument("--filter-sample", type=int, default=200,
                     help="upserts timed per bucket for by_filter (each scans the collection)")
+    ap.add_argument("--traffic", metavar="DRIVERS,MINUTES",
+                    help="only compute the rows a live fleet writes per minute (first writes "
+                         "and rewrites by late pings), e.g. 100000,20; no database")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--keep", action="store_true", help="keep the database")
     args = ap.parse_args(argv)
+    if args.traffic:
+        drivers, minutes = (int(x) for x in args.traffic.split(","))
+        print(json.dumps(row_traffic(drivers, minutes), indent=2))
+        return 0
     ways = [w for w in args.ways.split(",") if w]
     for w in ways:
         if w not in WAYS:

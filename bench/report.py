@@ -136,10 +136,12 @@ def render(args, mach: dict, results: list[dict], lat: dict | None, state: dict 
            load: dict, produce_s: float, seg_state: dict | None = None) -> str:
     by = {r["system"]: r for r in results}
     lines = [f"# presence benchmark, {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}", ""]
-    lines += [f"Workload: {args.pings:,} pings, {args.drivers:,} drivers, window 5 min, bucket "
-              f"1 min, ~2% late (1-10 min), 3 partitions of 20/30/50% "
-              f"(loaded in {produce_s:.1f} s). Oracle: {load['rows']} rows, "
-              f"{load['too_late']} too late.", ""]
+    only_cities = "cities_rows" in load and "float_rows" not in load and "mixed_rows" not in load
+    if not only_cities:  # else the segments paragraph describes the one workload
+        lines += [f"Workload: {args.pings:,} pings, {args.drivers:,} drivers, window 5 min, bucket "
+                  f"1 min, ~2% late (1-10 min), 3 partitions of 20/30/50% "
+                  f"(loaded in {produce_s:.1f} s). Oracle: {load['rows']} rows, "
+                  f"{load['too_late']} too late.", ""]
     if "mixed_rows" in load:
         lines += [f"The `*-mixed` rows read a second topic of the same pings whose `timestamp` "
                   f"mixes, in equal shares, float and integer epoch seconds, epoch ms and "

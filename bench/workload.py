@@ -67,7 +67,8 @@ class Workload:
     fields: list[dict[str, np.ndarray]] | None = None
     """``cities=True`` workloads: per partition, ``city`` and ``vehicle`` (indexes in
     :data:`CITY_NAMES` / :data:`VEHICLE_NAMES`), ``lat``, ``lng`` and ``fault``
-    (-1, or the index in the simulator's ``FIELD_FAULTS``) of each ping."""
+    (-1, or the index in the simulator's ``FIELD_FAULTS``) of each ping, and ``send``,
+    the time it is sent (its event time, or minutes later for a late one)."""
 
     @property
     def pings(self) -> int:
@@ -232,7 +233,7 @@ def generate(
         if shape is not None:
             out_s.append(shape[idx])
         if fields is not None:
-            out_f.append({k: v[idx] for k, v in fields.items()})
+            out_f.append({**{k: v[idx] for k, v in fields.items()}, "send": send[idx]})
     return Workload(out_d, out_t, out_u, int(late.sum()), out_s if shape is not None else None,
                     out_f if fields is not None else None)
 
@@ -339,7 +340,7 @@ def segment_oracle_rows(
         us.append(w.duty[p][keep].astype(bool))
         fs.append({k: v[keep] for k, v in w.fields[p].items()})
     d, t, u = np.concatenate(ds), np.concatenate(ts), np.concatenate(us)
-    f = {k: np.concatenate([x[k] for x in fs]) for k in fs[0]}
+    f = {k: np.concatenate([x[k] for x in fs]) for k in fs[0] if k != "send"}
     effects = _fault_effects()
     faulty = f["fault"] >= 0
     fault = np.where(faulty, f["fault"], 0)
