@@ -36,7 +36,8 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium fonts-liberation; \
 	fi
 
-# The walkthrough: simulate, run the dataflow bounded, report, chart (demo-output/).
+# The walkthrough: simulate 10 cities, run the dataflow bounded with segments
+# city;city,vehicle_type;h3:8, report, per-city report, charts, zone map (demo-output/).
 demo: install stack-up
 	@bash scripts/demo.sh
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import collections
 import itertools
+import math
+
+import orjson
 
 import pytest
 
 from presence.core.pings import Ping, Rejection, parse_ping
 from presence.tools.simulate import (
-    BAD, LATE, LATE_DELAY, MALFORMED, OK, PING_INTERVAL, SimConfig, default_start, generate,
+    BAD, CITIES, CITY_RADIUS_KM, FIELD_FAULTS, KM_PER_DEG_LAT, KM_PER_DEG_LNG_EQUATOR, LATE,
+    LATE_DELAY, MALFORMED, OK, PING_INTERVAL, VEHICLE_TYPES, SimConfig, default_start, generate,
     partition_of, produce,
 )
 from tests.constants import T0
@@ -132,9 +136,147 @@ def test_drivers_ping_every_20_to_40_s_and_log_on_and_off():
     assert 0.4 * 200 < sum(counts) / len(counts) < 0.9 * 200  # most, not all, online
 
 
+# ------------------------------------------------------------------ segment fields
+
+SEGMENT_FIELDS = ("city", "vehicle_type", "lat", "lng")
+CENTRES = {name: (lat, lng) for name, lat, lng, _share in CITIES}
+
+
+def _objects(pings):
+    """(ping, decoded object) of the valid pings."""
+    return [(p, orjson.loads(p.value)) for p in pings if p.kind != BAD]
+
+
+def _clean(obj) -> bool:
+    """All four segment fields present and valid (SPEC "Input")."""
+    from presence.core.segments import UNKNOWN, valid_location, valid_string
+
+    return (valid_string(obj.get("city"), 64) != UNKNOWN
+            and valid_string(obj.get("vehicle_type"), 32) != UNKNOWN
+            and valid_location(obj.get("lat"), obj.get("lng")) is not None)
+
+
+def _km(a, b) -> float:
+    """Distance between two (lat, lng) positions, equirectangular (fine below 50 km)."""
+    cos = math.cos(math.radians((a[0] + b[0]) / 2))
+    return math.hypot((a[0] - b[0]) * KM_PER_DEG_LAT,
+                      (a[1] - b[1]) * KM_PER_DEG_LNG_EQUATOR * cos)
+
+
+@pytest.fixture(scope="module")
+def city_pings():
+    """An hour of 400 drivers, no late or malformed pings (positions in event order)."""
+    return _objects(generate(config(drivers=400, minutes=60, late_fraction=0, bad_fraction=0)))
+
+
+def test_drivers_have_a_real_city_and_a_vehicle_type(city_pings):
+    shares = [c[3] for c in CITIES] + [v[1] for v in VEHICLE_TYPES]
+    assert len(CITIES) == 10 and all(0 < x < 1 for x in shares)
+    assert abs(sum(c[3] for c in CITIES) - 1) < 1e-9
+    assert abs(sum(v[1] for v in VEHICLE_TYPES) - 1) < 1e-9
+    assert CENTRES["Hong Kong"] == (22.3193, 114.1694) and CENTRES["Singapore"][0] == 1.3521
+    clean = [(p, o) for p, o in city_pings if _clean(o)]
+    # one city and one vehicle type per driver
+    driver_city, driver_vehicle = {}, {}
+    for p, o in clean:
+        assert driver_city.setdefault(p.driver, o["city"]) == o["city"]
+        assert driver_vehicle.setdefault(p.driver, o["vehicle_type"]) == o["vehicle_type"]
+    assert set(driver_city.values()) == set(CENTRES)  # 400 drivers: every city
+    vehicles = collections.Counter(driver_vehicle.values())
+    assert set(vehicles) == {"car", "van", "motorbike", "bicycle"}
+    assert vehicles["car"] > vehicles["motorbike"] > vehicles["van"] > 0
+    assert 0.4 < vehicles["car"] / len(driver_vehicle) < 0.7
+
+
+def test_positions_stay_near_the_centre_and_move_plausibly(city_pings):
+    track = collections.defaultdict(list)
+    for p, o in city_pings:
+        if _clean(o):
+            centre = CENTRES[o["city"]]
+            position = (o["lat"], o["lng"])
+            assert _km(centre, position) <= CITY_RADIUS_KM + 0.1, o
+            track[p.driver].append((p.event_time, position))
+    moved, parked, fastest = 0, 0, 0.0
+    for points in track.values():
+        for (t1, a), (t2, b) in itertools.pairwise(points):
+            # never faster than 50 km/h, beyond the GPS noise (8 m a side)
+            fastest = max(fastest, (_km(a, b) - 0.06) / (t2 - t1) * 3600)
+        steps = [_km(a, b) for (_, a), (_, b) in itertools.pairwise(points)]
+        parked += sum(s < 0.05 for s in steps) > 10  # several pings in place
+        span = max(_km(points[0][1], q) for _, q in points)
+        moved += span > 3  # drove several kilometres in the hour
+    assert fastest <= 50
+    assert moved > 0.2 * len(track) and parked > 0.2 * len(track)
+    # driving speeds of 10-50 km/h are seen
+    speeds = [_km(a, b) / (t2 - t1) * 3600 for points in track.values()
+              for (t1, a), (t2, b) in itertools.pairwise(points) if t2 - t1 <= 40]
+    assert sum(10 <= v <= 50 for v in speeds) > 0.3 * len(speeds)
+
+
+def test_a_few_pings_miss_a_segment_field_or_carry_a_bad_one(city_pings):
+    from presence.core.segments import UNKNOWN, ValueExtractor, parse_segments
+
+    faulty = [o for _, o in city_pings if not _clean(o)]
+    assert 0.015 < len(faulty) / len(city_pings) < 0.05
+    extract = ValueExtractor(parse_segments("city;city,vehicle_type;h3:8"))
+    seen = set()
+    for o in faulty:
+        city, both, cell = extract.of_object(o)
+        # never a valid value where the field is missing or bad
+        missing = {f for f in SEGMENT_FIELDS if f not in o}
+        seen.add(frozenset(missing))
+        if "city" in missing or not isinstance(o.get("city"), str) or len(o["city"]) > 64:
+            assert city == (UNKNOWN,)
+        if "lat" in missing or "lng" in missing or not isinstance(o.get("lat"), float):
+            assert cell is None
+    assert {frozenset(), frozenset({"city"}), frozenset({"lat", "lng"})} <= seen
+    # bad values are JSON (no NaN): out-of-range numbers and wrong types
+    many = _objects(generate(config(minutes=60, late_fraction=0, bad_fraction=0,
+                                    field_fault_fraction=0.5)))
+    faults = [o for _, o in many if not _clean(o)]
+    assert any(o.get("lat") == 200.0 for o in faults)
+    assert any(isinstance(o.get("lat"), str) for o in faults)
+    assert any(o.get("vehicle_type") == "" for o in faults)
+    assert len(FIELD_FAULTS) >= 10
+    assert all(p.kind == OK for p, _ in many)  # still valid pings (SPEC: never invalid)
+    for p, _ in many[:2000]:
+        assert type(parse_ping(p.value, FAR_FUTURE)) is tuple
+
+
+def test_segment_fields_leave_the_global_pings_as_they_were():
+    """The fields draw from their own generator: the same seed gives the same global
+    pings (drivers, times, duty, late and malformed ones) with or without them."""
+    with_fields = list(generate(config(minutes=15)))
+    without = list(generate(config(minutes=15, segment_fields=False)))
+    assert [p[:4] + p[6:] for p in with_fields] == [p[:4] + p[6:] for p in without]
+    for a, b in zip(with_fields, without):
+        if a.kind == BAD:
+            assert a.value == b.value
+        else:
+            stripped = {k: v for k, v in orjson.loads(a.value).items() if k not in SEGMENT_FIELDS}
+            assert stripped == orjson.loads(b.value)
+            assert parse_ping(a.value, FAR_FUTURE) == parse_ping(b.value, FAR_FUTURE)
+    assert not any(b'"city"' in p.value for p in without)
+
+
+def test_zones_are_many_and_sparse():
+    """The demo's zone map: a few drivers per H3 cell at resolution 8, spread out."""
+    from presence.core.segments import ValueExtractor, parse_segments
+
+    extract = ValueExtractor(parse_segments("h3:8"))
+    pings = _objects(generate(config(drivers=2000, minutes=2, late_fraction=0, bad_fraction=0)))
+    drivers = collections.defaultdict(set)
+    for p, o in pings:
+        drivers[extract.of_object(o)[0]].add(p.driver)
+    drivers.pop(None, None)
+    sizes = sorted(len(d) for d in drivers.values())
+    assert len(sizes) > 500  # cells with a driver in two minutes
+    assert sizes[len(sizes) // 2] <= 3 and sizes[-1] < 30  # a few drivers each, denser downtown
+
+
 @pytest.mark.parametrize("bad", [
     dict(drivers=0), dict(minutes=0), dict(late_fraction=1.5), dict(partitions=0),
-    dict(late_fraction=0.6, bad_fraction=0.6),
+    dict(late_fraction=0.6, bad_fraction=0.6), dict(field_fault_fraction=-0.1),
 ])
 def test_config_is_checked(bad):
     with pytest.raises(ValueError):

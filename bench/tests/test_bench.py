@@ -11,6 +11,7 @@ import socket
 import numpy as np
 import pytest
 
+from bench import flink, report, systems
 from bench import run as bench_run
 from bench import workload as wl
 from tests.oracle import P, oracle
@@ -75,9 +76,9 @@ def test_table_and_targets_render():
         {**base, "system": "quix", "exact": False, "exactness": "2 rows missing",
          "pings_per_s": 5.0, "pings_per_cpu_s": 8.0},
     ]
-    text = bench_run.table(results, results[0])
+    text = report.table(results, results[0])
     assert "| presence-1w | yes |" in text and "**no** (2 rows missing)" in text
-    checks = dict((name, ok) for name, _val, ok in bench_run.targets(
+    checks = dict((name, ok) for name, _val, ok in report.targets(
         {r["system"]: r for r in results}, None, None))
     assert checks["presence-1w >= 0.5 x ceiling (wall)"] is True
     assert checks["1 worker >= 10 x quix (pings/CPU-s)"] is True
@@ -86,10 +87,10 @@ def test_table_and_targets_render():
 def test_median_run_reports_the_spread_and_any_inexact_run():
     runs = [{"wall_s": w, "exact": e, "exactness": x}
             for w, e, x in ((3.0, True, "ok"), (1.0, True, "ok"), (2.0, False, "1 row wrong"))]
-    r = bench_run.median_run(runs)
+    r = systems.median_run(runs)
     assert (r["wall_s"], r["runs"], r["wall_min_s"], r["wall_max_s"]) == (2.0, 3, 1.0, 3.0)
     assert r["exact"] is False and r["exactness"] == "1 row wrong in 1 of 3 runs"
-    assert bench_run.spread(r) == "3: 1.00-3.00"
+    assert report.spread(r) == "3: 1.00-3.00"
 
 
 @pytest.mark.stack
@@ -169,7 +170,7 @@ def _args(*argv):
 
 
 def test_flink_commands_differ_only_in_watermark_and_jvm_flags():
-    cmds = {s: bench_run.flink_command(s, "t1", "CP") for s in bench_run.FLINK_SYSTEMS}
+    cmds = {s: flink.flink_command(s, "t1", "CP") for s in flink.FLINK_SYSTEMS}
     for system, cmd in cmds.items():
         assert cmd[0] == "java" and cmd[cmd.index("-cp") + 1] == "CP"
         assert "presence.bench.FlinkPeer" in cmd
@@ -183,7 +184,7 @@ def test_flink_commands_differ_only_in_watermark_and_jvm_flags():
     # the harness dispatches flink-* systems to that command
     args = _args()
     args.flink_classpath = "CP"
-    assert bench_run.command("flink-exact", "t1", "db", args)[0] == cmds["flink-exact"]
+    assert systems.command("flink-exact", "t1", "db", args)[0] == cmds["flink-exact"]
 
 
 def test_flink_rows_and_stats_are_read_from_its_output():
@@ -191,27 +192,27 @@ def test_flink_rows_and_stats_are_read_from_its_output():
            '{"row":1704067260,"online":9,"available":0}\n'
            'flink-stats {"rows":2,"records":5,"submitted_s":1.5,"first_record_s":2.0,'
            '"read_s":0.5,"read_rate":10,"end_s":3.0}\n')
-    assert bench_run.flink_rows(out) == {1704067200: (10000, 8000), 1704067260: (9, 0)}
-    stats = json.loads(bench_run.FLINK_STATS.search(out).group(1))
+    assert flink.flink_rows(out) == {1704067200: (10000, 8000), 1704067260: (9, 0)}
+    stats = json.loads(flink.FLINK_STATS.search(out).group(1))
     assert stats["first_record_s"] == 2.0 and stats["read_rate"] == 10
 
 
 def test_flink_is_skipped_with_a_reason_without_java_or_maven(monkeypatch):
-    monkeypatch.setattr(bench_run.shutil, "which", lambda tool: None)
-    classpath, why = bench_run.flink_setup()
+    monkeypatch.setattr(flink.shutil, "which", lambda tool: None)
+    classpath, why = flink.flink_setup()
     assert classpath is None and "java not found" in why
 
 
 def test_system_selection_by_no_flink_and_timestamps():
-    every = bench_run.select_systems(_args())
-    assert set(bench_run.FLINK_SYSTEMS) <= set(every) and set(bench_run.MIXED_SYSTEMS) <= set(every)
-    no_flink = bench_run.select_systems(_args("--no-flink"))
-    assert not set(bench_run.FLINK_SYSTEMS) & set(no_flink) and "presence-1w" in no_flink
-    assert bench_run.select_systems(_args("--timestamps", "mixed")) == list(bench_run.MIXED_SYSTEMS)
-    assert not set(bench_run.MIXED_SYSTEMS) & set(bench_run.select_systems(
+    every = systems.select_systems(_args())
+    assert set(flink.FLINK_SYSTEMS) <= set(every) and set(systems.MIXED_SYSTEMS) <= set(every)
+    no_flink = systems.select_systems(_args("--no-flink"))
+    assert not set(flink.FLINK_SYSTEMS) & set(no_flink) and "presence-1w" in no_flink
+    assert systems.select_systems(_args("--timestamps", "mixed")) == list(systems.MIXED_SYSTEMS)
+    assert not set(systems.MIXED_SYSTEMS) & set(systems.select_systems(
         _args("--timestamps", "float")))
     with pytest.raises(SystemExit):
-        bench_run.select_systems(_args("--only", "flink"))
+        systems.select_systems(_args("--only", "flink"))
 
 
 def test_flink_and_mixed_targets_render():
@@ -229,7 +230,7 @@ def test_flink_and_mixed_targets_render():
         "presence-1w-mixed": {**base, "system": "presence-1w-mixed", "pings_per_s": 30.0,
                               "pings_per_cpu_s": 30.0},
     }
-    got = {name: (val, ok) for name, val, ok in bench_run.targets(by, None, None)}
+    got = {name: (val, ok) for name, val, ok in report.targets(by, None, None)}
     # against the better JVM of the exact setting: 90 / 50
     assert got["1 worker >= 2 x Flink exact, best JVM (flink-exact-tuned) (pings/CPU-s)"] == (
         "1.80 x", False)
@@ -237,17 +238,17 @@ def test_flink_and_mixed_targets_render():
         "0.30 x", False)
 
 
-FLINK_CLASSES = bench_run.FLINK_DIR / "target" / "classes" / "presence" / "bench" / "FlinkPeer.class"
+FLINK_CLASSES = flink.FLINK_DIR / "target" / "classes" / "presence" / "bench" / "FlinkPeer.class"
 
 
 def _flink_built() -> bool:
     """Built already, or buildable offline from the Maven cache `make bench` filled (no download)."""
     if FLINK_CLASSES.exists():
         return True
-    m2 = bench_run.M2
-    if not (m2.is_dir() and any(m2.iterdir())) or bench_run.shutil.which("java") is None:
+    m2 = flink.M2
+    if not (m2.is_dir() and any(m2.iterdir())) or flink.shutil.which("java") is None:
         return False
-    classpath, _why = bench_run.flink_setup()
+    classpath, _why = flink.flink_setup()
     return classpath is not None and FLINK_CLASSES.exists()
 
 
@@ -257,7 +258,7 @@ def _flink_built() -> bool:
 def test_flink_peer_command_line():
     import subprocess
 
-    cp = str(bench_run.FLINK_DIR / "target" / "classes")
+    cp = str(flink.FLINK_DIR / "target" / "classes")
     help_ = subprocess.run(["java", "-cp", cp, "presence.bench.FlinkPeer", "--help"],
                            capture_output=True, text=True, timeout=120)
     assert help_.returncode == 0 and "--watermark-seconds" in help_.stdout
@@ -266,10 +267,147 @@ def test_flink_peer_command_line():
                          timeout=120)
     assert bad.returncode == 2 and "--watermark-seconds must be >= 0" in bad.stderr
     sql = subprocess.run(["java", "-cp", cp, "presence.bench.FlinkPeer", "--topic", "t",
-                          "--print-sql", *bench_run.flink_command("flink-exact", "t", cp)[6:]],
+                          "--print-sql", *flink.flink_command("flink-exact", "t", cp)[6:]],
                          capture_output=True, text=True, timeout=120)
     assert sql.returncode == 0, sql.stderr
     assert "ts - INTERVAL '11' MINUTE" in sql.stdout
     assert "'scan.bounded.mode' = 'latest-offset'" in sql.stdout
     assert "HOP(TABLE read_pings, DESCRIPTOR(ts), INTERVAL '1' MINUTE, INTERVAL '5' MINUTE)" \
         in sql.stdout
+
+
+# ------------------------------------------------------------------ segment workload
+
+@pytest.mark.parametrize("horizon", [3600.0, 120.0])
+def test_city_workload_oracle_equals_the_brute_force_segment_oracle(horizon):
+    """The vectorised segment oracle against tests/segment_oracle.py, on the pings as
+    sent (decoded from their bytes), too-late ones left out by tests/oracle.py."""
+    import orjson
+
+    from tests.segment_oracle import SP, segment_oracle
+
+    w = wl.generate(6_000, 300, late_fraction=0.2, cities=True)
+    parts = [[P(int(d), float(t), bool(u)) for d, t, u in zip(w.drivers[p], w.times[p], w.duty[p])]
+             for p in range(3)]
+    _rows, too_late, _ = oracle(parts, 60, 300, 30.0, horizon)
+    counted = []
+    for p in range(3):
+        for offset, value in enumerate(w.values(p)):
+            if (p, offset) in too_late:
+                continue
+            obj = orjson.loads(value)
+            extra = tuple((k, v) for k, v in obj.items()
+                          if k not in ("driver_id", "timestamp", "on_duty"))
+            counted.append(SP(obj["driver_id"], obj["timestamp"], bool(obj["on_duty"]), extra))
+    expected = segment_oracle(counted, list(wl.BENCH_SEGMENTS), 60, 300)
+    got = wl.segment_oracle_rows(w, horizon=horizon)
+    assert got == expected
+    segments = {s for s, _k, _r in got}
+    assert segments == set(wl.BENCH_SEGMENTS)
+    assert any(k == ("unknown",) for s, k, _r in got if s == "city")  # field faults
+
+
+def test_city_workload_keeps_the_global_pings_and_carries_the_fields():
+    from presence.core.pings import Rejection, parse_ping
+
+    plain = wl.generate(20_000, 2_000)
+    cities = wl.generate(20_000, 2_000, cities=True)
+    for a, b in zip(plain.drivers + plain.times + plain.duty,
+                    cities.drivers + cities.times + cities.duty):
+        assert np.array_equal(a, b)
+    assert wl.oracle_rows(plain) == wl.oracle_rows(cities)
+    values = cities.values(0)
+    assert all(not isinstance(parse_ping(v, 4e9), Rejection) for v in values)
+    with_all = sum(all(f in v for f in (b'"city"', b'"vehicle_type"', b'"lat"', b'"lng"'))
+                   for v in values)
+    assert 0.9 < with_all / len(values) < 1.0
+    drivers_per_city = np.bincount(np.concatenate([f["city"] for f in cities.fields]))
+    assert len(drivers_per_city) == 10 and drivers_per_city.min() > 0
+    with pytest.raises(ValueError):
+        wl.generate(10, 10, timestamps="mixed", cities=True)
+
+
+def test_segment_systems_run_presence_with_and_without_the_segments():
+    args = _args()
+    _cmd, plain = systems.command("presence-1w-cities", "t", "db", args)
+    cmd, seg = systems.command("presence-1w-segments", "t", "db", args)
+    assert cmd[-2:] == ["bytewax.run", "dataflow"] or cmd[-1] == "dataflow"
+    assert "PRESENCE_SEGMENTS" not in plain
+    assert seg["PRESENCE_SEGMENTS"] == "city;city,vehicle_type;h3:8"
+    assert {k: v for k, v in seg.items() if k != "PRESENCE_SEGMENTS"} == plain
+    every = systems.select_systems(_args())
+    assert set(systems.SEGMENT_SYSTEMS) <= set(every)
+    assert not set(systems.SEGMENT_SYSTEMS) & set(systems.select_systems(_args("--no-segments")))
+    assert not set(systems.SEGMENT_SYSTEMS) & set(
+        systems.select_systems(_args("--timestamps", "mixed")))
+
+
+def test_quick_is_a_small_run_of_a_few_systems():
+    args = _args("--quick")
+    assert (args.pings, args.segment_pings, args.repeat) == (20_000, 20_000, 1)
+    assert args.no_latency and args.no_state and args.no_startup and args.no_flink
+    assert systems.select_systems(args) == list(bench_run.QUICK_SYSTEMS)
+    assert systems.select_systems(_args("--quick", "--only", "presence-1w")) == ["presence-1w"]
+
+
+def test_segment_rows_and_targets_render():
+    from bench import segments
+
+    base = dict(wall_s=1.0, cpu_s=1.0, peak_rss_mb=10.0, load_before=0.1, load_after=0.2,
+                note="n", exactness="ok", exact=True, runs=1)
+    off = {**base, "system": "presence-1w-cities", "pings_per_s": 50.0, "pings_per_cpu_s": 100.0}
+    on = {**base, "system": "presence-1w-segments", "pings_per_s": 30.0, "pings_per_cpu_s": 60.0,
+          "segment_exact": None, "segment_exactness": systems.SEGMENT_ROWS_UNAVAILABLE}
+    seg_state = {"snapshot_bytes_per_triple": 4.87, "shard_drivers": 6272, "drivers": 100000,
+                 "panes": 65, "triples": 1292473, "us_per_ping_add_pings": 15.0,
+                 "us_per_ping_values_3_segments": 3.0, "us_per_ping_partials": 9.9,
+                 "per_definition": {"h3:8": {"values_per_pane": 5362.0}}}
+    by = {r["system"]: r for r in (off, on)}
+    got = {name.split(" (")[0]: (val, ok) for name, val, ok in report.targets(by, None, None,
+                                                                              seg_state)}
+    ratio = got["presence-1w-segments >= 0.5 x presence-1w-cities"]
+    assert ratio[0].startswith("0.60 x (segment rows unavailable") and ratio[1] is None
+    assert got["segment rows exact"] == (systems.SEGMENT_ROWS_UNAVAILABLE, None)
+    assert got["segment state <= 16 bytes per"] == ("4.87 B", True)
+    exact = {**on, "segment_exact": True, "segment_exactness": "120 rows equal"}
+    got = {name.split(" (")[0]: (val, ok) for name, val, ok in segments.targets(
+        {"presence-1w-cities": off, "presence-1w-segments": exact}, None)}
+    assert got["presence-1w-segments >= 0.5 x presence-1w-cities"] == ("0.60 x", True)
+    assert got["segment rows exact"] == ("120 rows equal", True)
+    args = _args("--quick")
+    text = report.render(args, {"cpu": "x"}, [off, exact], None, None,
+                         {"start": (1, 1, 1), "end": (1, 1, 1), "rows": 3, "too_late": 0,
+                          "cities_segment_rows": 120}, 1.0, seg_state)
+    assert "**0.60 x** the pings/CPU-s" in text and "4.87 B per (driver, bucket" in text
+
+
+def test_segment_median_run_reports_an_inexact_segment_run():
+    runs = [{"wall_s": w, "exact": True, "exactness": "ok", "segment_exact": e,
+             "segment_exactness": x}
+            for w, e, x in ((1.0, True, "ok"), (2.0, False, "3 wrong"), (3.0, True, "ok"))]
+    r = systems.median_run(runs)
+    assert r["exact"] is True
+    assert r["segment_exact"] is False and r["segment_exactness"] == "3 wrong in 1 of 3 runs"
+
+
+@pytest.mark.stack
+@pytest.mark.skipif(not _stack_up(), reason="needs the local stack (make stack-up)")
+def test_quick_run_with_segments(tmp_path):
+    """presence without and with segments on the cities topic, and the segment state:
+    the segment rows are exact, or said to be unavailable while the dataflow writes none."""
+    code = bench_run.main(["--quick", "--only", "presence-1w-cities,presence-1w-segments",
+                           "--segment-pings", "6000", "--segment-drivers", "600",
+                           "--results", str(tmp_path)])
+    assert code == 0
+    [result] = tmp_path.glob("*.json")
+    data = json.loads(result.read_text())
+    by = {r["system"]: r for r in data["results"]}
+    assert by["presence-1w-cities"]["exact"] is True, by["presence-1w-cities"]["exactness"]
+    seg = by["presence-1w-segments"]
+    assert seg["exact"] is True, seg["exactness"]
+    if seg["segment_exact"] is None:  # GUARD: until the dataflow writes segment rows
+        assert seg["segment_exactness"] == systems.SEGMENT_ROWS_UNAVAILABLE
+    else:
+        assert seg["segment_exact"] is True, seg["segment_exactness"]
+    assert 0 < data["segment_state"]["snapshot_bytes_per_triple"] <= 16
+    assert "presence-1w-segments" in next(tmp_path.glob("*.md")).read_text()

@@ -10,6 +10,20 @@ covering the SPEC's rejection reasons. The formats vary as the SPEC allows:
 ``timestamp`` mostly epoch seconds, some epoch milliseconds, fractional
 seconds and ISO-8601 strings; ``on_duty`` mostly 0/1, some true/false.
 
+Valid pings also carry the optional segment fields of the SPEC: each driver
+works in one of :data:`CITIES` (real city centres, shares of the fleet
+roughly by city size) with one of :data:`VEHICLE_TYPES`, and its ``lat`` /
+``lng`` move plausibly (:class:`Motion`): spells of driving at a speed of its
+vehicle (10 to 50 km/h) on a wandering heading alternate with spells parked,
+every position with a few metres of GPS noise, always within
+:data:`CITY_RADIUS_KM` of the centre. A fraction of those pings
+(``field_fault_fraction``) misses one of these fields or carries a bad one
+(:data:`FIELD_FAULTS`: out-of-range coordinates, wrong types, an empty or
+too long string), which the SPEC counts as ``unknown`` / unlocated, never as
+invalid. These fields come from a random generator of their own, so the
+global pings (drivers, times, duty, late and malformed ones) of a seed are
+the same with or without them.
+
 :func:`produce` is the thin Kafka part: it sends the pings keyed by driver id,
 each driver always to the same partition, either as fast as Kafka takes them
 or paced in real time.
@@ -42,6 +56,39 @@ LATE_DELAY = (60.0, 600.0)
 
 OK, LATE, BAD = "ok", "late", "bad"
 
+CITIES: tuple[tuple[str, float, float, float], ...] = (
+    # name, centre latitude, centre longitude, share of the fleet
+    ("Jakarta", -6.2088, 106.8456, 0.14),
+    ("Tokyo", 35.6762, 139.6503, 0.13),
+    ("Bangkok", 13.7563, 100.5018, 0.12),
+    ("Manila", 14.5995, 120.9842, 0.11),
+    ("Ho Chi Minh City", 10.8231, 106.6297, 0.11),
+    ("Seoul", 37.5665, 126.9780, 0.10),
+    ("Hong Kong", 22.3193, 114.1694, 0.09),
+    ("Singapore", 1.3521, 103.8198, 0.08),
+    ("Kuala Lumpur", 3.1390, 101.6869, 0.07),
+    ("Taipei", 25.0330, 121.5654, 0.05),
+)
+"""The simulated markets: real city centres (WGS84) and the share of drivers in each."""
+VEHICLE_TYPES: tuple[tuple[str, float, tuple[float, float]], ...] = (
+    # name, share of the fleet, driving speed range (km/h)
+    ("car", 0.55, (15.0, 50.0)),
+    ("motorbike", 0.30, (15.0, 50.0)),
+    ("van", 0.10, (10.0, 45.0)),
+    ("bicycle", 0.05, (10.0, 20.0)),
+)
+CITY_RADIUS_KM = 15.0
+"""No simulated position is farther than this from its city's centre."""
+START_RADIUS_KM = 5.0
+"""Drivers start at a distance from the centre drawn from |N(0, this)| (dense downtown)."""
+MEAN_DRIVING_S = 12 * 60.0
+MEAN_PARKED_S = 8 * 60.0
+DRIVING_P = MEAN_DRIVING_S / (MEAN_DRIVING_S + MEAN_PARKED_S)
+GPS_NOISE_M = 8.0
+"""Standard deviation of the GPS noise on each axis, metres."""
+KM_PER_DEG_LAT = 110.574
+KM_PER_DEG_LNG_EQUATOR = 111.320
+
 
 class SimPing(NamedTuple):
     send_time: float
@@ -67,6 +114,10 @@ class SimConfig:
     bad_fraction: float = 0.0
     partitions: int = 1
     seed: int = 0
+    segment_fields: bool = True
+    """Valid pings carry ``city``, ``vehicle_type``, ``lat`` and ``lng``."""
+    field_fault_fraction: float = 0.03
+    """Of those pings, the fraction missing one of these fields or carrying a bad one."""
 
     def __post_init__(self) -> None:
         if self.drivers < 1:
@@ -74,6 +125,8 @@ class SimConfig:
         if not self.minutes > 0:
             raise ValueError("minutes must be positive")
         if not 0 <= self.late_fraction <= 1 or not 0 <= self.bad_fraction <= 1:
+            raise ValueError("fractions must be between 0 and 1")
+        if not 0 <= self.field_fault_fraction <= 1:
             raise ValueError("fractions must be between 0 and 1")
         if self.late_fraction + self.bad_fraction > 1:
             raise ValueError("late and bad fractions add up to more than 1")
@@ -160,9 +213,127 @@ MALFORMED: tuple[tuple[str, Callable[[int, float, bool], bytes]], ...] = (
 """Malformed-ping makers and the reason the dataflow should give for each."""
 
 
+def _without(*names: str) -> Callable[[dict], None]:
+    def fault(fields: dict) -> None:
+        for name in names:
+            del fields[name]
+
+    return fault
+
+
+def _bad(name: str, value: object) -> Callable[[dict], None]:
+    def fault(fields: dict) -> None:
+        fields[name] = value
+
+    return fault
+
+
+FIELD_FAULTS: tuple[tuple[str, Callable[[dict], None]], ...] = (
+    ("no city", _without("city")),
+    ("no vehicle_type", _without("vehicle_type")),
+    ("no location", _without("lat", "lng")),
+    ("no lng", _without("lng")),
+    ("lat out of range", _bad("lat", 200.0)),
+    ("lng out of range", _bad("lng", -512.5)),
+    ("lat as a string", _bad("lat", "22.3193")),
+    ("lng null", _bad("lng", None)),
+    ("lat a boolean", _bad("lat", True)),
+    ("city a number", _bad("city", 42)),
+    ("empty vehicle_type", _bad("vehicle_type", "")),
+    ("city too long", _bad("city", "x" * 65)),
+)
+"""A missing or bad optional field (the ping stays valid: SPEC "Input"), by name."""
+
+
+class Motion:
+    """Where one driver is: a city, a vehicle type, and a position that moves.
+
+    Positions are kilometres east (``x``) and north (``y``) of the city's
+    centre. A driver alternates spells of driving (exponential, mean
+    :data:`MEAN_DRIVING_S`) at a speed drawn for the spell from its vehicle's
+    range, on a heading that wanders, and spells parked (mean
+    :data:`MEAN_PARKED_S`). Reaching :data:`CITY_RADIUS_KM`, it turns back
+    towards the centre. :meth:`at` moves it to a time and returns the
+    reported ``(lat, lng)``: its position plus GPS noise, 6 decimals.
+    Deterministic for the generator it is given.
+    """
+
+    __slots__ = ("city", "vehicle_type", "lat0", "lng0", "km_per_deg_lng", "speeds", "x", "y",
+                 "heading", "speed_kmh", "driving", "spell_until", "t")
+
+    def __init__(self, rng: random.Random, t: float) -> None:
+        self.city, self.lat0, self.lng0, _ = rng.choices(CITIES, _CITY_WEIGHTS)[0]
+        self.vehicle_type, _, self.speeds = rng.choices(VEHICLE_TYPES, _VEHICLE_WEIGHTS)[0]
+        self.km_per_deg_lng = KM_PER_DEG_LNG_EQUATOR * math.cos(math.radians(self.lat0))
+        r = min(abs(rng.gauss(0.0, START_RADIUS_KM)), CITY_RADIUS_KM * 0.95)
+        a = rng.uniform(0.0, 2 * math.pi)
+        self.x, self.y = r * math.cos(a), r * math.sin(a)
+        self.heading = rng.uniform(0.0, 2 * math.pi)
+        self.driving = rng.random() < DRIVING_P
+        self.speed_kmh = rng.uniform(*self.speeds)
+        self.spell_until = t + rng.expovariate(
+            1 / (MEAN_DRIVING_S if self.driving else MEAN_PARKED_S))
+        self.t = t
+
+    def at(self, rng: random.Random, t: float) -> tuple[float, float]:
+        while True:
+            until = min(t, self.spell_until)
+            if self.driving and until > self.t:
+                self._drive(rng, until - self.t)
+            self.t = max(self.t, until)
+            if t < self.spell_until:
+                break
+            self.driving = not self.driving
+            if self.driving:
+                self.speed_kmh = rng.uniform(*self.speeds)
+                self.heading += rng.uniform(-math.pi, math.pi)
+            self.spell_until += rng.expovariate(
+                1 / (MEAN_DRIVING_S if self.driving else MEAN_PARKED_S))
+        noise = GPS_NOISE_M / 1000.0
+        x = self.x + rng.gauss(0.0, noise)
+        y = self.y + rng.gauss(0.0, noise)
+        return (round(self.lat0 + y / KM_PER_DEG_LAT, 6),
+                round(self.lng0 + x / self.km_per_deg_lng, 6))
+
+    def _drive(self, rng: random.Random, seconds: float) -> None:
+        self.heading += rng.gauss(0.0, 0.3)
+        km = self.speed_kmh * seconds / 3600.0
+        x = self.x + km * math.cos(self.heading)
+        y = self.y + km * math.sin(self.heading)
+        r = math.hypot(x, y)
+        if r > CITY_RADIUS_KM:  # at the edge: stop there and head back towards the centre
+            x, y = x * CITY_RADIUS_KM / r, y * CITY_RADIUS_KM / r
+            self.heading = math.atan2(-y, -x) + rng.uniform(-0.6, 0.6)
+        self.x, self.y = x, y
+
+    def distance_km(self, lat: float, lng: float) -> float:
+        """Distance of a reported position from the city's centre (equirectangular)."""
+        return math.hypot((lng - self.lng0) * self.km_per_deg_lng,
+                          (lat - self.lat0) * KM_PER_DEG_LAT)
+
+
+_CITY_WEIGHTS = [c[3] for c in CITIES]
+_VEHICLE_WEIGHTS = [v[1] for v in VEHICLE_TYPES]
+
+
+def segment_fields(rng: random.Random, motion: Motion, t: float, fault_p: float) -> bytes:
+    """The ``city``/``vehicle_type``/``lat``/``lng`` members of one ping (JSON text,
+    no braces), one fault of :data:`FIELD_FAULTS` with probability ``fault_p``."""
+    lat, lng = motion.at(rng, t)
+    fields = {"city": motion.city, "vehicle_type": motion.vehicle_type, "lat": lat, "lng": lng}
+    if rng.random() < fault_p:
+        FIELD_FAULTS[int(rng.random() * len(FIELD_FAULTS))][1](fields)
+    return orjson.dumps(fields)[1:-1]
+
+
+def _with_fields(value: bytes, members: bytes) -> bytes:
+    return value[:-1] + b"," + members + b"}" if members else value
+
+
 @dataclass
 class _Driver:
-    __slots__ = ("ident", "key", "partition", "online", "duty", "session_end", "duty_until")
+    __slots__ = ("ident", "key", "partition", "online", "duty", "session_end", "duty_until",
+                 "motion")
     ident: int
     key: bytes
     partition: int
@@ -170,6 +341,7 @@ class _Driver:
     duty: bool
     session_end: float
     duty_until: float
+    motion: Motion | None
 
 
 def generate(config: SimConfig) -> Iterator[SimPing]:
@@ -182,13 +354,24 @@ def generate(config: SimConfig) -> Iterator[SimPing]:
     late_p = config.late_fraction
     bad_p = late_p + config.bad_fraction
     low, high = PING_INTERVAL
+    # The segment fields draw from a generator of their own: the global pings of a
+    # seed stay what they are without them.
+    geo = random.Random(f"{config.seed}/segments") if config.segment_fields else None
+    fault_p = config.field_fault_fraction
+
+    def encode(d: _Driver, t: float) -> bytes:
+        value = encode_ping(rng, d.ident, t, d.duty)
+        if d.motion is None:
+            return value
+        return _with_fields(value, segment_fields(geo, d.motion, t, fault_p))
 
     drivers: list[_Driver] = []
     due: list[tuple[float, int]] = []  # (next event time, driver index)
     for index in range(config.drivers):
         ident = index + 1
         key = str(ident).encode()
-        d = _Driver(ident, key, partition_of(key, config.partitions), False, False, 0.0, 0.0)
+        d = _Driver(ident, key, partition_of(key, config.partitions), False, False, 0.0, 0.0,
+                    Motion(geo, start) if geo is not None else None)
         drivers.append(d)
         if random_() < START_ONLINE_P:
             d.online = True
@@ -228,11 +411,10 @@ def generate(config: SimConfig) -> Iterator[SimPing]:
 
         r = random_()
         if r >= bad_p:
-            yield SimPing(t, t, d.ident, d.partition, d.key,
-                          encode_ping(rng, d.ident, t, d.duty), OK)
+            yield SimPing(t, t, d.ident, d.partition, d.key, encode(d, t), OK)
         elif r < late_p:
             ping = SimPing(t + uniform(*LATE_DELAY), t, d.ident, d.partition, d.key,
-                           encode_ping(rng, d.ident, t, d.duty), LATE)
+                           encode(d, t), LATE)
             seq += 1
             heappush(late, (ping.send_time, seq, ping))
         else:
