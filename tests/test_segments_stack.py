@@ -73,9 +73,8 @@ def test_segment_summary_equals_the_oracle(kafka_brokers, mongo_uri, topic_and_d
         assert seg["otherPings"] == 0 and seg["overflowRows"] == 0
 
 
-@pytest.mark.parametrize("replace", [True, False], ids=["read-merge-replace", "upsert"])
-def test_segment_writer_is_idempotent_and_keeps_the_max(mongo_uri, unique_name, replace) -> None:
-    """Both rewrite paths: first writes inserted, a replayed older row lowers nothing,
+def test_segment_writer_is_idempotent_and_keeps_the_max(mongo_uri, unique_name) -> None:
+    """First writes inserted, rewrites upserted by _id, a replayed older row lowers nothing,
     rows of one _id in a batch merged, overflow kept."""
     from datetime import datetime, timezone
 
@@ -96,11 +95,11 @@ def test_segment_writer_is_idempotent_and_keeps_the_max(mongo_uri, unique_name, 
             return SegmentRow("h3:8", {"h3": f"88{cell:013x}"}, T0, T0 - 240, T0 + 60,
                               online, online - 1, revision, overflow)
 
-        write_segment_rows(coll, [row(i, 2, 1) for i in range(30)], now, replace)
+        write_segment_rows(coll, [row(i, 2, 1) for i in range(30)], now)
         # rewrites, a replay of first writes, an older replay, two rows of one _id
         again = ([row(i, 5, 2, overflow=i == 0) for i in range(10)] + [row(i, 2, 1) for i in range(30)]
                  + [row(20, 1, 1), row(21, 3, 2), row(21, 4, 3)] + [row(99, 1, 1)])
-        write_segment_rows(coll, again, now, replace)
+        write_segment_rows(coll, again, now)
         docs = {d["key"]["h3"]: d for d in coll.find()}
         assert len(docs) == 31
         assert all(docs[f"88{i:013x}"]["driversOnlineCount"] == 5 for i in range(10))

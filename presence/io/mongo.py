@@ -436,7 +436,6 @@ class _MongoPartition(StatelessSinkPartition):
         self.collection = self.db[collection]
         self.write = write
         self.next_prune = 0.0  # monotonic time of the next dead-letter clean-up
-        self.replace_rewrites: bool | None = None  # segment rewrites: see write_segment_rows
 
     def write_batch(self, items: list) -> None:
         if items:
@@ -471,21 +470,6 @@ class _MongoPartition(StatelessSinkPartition):
 
 SEGMENT_BATCH = 1000
 """Segment documents per insert or upsert command: an h3 bucket has tens of thousands."""
-
-REPLACE_BATCH = 250
-"""Segment documents per read-merge-replace on FerretDB: each of its commands
-scans the collection, at a cost growing with the ``_id`` s asked for too, so
-a command stays well within the client's socket timeout on a large collection."""
-
-
-def is_ferretdb(db: Database) -> bool:
-    """True if the server is FerretDB (its ``buildInfo`` says so)."""
-    try:
-        info = db.command("buildInfo")
-    except PyMongoError:
-        return False
-    return any(str(k).startswith("ferretdb") for k in info)
-
 
 def segment_doc(row: SegmentRow, now: datetime) -> dict[str, Any]:
     """The whole ``segment_summary`` document of a row (what :func:`segment_row_update` makes)."""
@@ -523,19 +507,16 @@ def merge_segment_docs(old: dict[str, Any], new: dict[str, Any]) -> dict[str, An
     return out
 
 
-def write_segment_rows(coll, rows: list[SegmentRow], now: datetime, replace: bool,
+def write_segment_rows(coll, rows: list[SegmentRow], now: datetime,
                        sleep: Callable[[float], None] = time.sleep) -> None:
     """Write segment rows, idempotently, with the merge of :func:`segment_row_update`.
 
     Rows of one ``_id`` in the batch are merged first. A first write
     (``revision`` 1) is a plain insert (unordered, cheap everywhere); one that
     exists already (a replay) joins the rewrites. Rewrites are upserts by
-    ``_id`` (``$set``/``$max``); with ``replace`` (FerretDB, whose ``update``
-    scans the collection, so one costs ~O(documents)) they are read by
-    ``_id``, merged here, deleted and inserted again: three cheap commands per
-    batch instead of one scan per document. The only writer of the collection
-    is the row step's worker, so nothing writes between the read and the
-    insert; a reader may miss a rewritten document for that moment.
+    ``_id`` (``$set``/``$max``), which every server answers from its ``_id``
+    index (the local stack's FerretDB too: stack/ferretdb/patches/0002; upstream
+    FerretDB v1 scans the collection for each).
     """
     merged: dict[str, dict[str, Any]] = {}
     for row in rows:
@@ -549,10 +530,7 @@ def write_segment_rows(coll, rows: list[SegmentRow], now: datetime, replace: boo
         firsts = [d for d in chunk if d["revision"] == 1]
         if firsts:
             rewrites += _insert_new(coll, firsts, sleep)
-        if rewrites and replace:
-            for start in range(0, len(rewrites), REPLACE_BATCH):
-                _replace_merged(coll, rewrites[start:start + REPLACE_BATCH], sleep)
-        elif rewrites:
+        if rewrites:
             _upsert(coll, rewrites, sleep)
 
 
@@ -600,29 +578,6 @@ def _upsert(coll, docs: list[dict], sleep: Callable[[float], None]) -> None:
     with_retry(f"rewriting {len(docs)} segment rows", attempt, sleep=sleep)
 
 
-def _replace_merged(coll, docs: list[dict], sleep: Callable[[float], None]) -> None:
-    ids = [d["_id"] for d in docs]
-    found: dict[str, dict] = {}
-
-    def read() -> None:
-        found.clear()
-        for old in coll.find({"_id": {"$in": ids}}):
-            found[old["_id"]] = old
-
-    with_retry(f"reading {len(ids)} segment rows", read, sleep=sleep)
-    merged = [merge_segment_docs(found[d["_id"]], d) if d["_id"] in found else d for d in docs]
-
-    def replace() -> None:  # idempotent: the merged documents are computed once, above
-        coll.delete_many({"_id": {"$in": ids}})
-        try:
-            coll.insert_many(merged, ordered=False)
-        except BulkWriteError as exc:
-            raise_for_write_concern(exc.details)
-            raise
-
-    with_retry(f"rewriting {len(docs)} segment rows", replace, sleep=sleep)
-
-
 def _write_rows(part: _MongoPartition, items: list) -> None:
     """Global rows to ``report_summary``, segment rows (if any) to ``segment_summary``."""
     now = datetime.now(timezone.utc)
@@ -632,9 +587,7 @@ def _write_rows(part: _MongoPartition, items: list) -> None:
         part.bulk(f"writing {len(rows)} rows", [row_update(r, now) for r in rows])
         metrics.rows_written(len(rows))
     if segment_rows:
-        if part.replace_rewrites is None:
-            part.replace_rewrites = is_ferretdb(part.db)
-        write_segment_rows(part.db[SEGMENTS], segment_rows, now, part.replace_rewrites)
+        write_segment_rows(part.db[SEGMENTS], segment_rows, now)
     if part.settings.log_rows:
         for row in rows:
             row_log.info(row.log_line())
