@@ -111,24 +111,19 @@ step "Chart"
 "$PRESENCE" plot -o "$OUT/chart.png"
 
 # Segments (PRESENCE_SEGMENTS): a per-city report and chart, and the zone map.
-# GUARD: the commands below come with the segments CLI; until it is there the demo
-# says so in one line and goes on (the coordinator removes this guard after merging).
-has_segment_cli() { [[ "$("$PRESENCE" report --help 2>/dev/null)" == *--segment* ]] \
-                    && "$PRESENCE" zones --help >/dev/null 2>&1; }
 SEGMENT_OUTPUT=""
 if [[ -n "$PRESENCE_SEGMENTS" ]]; then
-  if has_segment_cli; then
-    SEGMENT_OUTPUT=1
-    slug=$(tr '[:upper:] ' '[:lower:]-' <<<"$CITY")
-    step "Report for one city (presence report --segment \"city=$CITY\")"
-    "$PRESENCE" report --segment "city=$CITY"
+  SEGMENT_OUTPUT=1
+  slug=$(tr '[:upper:] ' '[:lower:]-' <<<"$CITY")
+  step "Report for one city (presence report --segment \"city=$CITY\")"
+  "$PRESENCE" report --segment "city=$CITY"
 
-    step "Chart for one city"
-    "$PRESENCE" plot --segment "city=$CITY" -o "$OUT/chart-$slug.png"
+  step "Chart for one city"
+  "$PRESENCE" plot --segment "city=$CITY" -o "$OUT/chart-$slug.png"
 
-    step "Zone map: drivers per H3 cell at resolution 8, latest bucket (GeoJSON)"
-    "$PRESENCE" zones --resolution 8 -o "$OUT/zones.geojson"
-    "$PY" - "$OUT/zones.geojson" <<'EOF'
+  step "Zone map: drivers per H3 cell at resolution 8, latest bucket (GeoJSON)"
+  "$PRESENCE" zones --resolution 8 -o "$OUT/zones.geojson"
+  "$PY" - "$OUT/zones.geojson" <<'EOF'
 import json, sys
 fc = json.load(open(sys.argv[1]))
 cells = fc.get("features", [])
@@ -136,10 +131,6 @@ print(f"{len(cells):,} cells at resolution {fc.get('resolution')}, bucket {fc.ge
       f"{sum(f['properties']['available'] for f in cells):,} available, "
       f"{sum(f['properties']['online'] for f in cells):,} online -> {sys.argv[1]}")
 EOF
-  else
-    echo
-    echo "demo: segment report, chart and zone map skipped: this presence has no 'report --segment' / 'zones' commands yet"
-  fi
 fi
 
 cat <<EOF

@@ -296,15 +296,12 @@ def test_demo_is_repeatable(mongo_uri, kafka_brokers, unique_name, tmp_path):  #
             outputs.append(done.stdout)
             assert (tmp_path / "chart.png").stat().st_size > 10_000
             assert "segments city;city,vehicle_type;h3:8" in done.stdout
-            # GUARD (until the segments CLI is merged): the demo says in one line that it
-            # skipped the per-city report, chart and zone map; the coordinator removes it.
-            if "zone map skipped" not in done.stdout:
-                assert "Report for one city" in done.stdout
-                assert (tmp_path / "chart-hong-kong.png").stat().st_size > 10_000
-                zones = json.loads((tmp_path / "zones.geojson").read_text())
-                assert zones["type"] == "FeatureCollection" and zones["resolution"] == 8
-                assert len(zones["features"]) > 50
-                assert {"online", "available", "h3"} <= set(zones["features"][0]["properties"])
+            assert "Report for one city" in done.stdout
+            assert (tmp_path / "chart-hong-kong.png").stat().st_size > 10_000
+            zones = json.loads((tmp_path / "zones.geojson").read_text())
+            assert zones["type"] == "FeatureCollection" and zones["resolution"] == 8
+            assert len(zones["features"]) > 50
+            assert {"online", "available", "h3"} <= set(zones["features"][0]["properties"])
         for out in outputs:
             number = lambda text: int(text.replace(",", ""))  # noqa: E731
             # Two simulations: the half hour, then the late burst.

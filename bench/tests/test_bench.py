@@ -394,7 +394,7 @@ def test_segment_median_run_reports_an_inexact_segment_run():
 @pytest.mark.skipif(not _stack_up(), reason="needs the local stack (make stack-up)")
 def test_quick_run_with_segments(tmp_path):
     """presence without and with segments on the cities topic, and the segment state:
-    the segment rows are exact, or said to be unavailable while the dataflow writes none."""
+    both exact, the segment rows too."""
     code = bench_run.main(["--quick", "--only", "presence-1w-cities,presence-1w-segments",
                            "--segment-pings", "6000", "--segment-drivers", "600",
                            "--results", str(tmp_path)])
@@ -405,9 +405,6 @@ def test_quick_run_with_segments(tmp_path):
     assert by["presence-1w-cities"]["exact"] is True, by["presence-1w-cities"]["exactness"]
     seg = by["presence-1w-segments"]
     assert seg["exact"] is True, seg["exactness"]
-    if seg["segment_exact"] is None:  # GUARD: until the dataflow writes segment rows
-        assert seg["segment_exactness"] == systems.SEGMENT_ROWS_UNAVAILABLE
-    else:
-        assert seg["segment_exact"] is True, seg["segment_exactness"]
+    assert seg["segment_exact"] is True, seg["segment_exactness"]
     assert 0 < data["segment_state"]["snapshot_bytes_per_triple"] <= 16
     assert "presence-1w-segments" in next(tmp_path.glob("*.md")).read_text()
