@@ -123,14 +123,6 @@ if [[ -n "$PRESENCE_SEGMENTS" ]]; then
 
   step "Zone map: drivers per H3 cell at resolution 8, latest bucket (GeoJSON)"
   "$PRESENCE" zones --resolution 8 -o "$OUT/zones.geojson"
-  "$PY" - "$OUT/zones.geojson" <<'EOF'
-import json, sys
-fc = json.load(open(sys.argv[1]))
-cells = fc.get("features", [])
-print(f"{len(cells):,} cells at resolution {fc.get('resolution')}, bucket {fc.get('timeBucket')}: "
-      f"{sum(f['properties']['available'] for f in cells):,} available, "
-      f"{sum(f['properties']['online'] for f in cells):,} online -> {sys.argv[1]}")
-EOF
 fi
 
 cat <<EOF
