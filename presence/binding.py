@@ -94,8 +94,8 @@ def current_fingerprint(settings: Settings, partitions: int, topic_id: str) -> F
         topic=settings.topic,
         topic_id=topic_id,
         partitions=partitions,
-        bucket=spec.bucket_s,
-        window=spec.window_s,
+        bucket_s=spec.bucket_s,
+        window_s=spec.window_s,
         segments=segments_setting(settings),
         shards=getattr(spec, "shards", SHARDS),
     )
@@ -138,22 +138,18 @@ def recorded_in_recovery(state: RecoveryDir) -> tuple[list[Fingerprint], list[st
             implied = max(implied, int(key) + 1)
         if snap.state is None:
             continue
-        data = snap.state.get("fingerprint")
-        if data is None:
-            bare.append(key)
-            continue
         try:
-            fp = Fingerprint.from_dict(data)
+            fp = snap.state.recorded()
         except ValueError as exc:
             raise RecoveryDirError(
                 f"recovery directory {state.path}: the snapshot of partition {key!r} holds a "
                 f"damaged fingerprint ({exc}); `presence recovery reset {state.path}` starts "
                 "afresh (from the beginning of the topic)"
             ) from None
-        fmt = snap.state.get("format")
-        if isinstance(fmt, int) and fmt != fp.format:
-            fp = replace(fp, format=fmt)
-        fingerprints.append(fp)
+        if fp is None:
+            bare.append(key)
+        else:
+            fingerprints.append(fp)
     return fingerprints, bare, implied
 
 

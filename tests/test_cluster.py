@@ -21,14 +21,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from presence.cluster import Layout, LayoutError, check_layout, layout_from_argv, read_partitions
-from tests.constants import BUCKET, LATENESS, WINDOW
+from tests.constants import DEFAULT_RULES, HORIZON
 from tests.oracle import P, oracle
 from tests.stack_helpers import (
     REPO, create_topic, dataflow_env, init_recovery, produce, stored_rows, wait_for,
 )
 from tests.streams import stream
 
-HORIZON = 3600
 DATAFLOW = str(REPO / "dataflow.py")
 
 
@@ -236,7 +235,7 @@ class Cluster:
 
 
 def assert_exact(db, partitions) -> None:
-    rows, too_late, invalid = oracle(partitions, BUCKET, WINDOW, LATENESS, HORIZON)
+    rows, too_late, invalid = oracle(partitions, *DEFAULT_RULES)
     assert stored_rows(db) == rows
     assert db.dead_letters.count_documents({}) == len(too_late) + len(invalid)
     totals = db.pipeline_status.find_one({"_id": "totals"})
@@ -348,7 +347,7 @@ def test_each_process_serves_its_own_metrics_and_liveness(
     partitions = stream(51, partitions=4, per_partition=1000, horizon=HORIZON)
     create_topic(kafka_brokers, topic, 4)
     produce(kafka_brokers, topic, partitions)
-    _, too_late, invalid = oracle(partitions, BUCKET, WINDOW, LATENESS, HORIZON)
+    _, too_late, invalid = oracle(partitions, *DEFAULT_RULES)
     total = sum(len(p) for p in partitions)
     base = consecutive_free_ports(2)
     cluster = Cluster(tmp_path, dataflow_env(kafka_brokers, mongo_uri, topic, topic,

@@ -14,7 +14,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
-from tests.constants import BUCKET, LATENESS, WINDOW
+from tests.constants import DEFAULT_RULES, HORIZON, LATENESS, T0
 from tests.oracle import P, oracle
 from tests.stack_helpers import (
     create_topic, dataflow_env, finish, init_recovery, kill_hard, produce,
@@ -24,11 +24,10 @@ from tests.streams import stream
 
 pytestmark = pytest.mark.stack
 
-HORIZON = 3600  # the default PRESENCE_CORRECTION_HORIZON_MINUTES
 
 
 def expected(partitions):
-    return oracle(partitions, BUCKET, WINDOW, LATENESS, HORIZON)
+    return oracle(partitions, *DEFAULT_RULES)
 
 
 def assert_exact(db, topic: str, partitions) -> None:
@@ -116,7 +115,7 @@ def test_two_processes_give_the_same_rows(kafka_brokers, mongo_uri, topic_and_db
 
 def test_retention_gap_is_detected_recorded_and_skipped(kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
     topic, db = topic_and_db
-    pings = [P(d % 40, 1_514_779_200 + 3 * d, d % 3 == 0) for d in range(300)]
+    pings = [P(d % 40, T0 + 3 * d, d % 3 == 0) for d in range(300)]
     create_topic(kafka_brokers, topic, 1)
     produce(kafka_brokers, topic, [pings[:100]])
     env = dataflow_env(kafka_brokers, mongo_uri, topic, topic)
@@ -201,7 +200,7 @@ def test_totals_are_the_same_with_one_worker_two_workers_and_two_processes(
         found = [{k: doc.get(k) for k in keys} for doc in docs]
         assert found[1] == found[0] and found[2] == found[0]
         rows, too_late, invalid = expected(partitions)
-        late = late_pings(partitions, 30, HORIZON)
+        late = late_pings(partitions, LATENESS, HORIZON)
         assert found[0]["late"] == found[0]["correctedLate"] == len(late) > 0
         assert found[0]["tooLate"] == len(too_late) and found[0]["invalid"] == len(invalid)
         assert sum(found[0]["deadLettersByReason"].values()) == found[0]["deadLetters"]
