@@ -20,13 +20,12 @@ before fingerprints existed is adopted, with one warning.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from presence.cluster import cluster_run
 from presence.core.fingerprint import (
     NO_TOPIC_ID, Difference, Fingerprint, differences, how_to_keep, merge_recorded, refusal,
 )
@@ -48,36 +47,6 @@ class InputMismatch(ValueError):
 
 class StoreUnreachable(RuntimeError):
     """MongoDB did not answer at start-up; one line."""
-
-
-def recovery_directory(argv: list[str] | None = None, env: dict | None = None) -> Path | None:
-    """The ``-r`` directory ``bytewax.run`` was given, as its argument parser reads it.
-
-    ``-r DIR``, ``-rDIR``, ``--recovery-directory DIR``, ``--recovery-directory=DIR``
-    (or an unambiguous abbreviation, as argparse allows), else
-    ``BYTEWAX_RECOVERY_DIRECTORY``.
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    env = os.environ if env is None else env
-    found: str | None = None
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            break
-        name, eq, value = arg.partition("=")
-        if arg == "-r" or (name.startswith("--r") and "--recovery-directory".startswith(name)):
-            if eq:
-                found = value
-            elif i + 1 < len(argv):
-                found = argv[i + 1]
-                i += 1
-        elif arg.startswith("-r") and not arg.startswith("--"):
-            found = arg[2:]
-        i += 1
-    if found is None:
-        found = env.get("BYTEWAX_RECOVERY_DIRECTORY") or None
-    return Path(found) if found else None
 
 
 def segments_setting(settings: Settings) -> str:
@@ -215,20 +184,6 @@ def _connect_db(settings: Settings):
 
 
 # -- both ---------------------------------------------------------------------------
-
-
-def cluster_run(argv: list[str] | None = None, env: dict | None = None) -> bool:
-    """Whether this process is one of several (``-a host:port;host:port``)."""
-    argv = sys.argv[1:] if argv is None else argv
-    env = os.environ if env is None else env
-    addresses = env.get("BYTEWAX_ADDRESSES") or ""
-    for i, arg in enumerate(argv):
-        name, eq, value = arg.partition("=")
-        if arg == "-a" or (name.startswith("--a") and "--addresses".startswith(name)):
-            addresses = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-        elif arg.startswith("-a") and not arg.startswith("--"):
-            addresses = arg[2:]
-    return len([a for a in addresses.split(";") if a.strip()]) > 1
 
 
 def read_recovery(recovery: Path | None, complete: bool | None = None) -> RecoveryDir | None:

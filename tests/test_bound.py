@@ -217,7 +217,7 @@ def test_recovery_directory_mistakes_are_one_line(kafka_brokers, mongo_uri, name
     (corrupt / "part-0.sqlite3").write_bytes(b"garbage, not SQLite " * 400)
     line = refused({**env, "BYTEWAX_RECOVERY_DIRECTORY": str(corrupt)}, *ARGS)
     assert line.startswith(f"presence: recovery file {corrupt / 'part-0.sqlite3'} is not a "
-                           "bytewax recovery partition")
+                           "Bytewax recovery partition")
     assert line.endswith(f"`presence recovery reset {corrupt}` starts afresh "
                          "(from the beginning of the topic)")
     assert rows_in(mongo_uri, a) == 0

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from presence.cluster import Layout, LayoutError, check_layout, layout_from_argv, read_partitions
+from presence.cluster import Layout, LayoutError, check_layout, layout_from_argv
+from presence.io.recovery import read_dir
 from tests.constants import DEFAULT_RULES, HORIZON
 from tests.oracle import P, oracle
 from tests.stack_helpers import (
@@ -47,6 +48,30 @@ def test_layout_is_read_from_bytewax_run_arguments() -> None:
     assert layout_from_argv(["run.py", "dataflow"], env) == Layout(1, 2, Path("/x"), ("a:1", "b:1"))
     with pytest.raises(LayoutError, match="not one of the 2 addresses"):
         layout_from_argv(["run.py", "dataflow", "-i", "2", "-a", "a:1;b:1"], {})
+
+
+def test_layout_reads_options_as_bytewax_run_parses_them() -> None:
+    """Abbreviated long options (argparse takes them) and nothing after ``--``."""
+    argv = ["run.py", "dataflow", "--process=1", "--addr", "a:1;b:1", "--recovery-dir", "/r"]
+    assert layout_from_argv(argv, {}) == Layout(1, 2, Path("/r"), ("a:1", "b:1"))
+    argv = ["run.py", "dataflow", "-i1", "-aa:1;b:1", "-r/r", "--", "-r", "/other"]
+    assert layout_from_argv(argv, {}) == Layout(1, 2, Path("/r"), ("a:1", "b:1"))
+
+
+def test_a_cluster_process_reads_its_recovery_directory_once(tmp_path, monkeypatch) -> None:
+    from presence.cluster import start_process
+    from presence.io import recovery
+
+    whole = init_recovery(tmp_path / "p0", 4)
+    reads = []
+    real = recovery.read_part
+    monkeypatch.setattr(recovery, "read_part", lambda path, *a: reads.append(path) or real(path, *a))
+    argv = ["/x/bytewax/run.py", "dataflow", "-i", "0", "-a", "a:1;b:1", "-r", str(whole)]
+    layout, state = start_process(None, argv)
+    assert layout == Layout(0, 2, whole, ("a:1", "b:1"))
+    assert [p.part_index for p in state.parts] == [0, 1, 2, 3]
+    assert len(reads) == 4  # each file once; start-up goes on with ``state``
+    assert start_process(None, ["/x/bytewax/run.py", "dataflow", "-r", str(whole)])[1] is None
 
 
 def test_layout_check_accepts_the_rule_and_names_each_mistake(tmp_path) -> None:
@@ -76,7 +101,7 @@ def test_layout_check_accepts_the_rule_and_names_each_mistake(tmp_path) -> None:
         check_layout(Layout(0, 2, tmp_path / "nowhere"))
     (tmp_path / "bogus").mkdir()
     (tmp_path / "bogus" / "part-0.sqlite3").write_bytes(b"not a database at all, really" * 10)
-    with pytest.raises(LayoutError, match="is not a Bytewax recovery partition"):
+    with pytest.raises(LayoutError, match="process 0: recovery file .* is not a Bytewax recovery partition"):
         check_layout(Layout(0, 1, tmp_path / "bogus"))
     # One machine, one directory for every process: declared with SHARED.
     shared = init_recovery(tmp_path / "shared", 2)
@@ -514,7 +539,7 @@ def test_chart_renders_valid_manifests_and_each_pod_is_its_bytewax_process(
         layout = layout_from_argv(["run.py", *argv[2:]], {})
         assert layout.port_offset() == 0, "every pod serves metrics on the probed port"
         assert check_layout(layout)  # the layout check passes for every pod
-    assert len(read_partitions(recovery_dirs[0])) == 4
+    assert len(read_dir(recovery_dirs[0]).parts) == 4
     assert all(not list(d.iterdir()) for d in recovery_dirs[1:])
 
 

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from presence.binding import recovery_differences, recovery_directory
+from presence.binding import recovery_differences
+from presence.cluster import recovery_directory
 from presence.tools.cli import cli
 from presence.core.fingerprint import (
     STATE_FORMAT, Fingerprint, differences, how_to_keep, merge_recorded, refusal,
@@ -188,7 +189,7 @@ def test_old_state_without_a_fingerprint_is_adopted_but_its_partitions_count(tmp
 
 
 @pytest.mark.parametrize("damage, words", [
-    (lambda p: p.write_bytes(b"this is not a database, just garbage " * 200), "not a bytewax recovery partition"),
+    (lambda p: p.write_bytes(b"this is not a database, just garbage " * 200), "not a Bytewax recovery partition"),
     (lambda p: p.write_bytes(b""), "no table 'parts'"),
     (lambda p: write_snapshot(p, "0", b"\x80\x04garbage"), "cannot be read"),
     (lambda p: write_snapshot(p, "0", pickle.dumps(Path("/etc/passwd"))), "cannot be read"),
@@ -296,7 +297,8 @@ def test_the_source_step_read_at_start_up_is_the_flows() -> None:
 
 
 def test_one_process_of_a_cluster_may_hold_some_partitions_or_none(tmp_path) -> None:
-    from presence.binding import cluster_run, read_recovery
+    from presence.binding import read_recovery
+    from presence.cluster import cluster_run
 
     rec = tmp_path / "rec"
     init_dir(rec, 3)

@@ -171,18 +171,18 @@ def read_part(path: Path, step_id: str = SOURCE_STEP) -> PartFile:
                 tables[name] = {row[1] for row in con.execute(f"PRAGMA table_info({name!r})")}
         except sqlite3.DatabaseError as exc:
             raise RecoveryDirError(
-                f"{what} is not a bytewax recovery partition ({exc}); {_afresh(directory)}"
+                f"{what} is not a Bytewax recovery partition ({exc}); {_afresh(directory)}"
             ) from None
         for table, columns in SCHEMA.items():
             if table not in tables:
                 raise RecoveryDirError(
-                    f"{what} is not a bytewax recovery partition (no table {table!r}); "
+                    f"{what} is not a Bytewax recovery partition (no table {table!r}); "
                     f"{_afresh(directory)}"
                 )
             if not columns <= tables[table]:
                 missing = ", ".join(sorted(columns - tables[table]))
                 raise RecoveryDirError(
-                    f"{what} is not a bytewax 0.21 recovery partition (table {table!r} "
+                    f"{what} is not a Bytewax 0.21 recovery partition (table {table!r} "
                     f"lacks {missing}); {_afresh(directory)}"
                 )
         try:
