@@ -40,6 +40,12 @@ def produce(brokers: str, topic: str, partitions: list[list[object]]) -> None:
     assert producer.flush(60) == 0
 
 
+def new_topic(brokers: str, name: str, partitions: list[list[object]]) -> None:
+    """A new topic of ``len(partitions)`` partitions holding ``partitions``' messages."""
+    create_topic(brokers, name, len(partitions))
+    produce(brokers, name, partitions)
+
+
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 120.0) -> object:
     deadline = time.monotonic() + timeout
     while True:

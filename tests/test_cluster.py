@@ -25,7 +25,7 @@ from presence.io.recovery import read_dir
 from tests.constants import DEFAULT_RULES, HORIZON
 from tests.oracle import P, oracle
 from tests.stack_helpers import (
-    REPO, create_topic, dataflow_env, init_recovery, produce, stored_rows, wait_for,
+    REPO, create_topic, dataflow_env, init_recovery, new_topic, produce, stored_rows, wait_for,
 )
 from tests.streams import stream
 
@@ -273,8 +273,7 @@ def test_separate_processes_give_the_oracle_rows(
         processes, kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
     topic, db = topic_and_db
     partitions = stream(20 + processes, partitions=4, per_partition=1500, horizon=HORIZON)
-    create_topic(kafka_brokers, topic, 4)
-    produce(kafka_brokers, topic, partitions)
+    new_topic(kafka_brokers, topic, partitions)
     cluster = Cluster(tmp_path, dataflow_env(kafka_brokers, mongo_uri, topic, topic))
     outs = cluster.run(processes)
     assert_exact(db, partitions)
@@ -289,8 +288,7 @@ def test_kill_9_of_one_process_mid_run_then_cluster_restart_is_exact(
         kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
     topic, db = topic_and_db
     partitions = stream(31, partitions=4, per_partition=16_000, drivers=3000, horizon=HORIZON, pace=0.05)
-    create_topic(kafka_brokers, topic, 4)
-    produce(kafka_brokers, topic, partitions)
+    new_topic(kafka_brokers, topic, partitions)
     total = sum(len(p) for p in partitions)
     # Small batches: the run lasts long enough to be killed in the middle.
     cluster = Cluster(tmp_path, dataflow_env(kafka_brokers, mongo_uri, topic, topic,
@@ -370,8 +368,7 @@ def test_each_process_serves_its_own_metrics_and_liveness(
     """A live two-process run: scrape both processes once every ping is counted."""
     topic, db = topic_and_db
     partitions = stream(51, partitions=4, per_partition=1000, horizon=HORIZON)
-    create_topic(kafka_brokers, topic, 4)
-    produce(kafka_brokers, topic, partitions)
+    new_topic(kafka_brokers, topic, partitions)
     _, too_late, invalid = oracle(partitions, *DEFAULT_RULES)
     total = sum(len(p) for p in partitions)
     base = consecutive_free_ports(2)

@@ -113,6 +113,22 @@ def _duration(seconds: int) -> str:
     return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
 
 
+def _none(segments: str) -> str:
+    return segments or "none"
+
+
+_SETTINGS = (
+    ("format", "state format {} recorded, {} now (written by another version of presence)", str),
+    ("bucket_s", "bucket {} s recorded, {} s now (PRESENCE_BUCKET_SECONDS)", str),
+    ("window_s", "window {} recorded, {} now (PRESENCE_WINDOW_MINUTES)", _duration),
+    ("segments", "segments {!r} recorded, {!r} now (PRESENCE_SEGMENTS)", _none),
+    ("shards", "{} shards recorded, {} now (presence.core.windows.SHARDS: another version of "
+               "presence)", str),
+)
+"""The fields compared one by one after the topic: (field, the phrase of a difference
+with the recorded value and the current one, how a value is said)."""
+
+
 @dataclass(frozen=True)
 class Difference:
     """One way the recorded fingerprint and the current one disagree."""
@@ -149,36 +165,10 @@ def differences(recorded: Fingerprint, current: Fingerprint) -> list[Difference]
             f"topic {current.topic!r} has {current.partitions} partitions, "
             f"{recorded.partitions} recorded (a topic cannot lose partitions: was it recreated?)",
         ))
-    if recorded.format != current.format:
-        out.append(Difference(
-            "format",
-            f"state format {recorded.format} recorded, {current.format} now "
-            "(written by another version of presence)",
-        ))
-    if recorded.bucket_s != current.bucket_s:
-        out.append(Difference(
-            "bucket_s",
-            f"bucket {recorded.bucket_s} s recorded, {current.bucket_s} s now "
-            "(PRESENCE_BUCKET_SECONDS)",
-        ))
-    if recorded.window_s != current.window_s:
-        out.append(Difference(
-            "window_s",
-            f"window {_duration(recorded.window_s)} recorded, {_duration(current.window_s)} now "
-            "(PRESENCE_WINDOW_MINUTES)",
-        ))
-    if recorded.segments != current.segments:
-        out.append(Difference(
-            "segments",
-            f"segments {recorded.segments or 'none'!r} recorded, "
-            f"{current.segments or 'none'!r} now (PRESENCE_SEGMENTS)",
-        ))
-    if recorded.shards != current.shards:
-        out.append(Difference(
-            "shards",
-            f"{recorded.shards} shards recorded, {current.shards} now "
-            "(presence.core.windows.SHARDS: another version of presence)",
-        ))
+    for name, template, show in _SETTINGS:
+        was, now = getattr(recorded, name), getattr(current, name)
+        if was != now:
+            out.append(Difference(name, template.format(show(was), show(now))))
     return out
 
 
