@@ -12,7 +12,9 @@ from functools import partial
 
 from bytewax.dataflow import Dataflow
 
-from presence.binding import InputMismatch, StoreUnreachable, bind_input, read_recovery
+from presence.binding import (
+    MONGO_START_TIMEOUT_SECONDS, InputMismatch, StoreUnreachable, bind_input, read_recovery,
+)
 from presence.cluster import recovery_directory, start_process
 from presence.core.fingerprint import Fingerprint
 from presence.flow import Sinks, build_flow
@@ -23,10 +25,6 @@ from presence.settings import SecretFilter, Settings, SettingsError, load_settin
 from presence.io.source import PingSource
 
 log = logging.getLogger("presence")
-
-MONGO_START_TIMEOUT_SECONDS = 10.0
-"""Seconds MongoDB has to answer at start-up; later outages are retried (presence.io.mongo)."""
-
 
 def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()

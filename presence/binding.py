@@ -30,6 +30,7 @@ from presence.core.fingerprint import (
     NO_TOPIC_ID, Difference, Fingerprint, differences, how_to_keep, merge_recorded, refusal,
 )
 from presence.core.windows import SHARDS
+from presence.io.kafka import fetch_topic_id
 from presence.io.mongo import DOC_ID, FINGERPRINTS, REPORTS
 from presence.io.recovery import RecoveryDir, RecoveryDirError, read_dir
 from presence.settings import Settings
@@ -37,8 +38,8 @@ from presence.settings import Settings
 log = logging.getLogger("presence.binding")
 
 
-TOPIC_ID_TIMEOUT_SECONDS = 10.0
-MONGO_TIMEOUT_S = 5
+MONGO_START_TIMEOUT_SECONDS = 10.0
+"""Seconds MongoDB has to answer at start-up; later outages are retried (presence.io.mongo)."""
 
 
 class InputMismatch(ValueError):
@@ -68,30 +69,6 @@ def current_fingerprint(settings: Settings, partitions: int, topic_id: str) -> F
         segments=segments_setting(settings),
         shards=getattr(spec, "shards", SHARDS),
     )
-
-
-def fetch_topic_id(settings: Settings, timeout: float = TOPIC_ID_TIMEOUT_SECONDS) -> str:
-    """The broker's id of the topic; ``""`` (with a warning) if it gives none."""
-    from confluent_kafka import KafkaException, TopicCollection
-    from confluent_kafka.admin import AdminClient
-
-    config = {"bootstrap.servers": settings.kafka_brokers, "log_level": 0,
-              "error_cb": lambda err: None, **settings.kafka_extra}
-    try:
-        admin = AdminClient(config)
-        futures = admin.describe_topics(
-            TopicCollection([settings.topic]), request_timeout=timeout)
-        description = futures[settings.topic].result(timeout + 5)
-        topic_id = str(description.topic_id or "")
-    except (KafkaException, ValueError, TypeError, AttributeError, NotImplementedError) as exc:
-        log.warning(
-            "Kafka gave no id for topic %s (%s); a deleted and recreated topic is then "
-            "noticed only if it has fewer partitions", settings.topic,
-            " ".join(str(exc).split())[:200] or type(exc).__name__)
-        return NO_TOPIC_ID
-    if topic_id.strip("A") == "" or set(topic_id) <= {"0", "-"}:
-        return NO_TOPIC_ID  # the zero UUID: no id
-    return topic_id
 
 
 # -- the recovery directory --------------------------------------------------------
@@ -178,8 +155,9 @@ def record_in_database(db, current: Fingerprint, now: datetime) -> bool:
 def _connect_db(settings: Settings):
     from pymongo import MongoClient
 
-    client = MongoClient(settings.mongo_uri, serverSelectionTimeoutMS=MONGO_TIMEOUT_S * 1000,
-                         connectTimeoutMS=MONGO_TIMEOUT_S * 1000, appname="presence", tz_aware=True)
+    timeout_ms = int(MONGO_START_TIMEOUT_SECONDS * 1000)
+    client = MongoClient(settings.mongo_uri, serverSelectionTimeoutMS=timeout_ms,
+                         connectTimeoutMS=timeout_ms, appname="presence", tz_aware=True)
     return client
 
 
@@ -269,6 +247,6 @@ def _mongo_failure(exc: Exception) -> str:
     from pymongo.errors import ServerSelectionTimeoutError
 
     if isinstance(exc, ServerSelectionTimeoutError):
-        return (f"MongoDB (PRESENCE_MONGO_URI) did not answer within {MONGO_TIMEOUT_S} s; "
+        return (f"MongoDB (PRESENCE_MONGO_URI) did not answer within {MONGO_START_TIMEOUT_SECONDS:g} s; "
                 "is it running? (make stack-up)")
     return f"MongoDB failed at start-up: {type(exc).__name__}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,13 @@ from presence.io.kafka import delete_topic, ensure_topic, send  # noqa: F401 - d
 from tests.oracle import P
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def create_topic(brokers: str, name: str, partitions: int) -> None:

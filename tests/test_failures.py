@@ -20,18 +20,12 @@ import pytest
 
 from presence.io.kafka import RateLimit
 from tests.constants import T0
-from tests.stack_helpers import REPO, create_topic, delete_topic
+from tests.stack_helpers import REPO, closed_port, create_topic, delete_topic
 
 BIN = Path(sys.executable).parent
 PRESENCE = str(BIN / "presence")
 DATAFLOW = [sys.executable, "-m", "presence.run", "dataflow"]
 BYTEWAX = [sys.executable, "-m", "bytewax.run", "dataflow"]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env(**values: str) -> dict[str, str]:

@@ -210,19 +210,12 @@ def read_part(path: Path, step_id: str = SOURCE_STEP) -> PartFile:
             state = None
             if blob is not None:
                 try:
-                    state = _unpickle(bytes(blob))
+                    state = SourceState.restore(_unpickle(bytes(blob)))
                 except Exception as exc:  # noqa: BLE001 - any failure: the snapshot is unreadable
                     raise RecoveryDirError(
                         f"{what}: the snapshot of {step_id} key {key!r} (epoch {epoch}) cannot "
                         f"be read ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
                         f"{_afresh(directory)}"
-                    ) from None
-                try:
-                    state = SourceState.restore(state)
-                except ValueError as exc:
-                    raise RecoveryDirError(
-                        f"{what}: the snapshot of {step_id} key {key!r} (epoch {epoch}) is "
-                        f"{exc}; {_afresh(directory)}"
                     ) from None
             part.source.setdefault(str(key), []).append(Snapshot(int(epoch), state))
         return part
