@@ -152,3 +152,36 @@ def test_fingerprint_names_carry_units_and_its_document_keys_stay() -> None:
         "format": STATE_FORMAT,
     }
     assert Fingerprint.from_doc(RECORDED.to_doc()) == RECORDED
+
+
+def test_a_bounded_run_goes_on_from_snapshots_of_the_previous_shape(tmp_path) -> None:
+    """State a previous presence left (source snapshots as plain dicts), resumed by Bytewax."""
+    from tests.flow_helpers import Outputs, init_recovery, memory_topic, run_flow
+    from tests.streams import stream
+
+    partitions = stream(4)
+    whole = run_flow(memory_topic(partitions), SPEC)
+    recovery = init_recovery(tmp_path / "recovery")
+    topic = memory_topic([p[: len(p) // 3] for p in partitions])
+    out = Outputs()
+    run_flow(topic, SPEC, out, recovery=recovery)
+    rewritten = 0
+    for part in recovery.glob("*.sqlite3"):
+        con = sqlite3.connect(part)
+        rows = con.execute("SELECT state_key, snap_epoch, ser_change FROM snaps WHERE step_id = ? "
+                           "AND ser_change IS NOT NULL", (SOURCE_STEP,)).fetchall()
+        for key, epoch, blob in rows:
+            state = pickle.loads(blob)
+            assert type(state) is SourceState
+            con.execute("UPDATE snaps SET ser_change = ? WHERE step_id = ? AND state_key = ? AND "
+                        "snap_epoch = ?", (pickle.dumps(state.reader_resume()), SOURCE_STEP, key, epoch))
+            rewritten += 1
+        con.commit()
+        con.close()
+    assert rewritten >= len(partitions)
+    assert all(type(s.state) is SourceState for s in read_dir(recovery).source_states().values())
+    for p, msgs in enumerate(partitions):
+        topic.partitions[p].extend(memory_topic([msgs[len(msgs) // 3:]]).partitions[0])
+    run_flow(topic, SPEC, out, recovery=recovery)
+    assert out.final_rows() == whole.final_rows()
+    assert len(out.dead) == len(out.dead_ids())  # nothing read twice
