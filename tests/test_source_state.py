@@ -156,16 +156,23 @@ def test_fingerprint_names_carry_units_and_its_document_keys_stay() -> None:
 
 def test_a_bounded_run_goes_on_from_snapshots_of_the_previous_shape(tmp_path) -> None:
     """State a previous presence left (source snapshots as plain dicts), resumed by Bytewax."""
-    from tests.flow_helpers import Outputs, init_recovery, memory_topic, run_flow
+    from tests.flow_helpers import bounded_in_two, init_recovery, memory_topic, run_flow
     from tests.streams import stream
 
     partitions = stream(4)
     whole = run_flow(memory_topic(partitions), SPEC)
     recovery = init_recovery(tmp_path / "recovery")
-    topic = memory_topic([p[: len(p) // 3] for p in partitions])
-    out = Outputs()
-    run_flow(topic, SPEC, out, recovery=recovery)
-    rewritten = 0
+    rewritten = []
+    out = bounded_in_two(partitions, SPEC, recovery, between=lambda: rewritten.extend(
+        as_previous_shape(recovery)))
+    assert len(rewritten) >= len(partitions)
+    assert out.final_rows() == whole.final_rows()
+    assert len(out.dead) == len(out.dead_ids())  # nothing read twice
+
+
+def as_previous_shape(recovery) -> list[str]:
+    """Rewrite every source snapshot as the dict a previous presence kept; the keys rewritten."""
+    rewritten = []
     for part in recovery.glob("*.sqlite3"):
         con = sqlite3.connect(part)
         rows = con.execute("SELECT state_key, snap_epoch, ser_change FROM snaps WHERE step_id = ? "
@@ -175,13 +182,8 @@ def test_a_bounded_run_goes_on_from_snapshots_of_the_previous_shape(tmp_path) ->
             assert type(state) is SourceState
             con.execute("UPDATE snaps SET ser_change = ? WHERE step_id = ? AND state_key = ? AND "
                         "snap_epoch = ?", (pickle.dumps(state.reader_resume()), SOURCE_STEP, key, epoch))
-            rewritten += 1
+            rewritten.append(key)
         con.commit()
         con.close()
-    assert rewritten >= len(partitions)
     assert all(type(s.state) is SourceState for s in read_dir(recovery).source_states().values())
-    for p, msgs in enumerate(partitions):
-        topic.partitions[p].extend(memory_topic([msgs[len(msgs) // 3:]]).partitions[0])
-    run_flow(topic, SPEC, out, recovery=recovery)
-    assert out.final_rows() == whole.final_rows()
-    assert len(out.dead) == len(out.dead_ids())  # nothing read twice
+    return rewritten
