@@ -13,9 +13,9 @@ from functools import partial
 from bytewax.dataflow import Dataflow
 
 from presence.binding import (
-    InputMismatch, StoreUnreachable, bind_input, read_recovery, recovery_directory,
+    MONGO_START_TIMEOUT_SECONDS, InputMismatch, StoreUnreachable, bind_input, read_recovery,
 )
-from presence.cluster import start_process
+from presence.cluster import recovery_directory, start_process
 from presence.core.fingerprint import Fingerprint
 from presence.flow import Sinks, build_flow
 from presence.io.kafka import KafkaConfigError, KafkaFeed, KafkaUnavailable, partition_count
@@ -25,10 +25,6 @@ from presence.settings import SecretFilter, Settings, SettingsError, load_settin
 from presence.io.source import PingSource
 
 log = logging.getLogger("presence")
-
-MONGO_START_TIMEOUT_SECONDS = 10.0
-"""Seconds MongoDB has to answer at start-up; later outages are retried (presence.io.mongo)."""
-
 
 def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
@@ -105,11 +101,13 @@ def dataflow_from_env() -> Dataflow:
         )
     from presence.tools.reports import StoreUnavailable
 
-    start_process(settings.metrics_port)  # recovery layout check, per-process metrics
+    # The recovery layout check (a cluster's process reads its directory there), metrics.
+    _, state = start_process(settings.metrics_port)
     try:
         # Bound to its input (SPEC): compared with the recovery directory and the
-        # database before bytewax opens either.
-        state = read_recovery(recovery_directory())
+        # database before bytewax opens either; the directory is read once.
+        if state is None:
+            state = read_recovery(recovery_directory())
         partitions = partition_count(settings)  # Kafka first: its failure is the one reported
         check_mongo(settings)
         fingerprint = bind_input(settings, partitions, state)

@@ -20,17 +20,17 @@ before fingerprints existed is adopted, with one warning.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from presence.cluster import cluster_run
 from presence.core.fingerprint import (
     NO_TOPIC_ID, Difference, Fingerprint, differences, how_to_keep, merge_recorded, refusal,
 )
 from presence.core.windows import SHARDS
+from presence.io.kafka import fetch_topic_id
 from presence.io.mongo import DOC_ID, FINGERPRINTS, REPORTS
 from presence.io.recovery import RecoveryDir, RecoveryDirError, read_dir
 from presence.settings import Settings
@@ -38,8 +38,8 @@ from presence.settings import Settings
 log = logging.getLogger("presence.binding")
 
 
-TOPIC_ID_TIMEOUT_SECONDS = 10.0
-MONGO_TIMEOUT_S = 5
+MONGO_START_TIMEOUT_SECONDS = 10.0
+"""Seconds MongoDB has to answer at start-up; later outages are retried (presence.io.mongo)."""
 
 
 class InputMismatch(ValueError):
@@ -48,36 +48,6 @@ class InputMismatch(ValueError):
 
 class StoreUnreachable(RuntimeError):
     """MongoDB did not answer at start-up; one line."""
-
-
-def recovery_directory(argv: list[str] | None = None, env: dict | None = None) -> Path | None:
-    """The ``-r`` directory ``bytewax.run`` was given, as its argument parser reads it.
-
-    ``-r DIR``, ``-rDIR``, ``--recovery-directory DIR``, ``--recovery-directory=DIR``
-    (or an unambiguous abbreviation, as argparse allows), else
-    ``BYTEWAX_RECOVERY_DIRECTORY``.
-    """
-    argv = sys.argv[1:] if argv is None else argv
-    env = os.environ if env is None else env
-    found: str | None = None
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            break
-        name, eq, value = arg.partition("=")
-        if arg == "-r" or (name.startswith("--r") and "--recovery-directory".startswith(name)):
-            if eq:
-                found = value
-            elif i + 1 < len(argv):
-                found = argv[i + 1]
-                i += 1
-        elif arg.startswith("-r") and not arg.startswith("--"):
-            found = arg[2:]
-        i += 1
-    if found is None:
-        found = env.get("BYTEWAX_RECOVERY_DIRECTORY") or None
-    return Path(found) if found else None
 
 
 def segments_setting(settings: Settings) -> str:
@@ -94,35 +64,11 @@ def current_fingerprint(settings: Settings, partitions: int, topic_id: str) -> F
         topic=settings.topic,
         topic_id=topic_id,
         partitions=partitions,
-        bucket=spec.bucket_s,
-        window=spec.window_s,
+        bucket_s=spec.bucket_s,
+        window_s=spec.window_s,
         segments=segments_setting(settings),
         shards=getattr(spec, "shards", SHARDS),
     )
-
-
-def fetch_topic_id(settings: Settings, timeout: float = TOPIC_ID_TIMEOUT_SECONDS) -> str:
-    """The broker's id of the topic; ``""`` (with a warning) if it gives none."""
-    from confluent_kafka import KafkaException, TopicCollection
-    from confluent_kafka.admin import AdminClient
-
-    config = {"bootstrap.servers": settings.kafka_brokers, "log_level": 0,
-              "error_cb": lambda err: None, **settings.kafka_extra}
-    try:
-        admin = AdminClient(config)
-        futures = admin.describe_topics(
-            TopicCollection([settings.topic]), request_timeout=timeout)
-        description = futures[settings.topic].result(timeout + 5)
-        topic_id = str(description.topic_id or "")
-    except (KafkaException, ValueError, TypeError, AttributeError, NotImplementedError) as exc:
-        log.warning(
-            "Kafka gave no id for topic %s (%s); a deleted and recreated topic is then "
-            "noticed only if it has fewer partitions", settings.topic,
-            " ".join(str(exc).split())[:200] or type(exc).__name__)
-        return NO_TOPIC_ID
-    if topic_id.strip("A") == "" or set(topic_id) <= {"0", "-"}:
-        return NO_TOPIC_ID  # the zero UUID: no id
-    return topic_id
 
 
 # -- the recovery directory --------------------------------------------------------
@@ -138,22 +84,18 @@ def recorded_in_recovery(state: RecoveryDir) -> tuple[list[Fingerprint], list[st
             implied = max(implied, int(key) + 1)
         if snap.state is None:
             continue
-        data = snap.state.get("fingerprint")
-        if data is None:
-            bare.append(key)
-            continue
         try:
-            fp = Fingerprint.from_dict(data)
+            fp = snap.state.recorded()
         except ValueError as exc:
             raise RecoveryDirError(
                 f"recovery directory {state.path}: the snapshot of partition {key!r} holds a "
                 f"damaged fingerprint ({exc}); `presence recovery reset {state.path}` starts "
                 "afresh (from the beginning of the topic)"
             ) from None
-        fmt = snap.state.get("format")
-        if isinstance(fmt, int) and fmt != fp.format:
-            fp = replace(fp, format=fmt)
-        fingerprints.append(fp)
+        if fp is None:
+            bare.append(key)
+        else:
+            fingerprints.append(fp)
     return fingerprints, bare, implied
 
 
@@ -213,26 +155,13 @@ def record_in_database(db, current: Fingerprint, now: datetime) -> bool:
 def _connect_db(settings: Settings):
     from pymongo import MongoClient
 
-    client = MongoClient(settings.mongo_uri, serverSelectionTimeoutMS=MONGO_TIMEOUT_S * 1000,
-                         connectTimeoutMS=MONGO_TIMEOUT_S * 1000, appname="presence", tz_aware=True)
+    timeout_ms = int(MONGO_START_TIMEOUT_SECONDS * 1000)
+    client = MongoClient(settings.mongo_uri, serverSelectionTimeoutMS=timeout_ms,
+                         connectTimeoutMS=timeout_ms, appname="presence", tz_aware=True)
     return client
 
 
 # -- both ---------------------------------------------------------------------------
-
-
-def cluster_run(argv: list[str] | None = None, env: dict | None = None) -> bool:
-    """Whether this process is one of several (``-a host:port;host:port``)."""
-    argv = sys.argv[1:] if argv is None else argv
-    env = os.environ if env is None else env
-    addresses = env.get("BYTEWAX_ADDRESSES") or ""
-    for i, arg in enumerate(argv):
-        name, eq, value = arg.partition("=")
-        if arg == "-a" or (name.startswith("--a") and "--addresses".startswith(name)):
-            addresses = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-        elif arg.startswith("-a") and not arg.startswith("--"):
-            addresses = arg[2:]
-    return len([a for a in addresses.split(";") if a.strip()]) > 1
 
 
 def read_recovery(recovery: Path | None, complete: bool | None = None) -> RecoveryDir | None:
@@ -318,6 +247,6 @@ def _mongo_failure(exc: Exception) -> str:
     from pymongo.errors import ServerSelectionTimeoutError
 
     if isinstance(exc, ServerSelectionTimeoutError):
-        return (f"MongoDB (PRESENCE_MONGO_URI) did not answer within {MONGO_TIMEOUT_S} s; "
+        return (f"MongoDB (PRESENCE_MONGO_URI) did not answer within {MONGO_START_TIMEOUT_SECONDS:g} s; "
                 "is it running? (make stack-up)")
     return f"MongoDB failed at start-up: {type(exc).__name__}"

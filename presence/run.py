@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         stderr.release()
         if not interrupted and not _caused_by_interrupt(exc):
             raise
-        recovery = any(a in ("-r", "--recovery-directory") or a.startswith("--recovery-directory=")
-                       for a in sys.argv) or os.environ.get("BYTEWAX_RECOVERY_DIRECTORY")
+        from presence.cluster import recovery_directory
+
+        recovery = recovery_directory(sys.argv[1:]) is not None
         where = ("; a restart with the same recovery directory goes on from its last snapshot"
                  if recovery else "")
         print(f"presence: interrupted{where}", file=sys.stderr, flush=True)

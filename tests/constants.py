@@ -8,8 +8,11 @@ T0 = 1_514_779_200
 NOW = 1_800_000_000.0
 """The wall clock of the pure tests (2027-01-15): later than every event time."""
 
-BUCKET, WINDOW, LATENESS = 60, 300, 30
-"""The default rules (``WindowSpec()``, ``PRESENCE_*`` defaults) as the oracle takes them."""
+BUCKET, WINDOW, LATENESS, HORIZON = 60, 300, 30, 3600
+"""The default rules (``WindowSpec()``, ``PRESENCE_*`` defaults), in seconds."""
+
+DEFAULT_RULES = (BUCKET, WINDOW, LATENESS, HORIZON)
+"""The default rules as the oracle takes them: ``oracle(partitions, *DEFAULT_RULES)``."""
 
 
 def oracle_rules(spec) -> tuple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Callable
 
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.testing import TestingSink, cluster_main, run_main
@@ -64,6 +65,20 @@ def memory_topic(partitions: list[list[object]], name: str = "pings") -> MemoryT
         for m in messages:
             topic.append(p, m.value() if isinstance(m, P) else m.obj() if isinstance(m, SP) else m)
     return topic
+
+
+def bounded_in_two(partitions: list[list[object]], spec: WindowSpec, recovery: Path,
+                   between: Callable[[], None] = lambda: None) -> Outputs:
+    """Two bounded runs with one recovery directory: over the first third of each
+    partition, then (after ``between()``) over all of it; what both wrote."""
+    topic = memory_topic([p[: len(p) // 3] for p in partitions])
+    out = Outputs()
+    run_flow(topic, spec, out, recovery=recovery)
+    between()
+    for p, msgs in enumerate(partitions):
+        topic.partitions[p].extend(memory_topic([msgs[len(msgs) // 3:]]).partitions[0])
+    run_flow(topic, spec, out, recovery=recovery)
+    return out
 
 
 def run_flow(

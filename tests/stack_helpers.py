@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,13 @@ from tests.oracle import P
 from tests.segment_oracle import SP
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 nobody listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def create_topic(brokers: str, name: str, partitions: int) -> None:
@@ -40,6 +48,12 @@ def produce(brokers: str, topic: str, partitions: list[list[object]]) -> None:
             send(producer, topic, value, partition=p, wait=0.5)
             producer.poll(0)
     assert producer.flush(60) == 0
+
+
+def new_topic(brokers: str, name: str, partitions: list[list[object]]) -> None:
+    """A new topic of ``len(partitions)`` partitions holding ``partitions``' messages."""
+    create_topic(brokers, name, len(partitions))
+    produce(brokers, name, partitions)
 
 
 def wait_for(condition: Callable[[], object], what: str, timeout: float = 120.0) -> object:

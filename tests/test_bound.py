@@ -18,7 +18,8 @@ from presence.io.mongo import DOC_ID, FINGERPRINTS
 from presence.io.recovery import init_dir, read_dir
 from tests.oracle import P
 from tests.stack_helpers import (
-    REPO, create_topic, dataflow_env, delete_topic, produce, run_dataflow, stored_rows, wait_for,
+    REPO, create_topic, dataflow_env, delete_topic, new_topic, produce, run_dataflow, stored_rows,
+    wait_for,
 )
 from tests.streams import T0
 
@@ -44,6 +45,22 @@ def pings(prefix: str, partitions: int, per: int = 30, start: float = T0) -> lis
             for p in range(partitions)]
 
 
+def first_run(kafka_brokers, mongo_uri, topic: str, rec, partitions: int, per: int = 30,
+              recovery_partitions: int | None = None) -> dict[str, str]:
+    """A new topic of ``partitions`` partitions with pings, run once to its end with the new
+    recovery directory ``rec`` and database ``topic``; the dataflow's environment."""
+    init_dir(rec, recovery_partitions or partitions)
+    new_topic(kafka_brokers, topic, pings(topic, partitions, per=per))
+    env = dataflow_env(kafka_brokers, mongo_uri, topic, topic)
+    run_dataflow(env, "-r", str(rec), *ARGS)
+    return env
+
+
+def recorded(rec, field: str) -> set:
+    """``field`` of the fingerprint in every source snapshot of the recovery directory ``rec``."""
+    return {getattr(s.state.recorded(), field) for s in read_dir(rec).source_states().values()}
+
+
 def refused(env: dict[str, str], *args: str) -> str:
     """Run the dataflow; it must stop at start-up with exit 2 and one line of its own."""
     proc = subprocess.run([sys.executable, "-m", "bytewax.run", "dataflow", *args],
@@ -67,13 +84,11 @@ def test_another_topic_on_the_same_recovery_directory_is_refused(
     rec = tmp_path / "rec"
     init_dir(rec, 2)
     for topic in (a, b):
-        create_topic(kafka_brokers, topic, 2)
-        produce(kafka_brokers, topic, pings(topic, 2))
+        new_topic(kafka_brokers, topic, pings(topic, 2))
     run_dataflow(dataflow_env(kafka_brokers, mongo_uri, a, a), "-r", str(rec), *ARGS)
     assert rows_in(mongo_uri, a) > 0
-    recorded = {s.state["fingerprint"]["topic"] for s in read_dir(rec).source_states().values()}
-    assert recorded == {a}
-    topic_ids = {s.state["fingerprint"]["topic_id"] for s in read_dir(rec).source_states().values()}
+    assert recorded(rec, "topic") == {a}
+    topic_ids = recorded(rec, "topic_id")
     assert len(topic_ids) == 1 and topic_ids != {""}
 
     # Topic b with a's state: before, it resumed b at a's offsets and mixed their rows.
@@ -93,11 +108,7 @@ def test_another_window_on_the_same_recovery_directory_is_refused(
         kafka_brokers, mongo_uri, names, tmp_path) -> None:
     a, _ = names
     rec = tmp_path / "rec"
-    init_dir(rec, 1)
-    create_topic(kafka_brokers, a, 1)
-    produce(kafka_brokers, a, pings(a, 1))
-    env = dataflow_env(kafka_brokers, mongo_uri, a, a)
-    run_dataflow(env, "-r", str(rec), *ARGS)
+    env = first_run(kafka_brokers, mongo_uri, a, rec, 1)
     before = stored_rows(MongoClient(mongo_uri)[a])
     line = refused({**env, "PRESENCE_WINDOW_MINUTES": "1"}, "-r", str(rec), *ARGS)
     assert "window 5 min recorded, 1 min now (PRESENCE_WINDOW_MINUTES)" in line
@@ -109,11 +120,7 @@ def test_another_window_on_the_same_recovery_directory_is_refused(
 def test_a_recreated_topic_is_refused(kafka_brokers, mongo_uri, names, tmp_path) -> None:
     a, _ = names
     rec = tmp_path / "rec"
-    init_dir(rec, 2)
-    create_topic(kafka_brokers, a, 2)
-    produce(kafka_brokers, a, pings(a, 2))
-    env = dataflow_env(kafka_brokers, mongo_uri, a, a)
-    run_dataflow(env, "-r", str(rec), *ARGS)
+    env = first_run(kafka_brokers, mongo_uri, a, rec, 2)
 
     delete_topic(kafka_brokers, a)
     admin = AdminClient({"bootstrap.servers": kafka_brokers})
@@ -142,11 +149,7 @@ def test_a_recreated_topic_is_refused(kafka_brokers, mongo_uri, names, tmp_path)
 def test_more_partitions_are_fine_and_counted(kafka_brokers, mongo_uri, names, tmp_path) -> None:
     a, _ = names
     rec = tmp_path / "rec"
-    init_dir(rec, 2)
-    create_topic(kafka_brokers, a, 2)
-    produce(kafka_brokers, a, pings(a, 2, per=60))
-    env = dataflow_env(kafka_brokers, mongo_uri, a, a)
-    run_dataflow(env, "-r", str(rec), *ARGS)
+    env = first_run(kafka_brokers, mongo_uri, a, rec, 2, per=60)
     db = MongoClient(mongo_uri)[a]
     before = stored_rows(db)
     assert db[FINGERPRINTS].find_one({"_id": DOC_ID})["partitions"] == 2
@@ -163,8 +166,7 @@ def test_more_partitions_are_fine_and_counted(kafka_brokers, mongo_uri, names, t
     after = stored_rows(db)
     assert any(after[t][0] > before.get(t, (0, 0))[0] for t in after)
     assert db[FINGERPRINTS].find_one({"_id": DOC_ID})["partitions"] == 3
-    assert {s.state["fingerprint"]["partitions"]
-            for s in read_dir(rec).source_states().values()} == {3}
+    assert recorded(rec, "partitions") == {3}
     # Fewer partitions than recorded: 3 recorded, "2 now" as if the topic were recreated smaller.
     db[FINGERPRINTS].update_one({"_id": DOC_ID}, {"$set": {"partitions": 4}})
     line = refused(env, *ARGS)
@@ -175,8 +177,7 @@ def test_a_database_fingerprinted_for_another_topic_is_refused(
         kafka_brokers, mongo_uri, names, tmp_path) -> None:
     a, b = names
     for topic in (a, b):
-        create_topic(kafka_brokers, topic, 1)
-        produce(kafka_brokers, topic, pings(topic, 1))
+        new_topic(kafka_brokers, topic, pings(topic, 1))
     rec_a, rec_b = tmp_path / "a", tmp_path / "b"
     init_dir(rec_a, 1)
     init_dir(rec_b, 1)
@@ -200,8 +201,7 @@ def test_a_database_fingerprinted_for_another_topic_is_refused(
 
 def test_recovery_directory_mistakes_are_one_line(kafka_brokers, mongo_uri, names, tmp_path) -> None:
     a, _ = names
-    create_topic(kafka_brokers, a, 1)
-    produce(kafka_brokers, a, pings(a, 1, per=5))
+    new_topic(kafka_brokers, a, pings(a, 1, per=5))
     env = dataflow_env(kafka_brokers, mongo_uri, a, a)
 
     empty = tmp_path / "empty"
@@ -217,7 +217,7 @@ def test_recovery_directory_mistakes_are_one_line(kafka_brokers, mongo_uri, name
     (corrupt / "part-0.sqlite3").write_bytes(b"garbage, not SQLite " * 400)
     line = refused({**env, "BYTEWAX_RECOVERY_DIRECTORY": str(corrupt)}, *ARGS)
     assert line.startswith(f"presence: recovery file {corrupt / 'part-0.sqlite3'} is not a "
-                           "bytewax recovery partition")
+                           "Bytewax recovery partition")
     assert line.endswith(f"`presence recovery reset {corrupt}` starts afresh "
                          "(from the beginning of the topic)")
     assert rows_in(mongo_uri, a) == 0
@@ -237,17 +237,13 @@ def test_state_and_rows_from_before_fingerprints_are_adopted_with_one_warning(
 
     a, _ = names
     rec = tmp_path / "rec"
-    init_dir(rec, 1)
-    create_topic(kafka_brokers, a, 2)
-    produce(kafka_brokers, a, pings(a, 2))
-    env = dataflow_env(kafka_brokers, mongo_uri, a, a)
-    run_dataflow(env, "-r", str(rec), *ARGS)
-    # Make it look as an older presence left it: no fingerprint anywhere.
+    env = first_run(kafka_brokers, mongo_uri, a, rec, 2, recovery_partitions=1)
+    # Make it look as an older presence left it (a dict, format 1): no fingerprint anywhere.
     con = sqlite3.connect(rec / "part-0.sqlite3")
     for key, epoch, blob in con.execute(
             "SELECT state_key, snap_epoch, ser_change FROM snaps WHERE step_id = 'presence.pings'"
     ).fetchall():
-        state = pickle.loads(blob)
+        state = pickle.loads(blob).reader_resume()
         del state["fingerprint"], state["format"]
         con.execute("UPDATE snaps SET ser_change = ? WHERE step_id = 'presence.pings' AND "
                     "state_key = ? AND snap_epoch = ?", (pickle.dumps(state), key, epoch))
@@ -260,7 +256,7 @@ def test_state_and_rows_from_before_fingerprints_are_adopted_with_one_warning(
     out = run_dataflow(env, "-r", str(rec), *ARGS)
     assert out.count("holds state without a fingerprint") == 1, out
     assert out.count("holds rows but had no fingerprint") == 1, out
-    assert {s.state["fingerprint"]["topic"] for s in read_dir(rec).source_states().values()} == {a}
+    assert recorded(rec, "topic") == {a}
     assert MongoClient(mongo_uri)[a][FINGERPRINTS].find_one({"_id": DOC_ID})["topic"] == a
     after = stored_rows(MongoClient(mongo_uri)[a])
     assert set(before) <= set(after)

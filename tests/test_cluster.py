@@ -20,15 +20,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from presence.cluster import Layout, LayoutError, check_layout, layout_from_argv, read_partitions
-from tests.constants import BUCKET, LATENESS, WINDOW
+from presence.cluster import Layout, LayoutError, check_layout, layout_from_argv
+from presence.io.recovery import read_dir
+from tests.constants import DEFAULT_RULES, HORIZON
 from tests.oracle import P, oracle
 from tests.stack_helpers import (
-    REPO, create_topic, dataflow_env, init_recovery, produce, stored_rows, wait_for,
+    REPO, create_topic, dataflow_env, init_recovery, new_topic, produce, stored_rows, wait_for,
 )
 from tests.streams import stream
 
-HORIZON = 3600
 DATAFLOW = str(REPO / "dataflow.py")
 
 
@@ -48,6 +48,30 @@ def test_layout_is_read_from_bytewax_run_arguments() -> None:
     assert layout_from_argv(["run.py", "dataflow"], env) == Layout(1, 2, Path("/x"), ("a:1", "b:1"))
     with pytest.raises(LayoutError, match="not one of the 2 addresses"):
         layout_from_argv(["run.py", "dataflow", "-i", "2", "-a", "a:1;b:1"], {})
+
+
+def test_layout_reads_options_as_bytewax_run_parses_them() -> None:
+    """Abbreviated long options (argparse takes them) and nothing after ``--``."""
+    argv = ["run.py", "dataflow", "--process=1", "--addr", "a:1;b:1", "--recovery-dir", "/r"]
+    assert layout_from_argv(argv, {}) == Layout(1, 2, Path("/r"), ("a:1", "b:1"))
+    argv = ["run.py", "dataflow", "-i1", "-aa:1;b:1", "-r/r", "--", "-r", "/other"]
+    assert layout_from_argv(argv, {}) == Layout(1, 2, Path("/r"), ("a:1", "b:1"))
+
+
+def test_a_cluster_process_reads_its_recovery_directory_once(tmp_path, monkeypatch) -> None:
+    from presence.cluster import start_process
+    from presence.io import recovery
+
+    whole = init_recovery(tmp_path / "p0", 4)
+    reads = []
+    real = recovery.read_part
+    monkeypatch.setattr(recovery, "read_part", lambda path, *a: reads.append(path) or real(path, *a))
+    argv = ["/x/bytewax/run.py", "dataflow", "-i", "0", "-a", "a:1;b:1", "-r", str(whole)]
+    layout, state = start_process(None, argv)
+    assert layout == Layout(0, 2, whole, ("a:1", "b:1"))
+    assert [p.part_index for p in state.parts] == [0, 1, 2, 3]
+    assert len(reads) == 4  # each file once; start-up goes on with ``state``
+    assert start_process(None, ["/x/bytewax/run.py", "dataflow", "-r", str(whole)])[1] is None
 
 
 def test_layout_check_accepts_the_rule_and_names_each_mistake(tmp_path) -> None:
@@ -77,7 +101,7 @@ def test_layout_check_accepts_the_rule_and_names_each_mistake(tmp_path) -> None:
         check_layout(Layout(0, 2, tmp_path / "nowhere"))
     (tmp_path / "bogus").mkdir()
     (tmp_path / "bogus" / "part-0.sqlite3").write_bytes(b"not a database at all, really" * 10)
-    with pytest.raises(LayoutError, match="is not a Bytewax recovery partition"):
+    with pytest.raises(LayoutError, match="process 0: recovery file .* is not a Bytewax recovery partition"):
         check_layout(Layout(0, 1, tmp_path / "bogus"))
     # One machine, one directory for every process: declared with SHARED.
     shared = init_recovery(tmp_path / "shared", 2)
@@ -236,7 +260,7 @@ class Cluster:
 
 
 def assert_exact(db, partitions) -> None:
-    rows, too_late, invalid = oracle(partitions, BUCKET, WINDOW, LATENESS, HORIZON)
+    rows, too_late, invalid = oracle(partitions, *DEFAULT_RULES)
     assert stored_rows(db) == rows
     assert db.dead_letters.count_documents({}) == len(too_late) + len(invalid)
     totals = db.pipeline_status.find_one({"_id": "totals"})
@@ -249,8 +273,7 @@ def test_separate_processes_give_the_oracle_rows(
         processes, kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
     topic, db = topic_and_db
     partitions = stream(20 + processes, partitions=4, per_partition=1500, horizon=HORIZON)
-    create_topic(kafka_brokers, topic, 4)
-    produce(kafka_brokers, topic, partitions)
+    new_topic(kafka_brokers, topic, partitions)
     cluster = Cluster(tmp_path, dataflow_env(kafka_brokers, mongo_uri, topic, topic))
     outs = cluster.run(processes)
     assert_exact(db, partitions)
@@ -265,8 +288,7 @@ def test_kill_9_of_one_process_mid_run_then_cluster_restart_is_exact(
         kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
     topic, db = topic_and_db
     partitions = stream(31, partitions=4, per_partition=16_000, drivers=3000, horizon=HORIZON, pace=0.05)
-    create_topic(kafka_brokers, topic, 4)
-    produce(kafka_brokers, topic, partitions)
+    new_topic(kafka_brokers, topic, partitions)
     total = sum(len(p) for p in partitions)
     # Small batches: the run lasts long enough to be killed in the middle.
     cluster = Cluster(tmp_path, dataflow_env(kafka_brokers, mongo_uri, topic, topic,
@@ -346,9 +368,8 @@ def test_each_process_serves_its_own_metrics_and_liveness(
     """A live two-process run: scrape both processes once every ping is counted."""
     topic, db = topic_and_db
     partitions = stream(51, partitions=4, per_partition=1000, horizon=HORIZON)
-    create_topic(kafka_brokers, topic, 4)
-    produce(kafka_brokers, topic, partitions)
-    _, too_late, invalid = oracle(partitions, BUCKET, WINDOW, LATENESS, HORIZON)
+    new_topic(kafka_brokers, topic, partitions)
+    _, too_late, invalid = oracle(partitions, *DEFAULT_RULES)
     total = sum(len(p) for p in partitions)
     base = consecutive_free_ports(2)
     cluster = Cluster(tmp_path, dataflow_env(kafka_brokers, mongo_uri, topic, topic,
@@ -515,7 +536,7 @@ def test_chart_renders_valid_manifests_and_each_pod_is_its_bytewax_process(
         layout = layout_from_argv(["run.py", *argv[2:]], {})
         assert layout.port_offset() == 0, "every pod serves metrics on the probed port"
         assert check_layout(layout)  # the layout check passes for every pod
-    assert len(read_partitions(recovery_dirs[0])) == 4
+    assert len(read_dir(recovery_dirs[0]).parts) == 4
     assert all(not list(d.iterdir()) for d in recovery_dirs[1:])
 
 

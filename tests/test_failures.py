@@ -19,18 +19,13 @@ from pathlib import Path
 import pytest
 
 from presence.io.kafka import RateLimit
-from tests.stack_helpers import REPO, create_topic, delete_topic
+from tests.constants import T0
+from tests.stack_helpers import REPO, closed_port, create_topic, delete_topic
 
 BIN = Path(sys.executable).parent
 PRESENCE = str(BIN / "presence")
 DATAFLOW = [sys.executable, "-m", "presence.run", "dataflow"]
 BYTEWAX = [sys.executable, "-m", "bytewax.run", "dataflow"]
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def clean_env(**values: str) -> dict[str, str]:
@@ -305,7 +300,7 @@ class _FakeProducer:
 def test_simulate_interrupted_counts_what_was_and_was_not_delivered():
     from presence.tools.simulate import SimConfig, generate, produce
 
-    config = SimConfig(drivers=50, minutes=5, start=1_514_779_200, seed=1)
+    config = SimConfig(drivers=50, minutes=5, start=T0, seed=1)
     producer = _FakeProducer(interrupt_at=100, deliverable=70)
     summary = produce(generate(config), "t", producer, config.start, fast=True)
     assert summary.interrupted and producer.purged

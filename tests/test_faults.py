@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from tests.constants import BUCKET, LATENESS, WINDOW
+from tests.constants import DEFAULT_RULES
 from tests.oracle import oracle
 from tests.stack_helpers import (
     REPO, create_topic, dataflow_env, finish, init_recovery, produce, start_dataflow,
@@ -63,7 +63,7 @@ def private_stack(tmp_path_factory, kafka_brokers, mongo_uri):
 
 
 def expected(partitions):
-    return oracle(partitions, BUCKET, WINDOW, LATENESS, 3600)[0]
+    return oracle(partitions, *DEFAULT_RULES)[0]
 
 
 def run_with_fault(stack: PrivateStack, tmp_path: Path, name: str, fault) -> None:

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from presence.binding import recovery_differences, recovery_directory
+from presence.binding import recovery_differences
+from presence.cluster import recovery_directory
 from presence.tools.cli import cli
 from presence.core.fingerprint import (
     STATE_FORMAT, Fingerprint, differences, how_to_keep, merge_recorded, refusal,
@@ -26,8 +27,8 @@ from presence.io.recovery import (
 
 REPO = Path(__file__).resolve().parent.parent
 
-BASE = Fingerprint(topic="pings", topic_id="Xq3b9yTQRXWj4xA1n2xYzw", partitions=4, bucket=60,
-                   window=300, segments="", shards=16)
+BASE = Fingerprint(topic="pings", topic_id="Xq3b9yTQRXWj4xA1n2xYzw", partitions=4, bucket_s=60,
+                   window_s=300, segments="", shards=16)
 
 
 def one_line(found, recorded=BASE) -> str:
@@ -43,9 +44,9 @@ def one_line(found, recorded=BASE) -> str:
     ({"topic_id": "AAAAAAAAAAAAAAAAAAAAAQ"}, "topic_id",
      ["topic 'pings' was deleted and created again", "Xq3b9yTQRXWj4xA1n2xYzw"]),
     ({"partitions": 3}, "partitions", ["has 3 partitions, 4 recorded"]),
-    ({"bucket": 30, "window": 300}, "bucket", ["bucket 60 s recorded, 30 s now (PRESENCE_BUCKET_SECONDS)",
+    ({"bucket_s": 30, "window_s": 300}, "bucket_s", ["bucket 60 s recorded, 30 s now (PRESENCE_BUCKET_SECONDS)",
                                                "set PRESENCE_BUCKET_SECONDS=60"]),
-    ({"window": 60}, "window", ["window 5 min recorded, 1 min now (PRESENCE_WINDOW_MINUTES)",
+    ({"window_s": 60}, "window_s", ["window 5 min recorded, 1 min now (PRESENCE_WINDOW_MINUTES)",
                                 "set PRESENCE_WINDOW_MINUTES=5"]),
     ({"segments": "city"}, "segments", ["segments 'none' recorded, 'city' now (PRESENCE_SEGMENTS)"]),
     ({"shards": 32}, "shards", ["16 shards recorded, 32 now"]),
@@ -85,16 +86,16 @@ def test_another_topic_is_said_once_not_as_a_topic_id_too() -> None:
 
 
 def test_several_differences_in_one_line() -> None:
-    found = differences(BASE, replace(BASE, topic="b", window=60))
-    assert [d.field for d in found] == ["topic", "window"]
+    found = differences(BASE, replace(BASE, topic="b", window_s=60))
+    assert [d.field for d in found] == ["topic", "window_s"]
     line = one_line(found)
     assert "set PRESENCE_TOPIC=pings PRESENCE_WINDOW_MINUTES=5" in line
 
 
 fingerprints = st.builds(
     Fingerprint, topic=st.sampled_from(["a", "b"]), topic_id=st.sampled_from(["", "x", "y"]),
-    partitions=st.integers(1, 8), bucket=st.sampled_from([30, 60]),
-    window=st.sampled_from([60, 300]), segments=st.sampled_from(["", "city"]),
+    partitions=st.integers(1, 8), bucket_s=st.sampled_from([30, 60]),
+    window_s=st.sampled_from([60, 300]), segments=st.sampled_from(["", "city"]),
     shards=st.sampled_from([16, 32]), format=st.sampled_from([1, 2]),
 )
 
@@ -105,8 +106,8 @@ def test_match_means_same_input_and_settings(recorded: Fingerprint, current: Fin
         recorded.topic == current.topic
         and (not recorded.topic_id or not current.topic_id or recorded.topic_id == current.topic_id)
         and current.partitions >= recorded.partitions
-        and (recorded.bucket, recorded.window, recorded.segments, recorded.shards, recorded.format)
-        == (current.bucket, current.window, current.segments, current.shards, current.format)
+        and (recorded.bucket_s, recorded.window_s, recorded.segments, recorded.shards, recorded.format)
+        == (current.bucket_s, current.window_s, current.segments, current.shards, current.format)
     )
     assert (differences(recorded, current) == []) == same
     assert Fingerprint.from_dict(recorded.to_dict()) == recorded
@@ -114,7 +115,7 @@ def test_match_means_same_input_and_settings(recorded: Fingerprint, current: Fin
 
 
 @pytest.mark.parametrize("bad", [None, [], {}, {**BASE.to_dict(), "partitions": "4"},
-                                 {**BASE.to_dict(), "topic": 7}, {**BASE.to_dict(), "bucket": True}])
+                                 {**BASE.to_dict(), "topic": 7}, {**BASE.to_dict(), "bucket_s": True}])
 def test_a_damaged_fingerprint_is_a_value_error(bad) -> None:
     with pytest.raises(ValueError):
         Fingerprint.from_dict(bad)
@@ -164,14 +165,14 @@ def test_recovery_state_is_compared_per_partition(tmp_path) -> None:
     rec = tmp_path / "rec"
     init_dir(rec, 2)
     write_snapshot(rec / "part-0.sqlite3", "0", source_state(BASE), epoch=1)
-    write_snapshot(rec / "part-0.sqlite3", "0", source_state(replace(BASE, window=60)), epoch=2)
+    write_snapshot(rec / "part-0.sqlite3", "0", source_state(replace(BASE, window_s=60)), epoch=2)
     write_snapshot(rec / "part-1.sqlite3", "1", source_state(BASE), epoch=2)
     state = read_dir(rec)
     assert state.source_states()["0"].epoch == 2  # the latest snapshot
     found, recorded, bare = recovery_differences(state, BASE)
-    assert [d.field for d in found] == ["window"] and bare == []
+    assert [d.field for d in found] == ["window_s"] and bare == []
     # Partition 1 still has the 5-minute state: no window matches both.
-    found, _, _ = recovery_differences(state, replace(BASE, window=60))
+    found, _, _ = recovery_differences(state, replace(BASE, window_s=60))
     assert [d.text for d in found] == [
         "window 5 min recorded, 1 min now (PRESENCE_WINDOW_MINUTES)"]
 
@@ -188,7 +189,7 @@ def test_old_state_without_a_fingerprint_is_adopted_but_its_partitions_count(tmp
 
 
 @pytest.mark.parametrize("damage, words", [
-    (lambda p: p.write_bytes(b"this is not a database, just garbage " * 200), "not a bytewax recovery partition"),
+    (lambda p: p.write_bytes(b"this is not a database, just garbage " * 200), "not a Bytewax recovery partition"),
     (lambda p: p.write_bytes(b""), "no table 'parts'"),
     (lambda p: write_snapshot(p, "0", b"\x80\x04garbage"), "cannot be read"),
     (lambda p: write_snapshot(p, "0", pickle.dumps(Path("/etc/passwd"))), "cannot be read"),
@@ -296,7 +297,8 @@ def test_the_source_step_read_at_start_up_is_the_flows() -> None:
 
 
 def test_one_process_of_a_cluster_may_hold_some_partitions_or_none(tmp_path) -> None:
-    from presence.binding import cluster_run, read_recovery
+    from presence.binding import read_recovery
+    from presence.cluster import cluster_run
 
     rec = tmp_path / "rec"
     init_dir(rec, 3)

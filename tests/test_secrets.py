@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -23,16 +22,9 @@ from fastapi.testclient import TestClient
 
 from presence.tools.api import create_app
 from presence.settings import load_settings
-from tests.stack_helpers import REPO, create_topic, delete_topic
+from tests.stack_helpers import REPO, closed_port, create_topic, delete_topic
 
 PRESENCE = Path(sys.executable).parent / "presence"
-
-
-def closed_port() -> int:
-    """A port on 127.0.0.1 nobody listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 DOWN_PORT = closed_port()

@@ -14,21 +14,20 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
-from tests.constants import BUCKET, LATENESS, WINDOW
+from tests.constants import DEFAULT_RULES, HORIZON, LATENESS, T0
 from tests.oracle import P, oracle
 from tests.stack_helpers import (
-    create_topic, dataflow_env, finish, init_recovery, kill_hard, produce,
+    create_topic, dataflow_env, finish, init_recovery, kill_hard, new_topic, produce,
     run_dataflow, start_dataflow, stored_rows, wait_for,
 )
 from tests.streams import stream
 
 pytestmark = pytest.mark.stack
 
-HORIZON = 3600  # the default PRESENCE_CORRECTION_HORIZON_MINUTES
 
 
 def expected(partitions):
-    return oracle(partitions, BUCKET, WINDOW, LATENESS, HORIZON)
+    return oracle(partitions, *DEFAULT_RULES)
 
 
 def assert_exact(db, topic: str, partitions) -> None:
@@ -43,8 +42,7 @@ def assert_exact(db, topic: str, partitions) -> None:
 def test_end_to_end_two_workers(kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
     topic, db = topic_and_db
     partitions = stream(11, partitions=3, per_partition=800, horizon=HORIZON)
-    create_topic(kafka_brokers, topic, 3)
-    produce(kafka_brokers, topic, partitions)
+    new_topic(kafka_brokers, topic, partitions)
     env = dataflow_env(kafka_brokers, mongo_uri, topic, topic)
     recovery = init_recovery(tmp_path / "recovery")
     args = ("-w", "2", "-r", str(recovery), "-s", "1", "-b", "0")
@@ -84,8 +82,7 @@ def test_end_to_end_two_workers(kafka_brokers, mongo_uri, topic_and_db, tmp_path
 def test_kill_9_mid_run_then_restart_is_exact(kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
     topic, db = topic_and_db
     partitions = stream(12, partitions=3, per_partition=40_000, drivers=3000, horizon=HORIZON, pace=0.03)
-    create_topic(kafka_brokers, topic, 3)
-    produce(kafka_brokers, topic, partitions)
+    new_topic(kafka_brokers, topic, partitions)
     total = sum(len(p) for p in partitions)
     # Small batches and frequent snapshots: the run lasts long enough to be killed in the middle.
     env = dataflow_env(kafka_brokers, mongo_uri, topic, topic, PRESENCE_KAFKA_BATCH_SIZE="20")
@@ -107,8 +104,7 @@ def test_kill_9_mid_run_then_restart_is_exact(kafka_brokers, mongo_uri, topic_an
 def test_two_processes_give_the_same_rows(kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
     topic, db = topic_and_db
     partitions = stream(13, partitions=3, per_partition=800, horizon=HORIZON)
-    create_topic(kafka_brokers, topic, 3)
-    produce(kafka_brokers, topic, partitions)
+    new_topic(kafka_brokers, topic, partitions)
     env = dataflow_env(kafka_brokers, mongo_uri, topic, topic)
     run_dataflow(env, "-p", "2", "-w", "1", runner="bytewax.testing")
     assert_exact(db, topic, partitions)
@@ -116,9 +112,8 @@ def test_two_processes_give_the_same_rows(kafka_brokers, mongo_uri, topic_and_db
 
 def test_retention_gap_is_detected_recorded_and_skipped(kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
     topic, db = topic_and_db
-    pings = [P(d % 40, 1_514_779_200 + 3 * d, d % 3 == 0) for d in range(300)]
-    create_topic(kafka_brokers, topic, 1)
-    produce(kafka_brokers, topic, [pings[:100]])
+    pings = [P(d % 40, T0 + 3 * d, d % 3 == 0) for d in range(300)]
+    new_topic(kafka_brokers, topic, [pings[:100]])
     env = dataflow_env(kafka_brokers, mongo_uri, topic, topic)
     recovery = init_recovery(tmp_path / "recovery")
     args = ("-r", str(recovery), "-s", "1", "-b", "0")
@@ -177,8 +172,7 @@ def test_totals_are_the_same_with_one_worker_two_workers_and_two_processes(
 
     topic, db = topic_and_db
     partitions = stream(17, partitions=3, per_partition=600, horizon=HORIZON)
-    create_topic(kafka_brokers, topic, 3)
-    produce(kafka_brokers, topic, partitions)
+    new_topic(kafka_brokers, topic, partitions)
     client = MongoClient(mongo_uri)
     names = [topic, topic + "w2", topic + "p2"]
     try:
@@ -201,7 +195,7 @@ def test_totals_are_the_same_with_one_worker_two_workers_and_two_processes(
         found = [{k: doc.get(k) for k in keys} for doc in docs]
         assert found[1] == found[0] and found[2] == found[0]
         rows, too_late, invalid = expected(partitions)
-        late = late_pings(partitions, 30, HORIZON)
+        late = late_pings(partitions, LATENESS, HORIZON)
         assert found[0]["late"] == found[0]["correctedLate"] == len(late) > 0
         assert found[0]["tooLate"] == len(too_late) and found[0]["invalid"] == len(invalid)
         assert sum(found[0]["deadLettersByReason"].values()) == found[0]["deadLetters"]

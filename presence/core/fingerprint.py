@@ -23,6 +23,9 @@ STATE_FORMAT = 2
 Raise it when a snapshot's shape changes incompatibly: state of another
 format is refused, not misread."""
 
+FORMER_NAMES = {"bucket": "bucket_s", "window": "window_s"}
+"""Fields as snapshots written before durations carried their unit name them."""
+
 NO_TOPIC_ID = ""
 """The topic id when the broker gives none (Kafka before 2.8, some services)."""
 
@@ -33,10 +36,10 @@ class Fingerprint:
     topic_id: str
     """The broker's id of the topic (a UUID as text), or ``""`` if it gives none."""
     partitions: int
-    bucket: int
-    """Seconds (PRESENCE_BUCKET_SECONDS)."""
-    window: int
-    """Seconds (PRESENCE_WINDOW_MINUTES * 60)."""
+    bucket_s: int
+    """The bucket length (PRESENCE_BUCKET_SECONDS)."""
+    window_s: int
+    """The window length (PRESENCE_WINDOW_MINUTES * 60)."""
     segments: str
     """PRESENCE_SEGMENTS as given (``""``: none)."""
     shards: int
@@ -48,9 +51,14 @@ class Fingerprint:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Fingerprint":
-        """Raise ``ValueError`` if ``data`` is not a fingerprint."""
+        """Raise ``ValueError`` if ``data`` is not a fingerprint.
+
+        Also reads the names snapshots of earlier versions used
+        (:data:`FORMER_NAMES`).
+        """
         if not isinstance(data, Mapping):
             raise ValueError(f"a fingerprint is a dict, not {type(data).__name__}")
+        data = {FORMER_NAMES.get(k, k): v for k, v in data.items()}
         values = {}
         for f in fields(cls):
             if f.name not in data:
@@ -70,8 +78,8 @@ class Fingerprint:
             "topic": self.topic,
             "topicId": self.topic_id,
             "partitions": self.partitions,
-            "bucketSeconds": self.bucket,
-            "windowSeconds": self.window,
+            "bucketSeconds": self.bucket_s,
+            "windowSeconds": self.window_s,
             "segments": self.segments,
             "shards": self.shards,
             "format": self.format,
@@ -83,8 +91,8 @@ class Fingerprint:
             "topic": doc.get("topic"),
             "topic_id": doc.get("topicId"),
             "partitions": doc.get("partitions"),
-            "bucket": doc.get("bucketSeconds"),
-            "window": doc.get("windowSeconds"),
+            "bucket_s": doc.get("bucketSeconds"),
+            "window_s": doc.get("windowSeconds"),
             "segments": doc.get("segments"),
             "shards": doc.get("shards"),
             "format": doc.get("format"),
@@ -96,13 +104,29 @@ class Fingerprint:
         segments = self.segments or "none"
         return (
             f"topic {self.topic!r}{topic_id}, {self.partitions} partitions, "
-            f"bucket {self.bucket} s, window {_duration(self.window)}, segments {segments}, "
+            f"bucket {self.bucket_s} s, window {_duration(self.window_s)}, segments {segments}, "
             f"{self.shards} shards, state format {self.format}"
         )
 
 
 def _duration(seconds: int) -> str:
     return f"{seconds // 60} min" if seconds % 60 == 0 else f"{seconds} s"
+
+
+def _none(segments: str) -> str:
+    return segments or "none"
+
+
+_SETTINGS = (
+    ("format", "state format {} recorded, {} now (written by another version of presence)", str),
+    ("bucket_s", "bucket {} s recorded, {} s now (PRESENCE_BUCKET_SECONDS)", str),
+    ("window_s", "window {} recorded, {} now (PRESENCE_WINDOW_MINUTES)", _duration),
+    ("segments", "segments {!r} recorded, {!r} now (PRESENCE_SEGMENTS)", _none),
+    ("shards", "{} shards recorded, {} now (presence.core.windows.SHARDS: another version of "
+               "presence)", str),
+)
+"""The fields compared one by one after the topic: (field, the phrase of a difference
+with the recorded value and the current one, how a value is said)."""
 
 
 @dataclass(frozen=True)
@@ -141,36 +165,10 @@ def differences(recorded: Fingerprint, current: Fingerprint) -> list[Difference]
             f"topic {current.topic!r} has {current.partitions} partitions, "
             f"{recorded.partitions} recorded (a topic cannot lose partitions: was it recreated?)",
         ))
-    if recorded.format != current.format:
-        out.append(Difference(
-            "format",
-            f"state format {recorded.format} recorded, {current.format} now "
-            "(written by another version of presence)",
-        ))
-    if recorded.bucket != current.bucket:
-        out.append(Difference(
-            "bucket",
-            f"bucket {recorded.bucket} s recorded, {current.bucket} s now "
-            "(PRESENCE_BUCKET_SECONDS)",
-        ))
-    if recorded.window != current.window:
-        out.append(Difference(
-            "window",
-            f"window {_duration(recorded.window)} recorded, {_duration(current.window)} now "
-            "(PRESENCE_WINDOW_MINUTES)",
-        ))
-    if recorded.segments != current.segments:
-        out.append(Difference(
-            "segments",
-            f"segments {recorded.segments or 'none'!r} recorded, "
-            f"{current.segments or 'none'!r} now (PRESENCE_SEGMENTS)",
-        ))
-    if recorded.shards != current.shards:
-        out.append(Difference(
-            "shards",
-            f"{recorded.shards} shards recorded, {current.shards} now "
-            "(presence.core.windows.SHARDS: another version of presence)",
-        ))
+    for name, template, show in _SETTINGS:
+        was, now = getattr(recorded, name), getattr(current, name)
+        if was != now:
+            out.append(Difference(name, template.format(show(was), show(now))))
     return out
 
 
@@ -209,12 +207,12 @@ def how_to_keep(recorded: Fingerprint, found: list[Difference]) -> str:
     for d in found:
         if d.field == "topic":
             settings.append(f"PRESENCE_TOPIC={recorded.topic}")
-        elif d.field == "bucket":
-            settings.append(f"PRESENCE_BUCKET_SECONDS={recorded.bucket}")
-        elif d.field == "window":
-            if recorded.window % 60:
+        elif d.field == "bucket_s":
+            settings.append(f"PRESENCE_BUCKET_SECONDS={recorded.bucket_s}")
+        elif d.field == "window_s":
+            if recorded.window_s % 60:
                 return ""
-            settings.append(f"PRESENCE_WINDOW_MINUTES={recorded.window // 60}")
+            settings.append(f"PRESENCE_WINDOW_MINUTES={recorded.window_s // 60}")
         elif d.field == "segments":
             settings.append(f"PRESENCE_SEGMENTS={recorded.segments}")
         else:

@@ -13,6 +13,11 @@ from typing import Iterable
 
 from presence.core.windows import WindowSpec
 
+COMPACT_FROM_DRIVERS = 1024
+"""A shard's driver index is renumbered (dropping drivers no pane holds) only from this
+many positions on, and only when fewer than half are still in use: below it, compacting
+costs more than the bits it saves."""
+
 
 class DriverIndex:
     """Position numbers for driver ids; positions are reused after compaction."""
@@ -110,7 +115,7 @@ class ShardPanes:
         for mask in self.online.values():
             live |= mask
         kept = live.bit_count()
-        if len(self.index) < 1024 or kept * 2 > len(self.index):
+        if len(self.index) < COMPACT_FROM_DRIVERS or kept * 2 > len(self.index):
             return
         old_positions = positions_of(live)
         renumber = {old: new for new, old in enumerate(old_positions)}

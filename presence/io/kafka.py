@@ -16,10 +16,11 @@ import threading
 import time
 from typing import Any, Callable
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, TopicCollection, TopicPartition
 from confluent_kafka import KafkaError as ClientError
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from presence.core.fingerprint import NO_TOPIC_ID
 from presence.settings import Settings, scrub
 
 log = logging.getLogger("presence.kafka")
@@ -27,6 +28,10 @@ log = logging.getLogger("presence.kafka")
 METADATA_TIMEOUT_SECONDS = 15.0
 START_TIMEOUT_SECONDS = 6.0
 """Seconds the start-up check waits for Kafka's metadata before giving up (one line, exit 1)."""
+TOPIC_ID_TIMEOUT_SECONDS = 10.0
+"""Seconds start-up waits for the topic's id before going on without it (with a warning)."""
+CONNECT_TIMEOUT_MS = 5000
+"""librdkafka's ``socket.connection.setup.timeout.ms`` for the short-lived admin clients."""
 
 LIBRDKAFKA_LOG = logging.getLogger("presence.librdkafka")
 """librdkafka's own log lines (``%3|...|FAIL|...``): through Python logging, rate-limited."""
@@ -128,7 +133,7 @@ def partition_count(settings: Settings, timeout: float = START_TIMEOUT_SECONDS) 
     """
     consumer = new_consumer(
         settings, log_level=0,
-        **{"socket.connection.setup.timeout.ms": int(min(timeout, 5.0) * 1000)},
+        **{"socket.connection.setup.timeout.ms": int(min(timeout * 1000, CONNECT_TIMEOUT_MS))},
     )
     try:
         meta = consumer.list_topics(settings.topic, timeout=timeout)
@@ -199,6 +204,32 @@ class KafkaError(RuntimeError):
     """Kafka could not be reached or refused a request (one-line message)."""
 
 
+def quiet_admin(brokers: str, extra: dict | None = None, **overrides: Any) -> AdminClient:
+    """An admin client that logs nothing itself: an unreachable broker is reported once,
+    as our own error, not logged by librdkafka every few milliseconds."""
+    return AdminClient({"bootstrap.servers": brokers, "log_level": 0, "error_cb": lambda err: None,
+                        **overrides, **(extra or {})})
+
+
+def fetch_topic_id(settings: Settings, timeout: float = TOPIC_ID_TIMEOUT_SECONDS) -> str:
+    """The broker's id of the topic; ``""`` (with a warning) if it gives none."""
+    try:
+        admin = quiet_admin(settings.kafka_brokers, settings.kafka_extra)
+        futures = admin.describe_topics(
+            TopicCollection([settings.topic]), request_timeout=timeout)
+        description = futures[settings.topic].result(timeout + 5)
+        topic_id = str(description.topic_id or "")
+    except (KafkaException, ValueError, TypeError, AttributeError, NotImplementedError) as exc:
+        log.warning(
+            "Kafka gave no id for topic %s (%s); a deleted and recreated topic is then "
+            "noticed only if it has fewer partitions", settings.topic,
+            " ".join(str(exc).split())[:200] or type(exc).__name__)
+        return NO_TOPIC_ID
+    if topic_id.strip("A") == "" or set(topic_id) <= {"0", "-"}:
+        return NO_TOPIC_ID  # the zero UUID: no id
+    return topic_id
+
+
 def ensure_topic(
     brokers: str, topic: str, partitions: int, recreate: bool = False,
     extra: dict | None = None, timeout: float = 30.0,
@@ -207,12 +238,7 @@ def ensure_topic(
 
     With ``recreate`` an existing topic is deleted first (its pings are gone).
     """
-
-    # Quiet: an unreachable broker is reported once, as our own error, not logged
-    # by librdkafka every few milliseconds.
-    admin = AdminClient({"bootstrap.servers": brokers, "log_level": 0,
-                         "error_cb": lambda err: None,
-                         "socket.connection.setup.timeout.ms": 5000, **(extra or {})})
+    admin = quiet_admin(brokers, extra, **{"socket.connection.setup.timeout.ms": CONNECT_TIMEOUT_MS})
 
     def existing() -> int | None:
         try:
@@ -262,9 +288,7 @@ def delete_topic(
     brokers: str, topic: str, extra: dict | None = None, timeout: float = 30.0
 ) -> bool:
     """Delete ``topic``; False if there was none. Other failures raise :class:`KafkaError`."""
-
-    admin = AdminClient({"bootstrap.servers": brokers, "log_level": 0, "error_cb": lambda err: None,
-                         **(extra or {})})
+    admin = quiet_admin(brokers, extra)
     try:
         admin.delete_topics([topic], operation_timeout=timeout)[topic].result(timeout)
     except KafkaException as exc:

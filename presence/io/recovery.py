@@ -17,9 +17,10 @@ tables of bytewax's ``src/recovery.rs``:
 :class:`RecoveryDirError` (one line) for anything bytewax would die on with a
 panic or a traceback: no directory, no partitions, a file that is not SQLite,
 another schema, an unreadable snapshot, an incomplete set. Only the snapshots
-of the source step (``presence.pings``: one small dict per Kafka partition,
-holding its offset and the fingerprint) are unpickled, with an unpickler that
-admits plain values only.
+of the source step (``presence.pings``: one small
+:class:`~presence.core.source_state.SourceState` per Kafka partition, holding
+its offset and the fingerprint; a plain dict from older versions) are
+unpickled, with an unpickler that admits plain values and that class only.
 
 :func:`init_dir` and :func:`reset_dir` make and empty a directory.
 """
@@ -32,6 +33,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from presence.core.source_state import SourceState
 
 SOURCE_STEP = "presence.pings"
 """The step id of the Kafka source (flow ``presence``, step ``pings``)."""
@@ -61,8 +64,8 @@ class Snapshot:
     """The latest snapshot of one key of the source step in one file."""
 
     epoch: int
-    state: dict | None
-    """The unpickled state; ``None`` if the key was discarded."""
+    state: SourceState | None
+    """The unpickled state (restored from an older shape); ``None`` if the key was discarded."""
 
 
 @dataclass
@@ -133,10 +136,12 @@ def _afresh(directory: Path) -> str:
 
 
 class _PlainUnpickler(pickle.Unpickler):
-    """Plain values only (dicts, lists, tuples, text, numbers): a snapshot of the
-    source step has nothing else, and a planted class never runs."""
+    """Plain values (dicts, lists, tuples, text, numbers) and :class:`SourceState`
+    only: a snapshot of the source step has nothing else, and a planted class never runs."""
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == (SourceState.__module__, SourceState.__qualname__):
+            return SourceState
         raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
 
 
@@ -166,18 +171,18 @@ def read_part(path: Path, step_id: str = SOURCE_STEP) -> PartFile:
                 tables[name] = {row[1] for row in con.execute(f"PRAGMA table_info({name!r})")}
         except sqlite3.DatabaseError as exc:
             raise RecoveryDirError(
-                f"{what} is not a bytewax recovery partition ({exc}); {_afresh(directory)}"
+                f"{what} is not a Bytewax recovery partition ({exc}); {_afresh(directory)}"
             ) from None
         for table, columns in SCHEMA.items():
             if table not in tables:
                 raise RecoveryDirError(
-                    f"{what} is not a bytewax recovery partition (no table {table!r}); "
+                    f"{what} is not a Bytewax recovery partition (no table {table!r}); "
                     f"{_afresh(directory)}"
                 )
             if not columns <= tables[table]:
                 missing = ", ".join(sorted(columns - tables[table]))
                 raise RecoveryDirError(
-                    f"{what} is not a bytewax 0.21 recovery partition (table {table!r} "
+                    f"{what} is not a Bytewax 0.21 recovery partition (table {table!r} "
                     f"lacks {missing}); {_afresh(directory)}"
                 )
         try:
@@ -205,18 +210,13 @@ def read_part(path: Path, step_id: str = SOURCE_STEP) -> PartFile:
             state = None
             if blob is not None:
                 try:
-                    state = _unpickle(bytes(blob))
+                    state = SourceState.restore(_unpickle(bytes(blob)))
                 except Exception as exc:  # noqa: BLE001 - any failure: the snapshot is unreadable
                     raise RecoveryDirError(
                         f"{what}: the snapshot of {step_id} key {key!r} (epoch {epoch}) cannot "
                         f"be read ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}); "
                         f"{_afresh(directory)}"
                     ) from None
-                if not isinstance(state, dict):
-                    raise RecoveryDirError(
-                        f"{what}: the snapshot of {step_id} key {key!r} (epoch {epoch}) is a "
-                        f"{type(state).__name__}, not presence's; {_afresh(directory)}"
-                    )
             part.source.setdefault(str(key), []).append(Snapshot(int(epoch), state))
         return part
     finally:

@@ -5,7 +5,8 @@ the I/O of one partition (:class:`KafkaFeed` for Kafka,
 :class:`presence.io.memory.MemoryFeed` in tests); :class:`PingPartition` asks it
 for batches, detects offsets lost to retention, stops at the end in bounded
 mode, sends heartbeats while quiet, and keeps the reader's state (next offset,
-partition watermark, counters, gaps) in bytewax's recovery snapshots.
+partition watermark, counters, gaps, the fingerprint) in bytewax's recovery
+snapshots as a :class:`~presence.core.source_state.SourceState`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from presence import metrics
 from presence.core.partition import Message, PartitionBatch, PartitionReader
+from presence.core.source_state import SourceState
 from presence.core.windows import WindowSpec
 
 log = logging.getLogger("presence.source")
@@ -42,7 +44,7 @@ class Feed(Protocol):
     def close(self) -> None: ...
 
 
-class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
+class PingPartition(StatefulSourcePartition[PartitionBatch, SourceState]):
     """Reads one partition and emits one :class:`PartitionBatch` per read."""
 
     def __init__(
@@ -138,15 +140,15 @@ class PingPartition(StatefulSourcePartition[PartitionBatch, dict]):
     def next_awake(self) -> datetime | None:
         return self._awake
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> SourceState:
         metrics.snapshot("pings")
-        return self.reader.snapshot()
+        return SourceState.of_reader(self.reader.snapshot())
 
     def close(self) -> None:
         self.feed.close()
 
 
-class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
+class PingSource(FixedPartitionedSource[PartitionBatch, SourceState]):
     """A topic's partitions as bytewax source partitions.
 
     ``open_feed(partition)`` gives the I/O of one partition, ``partitions``
@@ -167,7 +169,6 @@ class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
         fingerprint: dict | None = None,
     ) -> None:
         self.topic = topic
-        self.fingerprint = fingerprint
         self.partitions = partitions
         self.open_feed = open_feed
         self.spec = spec
@@ -181,12 +182,14 @@ class PingSource(FixedPartitionedSource[PartitionBatch, dict]):
         return [str(p) for p in range(self.partitions)]
 
     def build_part(
-        self, step_id: str, for_part: str, resume_state: dict | None
+        self, step_id: str, for_part: str, resume_state: SourceState | dict | None
     ) -> PingPartition:
+        """``resume_state``: a :class:`SourceState`, or the dict an older presence kept."""
         partition = int(for_part)
+        state = SourceState.restore(resume_state)
         reader = PartitionReader(
-            self.topic, partition, self.partitions, self.spec, self.clock(), resume_state,
-            fingerprint=self.fingerprint,
+            self.topic, partition, self.partitions, self.spec, self.clock(),
+            state.reader_resume() if state else None, fingerprint=self.fingerprint,
         )
         return PingPartition(
             self.open_feed(partition), reader, self.bounded, self.batch_size, self.clock

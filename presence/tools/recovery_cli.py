@@ -82,8 +82,6 @@ def reset(directory: Path, partitions: int | None) -> None:
 @DIR
 def show(directory: Path) -> None:
     """Partitions, the input the state was made for, and the latest epoch."""
-    from presence.core.fingerprint import Fingerprint
-
     try:
         state = read_dir(directory)
     except RecoveryDirError as exc:
@@ -99,18 +97,18 @@ def show(directory: Path) -> None:
     sources = state.source_states()
     inputs = set()
     for key, snap in sources.items():
-        data = (snap.state or {}).get("fingerprint")
-        if data is not None:
-            try:
-                inputs.add(Fingerprint.from_dict(data).describe())
-            except ValueError:
-                inputs.add("a damaged fingerprint")
+        try:
+            recorded = snap.state.recorded() if snap.state else None
+        except ValueError:
+            inputs.add("a damaged fingerprint")
+        else:
+            if recorded is not None:
+                inputs.add(recorded.describe())
     for text in sorted(inputs):
         click.echo(f"made for: {text}")
     if not inputs:
         click.echo("made for: unknown (state written before presence recorded its input)")
     for key in sorted(sources, key=lambda k: (len(k), k)):
         snap = sources[key]
-        offset = (snap.state or {}).get("next_offset")
-        shown = "discarded" if snap.state is None else f"next offset {offset}"
+        shown = "discarded" if snap.state is None else f"next offset {snap.state.next_offset}"
         click.echo(f"  Kafka partition {key}: {shown} (epoch {snap.epoch})")
