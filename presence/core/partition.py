@@ -215,6 +215,48 @@ class PartitionReader:
             self.unlocated,
         )
 
+    def _latest_allowed(self, messages: Sequence[Message], now: float) -> float:
+        """A bound for the whole batch (its earliest Kafka timestamp): a ping
+        within it is within its own; one beyond it is judged exactly, alone."""
+        if not messages:
+            return 0.0
+        try:
+            return earliest_message_time(messages, now) + self.spec.max_future_skew_s
+        except Exception:  # noqa: BLE001 - odd timestamps: every ping judged on its own
+            return NO_EVENT
+
+    def _rejected(self, message: Message, value: bytes | None, rejection: Rejection,
+                  now: float) -> DeadLetter:
+        rejected = self.rejected
+        rejected[rejection.reason] = rejected.get(rejection.reason, 0) + 1
+        return DeadLetter(self.topic, self.partition, message.offset(), rejection.reason,
+                          rejection.detail, raw_text(value), now)
+
+    def _too_late(self, message: Message, value: bytes | None, time: float,
+                  max_event: float, now: float) -> DeadLetter:
+        return DeadLetter(
+            self.topic, self.partition, message.offset(), "too_late",
+            f"event time {format_instant(time)} is older than this "
+            f"partition's watermark {format_instant(max_event - self.spec.lateness_s)} "
+            "minus the correction horizon",
+            raw_text(value), now,
+        )
+
+    def _count(self, messages: Sequence[Message], now: float, ended: bool, max_event: float,
+               invalid: int, too_late: int, late: int) -> PartitionMark:
+        """A batch's counts into the partition's; its mark."""
+        if messages:
+            self.next_offset = messages[-1].offset() + 1
+        valid = len(messages) - invalid - too_late
+        if valid:
+            self.read_at = now
+        self.max_event = max_event
+        self.valid += valid
+        self.invalid += invalid
+        self.too_late += too_late
+        self.late += late
+        return self.mark(now, ended)
+
     def read(
         self, messages: Sequence[Message], now: float, ended: bool = False
     ) -> PartitionBatch:
@@ -230,14 +272,7 @@ class PartitionReader:
         shards = spec.shards
         bucket = spec.bucket_s
         dead: list[DeadLetter] = []
-        topic, partition = self.topic, self.partition
-        skew = spec.max_future_skew_s
-        # A bound for the whole batch (its earliest Kafka timestamp): a ping
-        # within it is within its own; one beyond it is judged exactly below.
-        try:
-            latest_allowed = earliest_message_time(messages, now) + skew if messages else 0.0
-        except Exception:  # noqa: BLE001 - odd timestamps: every ping judged on its own
-            latest_allowed = NO_EVENT
+        latest_allowed = self._latest_allowed(messages, now)
         max_event = self.max_event
         lateness, horizon = spec.lateness_s, spec.horizon_s
         late_before = max_event - lateness
@@ -245,7 +280,6 @@ class PartitionReader:
         cache = self._shard_cache
         if len(cache) > 500_000:
             cache.clear()
-        rejected = self.rejected
         invalid = too_late = late = 0
         # Keyed by bucket number (a float, ``time // bucket``) in the loop;
         # turned into bucket starts once per batch below.
@@ -278,13 +312,7 @@ class PartitionReader:
                 ping = self._judge(message, value, latest_allowed, now)
                 if type(ping) is not tuple:
                     invalid += 1
-                    rejected[ping.reason] = rejected.get(ping.reason, 0) + 1
-                    dead.append(
-                        DeadLetter(
-                            topic, partition, message.offset(), ping.reason, ping.detail,
-                            raw_text(value), now,
-                        )
-                    )
+                    dead.append(self._rejected(message, value, ping, now))
                     continue
                 driver, time, on_duty = ping
             if time > max_event:
@@ -294,15 +322,7 @@ class PartitionReader:
             elif time < late_before:
                 if time < too_late_before:
                     too_late += 1
-                    dead.append(
-                        DeadLetter(
-                            topic, partition, message.offset(), "too_late",
-                            f"event time {format_instant(time)} is older than this "
-                            f"partition's watermark {format_instant(max_event - lateness)} "
-                            "minus the correction horizon",
-                            raw_text(value), now,
-                        )
-                    )
+                    dead.append(self._too_late(message, value, time, max_event, now))
                     continue
                 late += 1
             shard = cache.get(driver)
@@ -322,17 +342,8 @@ class PartitionReader:
              for number, (online, on_duty, pings) in numbered.items()}
             for numbered in by_number
         ]
-        if messages:
-            self.next_offset = messages[-1].offset() + 1
-        valid = len(messages) - invalid - too_late
-        if valid:
-            self.read_at = now
-        self.max_event = max_event
-        self.valid += valid
-        self.invalid += invalid
-        self.too_late += too_late
-        self.late += late
-        return PartitionBatch(self.mark(now, ended), grouped, dead)
+        mark = self._count(messages, now, ended, max_event, invalid, too_late, late)
+        return PartitionBatch(mark, grouped, dead)
 
     def _read_segments(
         self, messages: Sequence[Message], now: float, ended: bool
@@ -344,12 +355,7 @@ class PartitionReader:
         shards = spec.shards
         bucket = spec.bucket_s
         dead: list[DeadLetter] = []
-        topic, partition = self.topic, self.partition
-        skew = spec.max_future_skew_s
-        try:
-            latest_allowed = earliest_message_time(messages, now) + skew if messages else 0.0
-        except Exception:  # noqa: BLE001 - odd timestamps: every ping judged on its own
-            latest_allowed = NO_EVENT
+        latest_allowed = self._latest_allowed(messages, now)
         max_event = self.max_event
         lateness, horizon = spec.lateness_s, spec.horizon_s
         late_before = max_event - lateness
@@ -357,7 +363,6 @@ class PartitionReader:
         cache = self._shard_cache
         if len(cache) > 500_000:
             cache.clear()
-        rejected = self.rejected
         invalid = too_late = late = unlocated = 0
         by_number: list[dict] = [{} for _ in range(shards)]
         seg_by_number: list[dict] = [{} for _ in range(shards)]
@@ -395,13 +400,7 @@ class PartitionReader:
                 ping = self._judge(message, value, latest_allowed, now)
                 if type(ping) is not tuple:
                     invalid += 1
-                    rejected[ping.reason] = rejected.get(ping.reason, 0) + 1
-                    dead.append(
-                        DeadLetter(
-                            topic, partition, message.offset(), ping.reason, ping.detail,
-                            raw_text(value), now,
-                        )
-                    )
+                    dead.append(self._rejected(message, value, ping, now))
                     continue
                 driver, time, on_duty = ping
             if time > max_event:
@@ -411,15 +410,7 @@ class PartitionReader:
             elif time < late_before:
                 if time < too_late_before:
                     too_late += 1
-                    dead.append(
-                        DeadLetter(
-                            topic, partition, message.offset(), "too_late",
-                            f"event time {format_instant(time)} is older than this "
-                            f"partition's watermark {format_instant(max_event - lateness)} "
-                            "minus the correction horizon",
-                            raw_text(value), now,
-                        )
-                    )
+                    dead.append(self._too_late(message, value, time, max_event, now))
                     continue
                 late += 1
             if fast:
@@ -454,15 +445,6 @@ class PartitionReader:
             {int(number) * bucket: pings for number, pings in numbered.items()}
             for numbered in seg_by_number
         ]
-        if messages:
-            self.next_offset = messages[-1].offset() + 1
-        valid = len(messages) - invalid - too_late
-        if valid:
-            self.read_at = now
-        self.max_event = max_event
-        self.valid += valid
-        self.invalid += invalid
-        self.too_late += too_late
-        self.late += late
         self.unlocated += unlocated
-        return PartitionBatch(self.mark(now, ended), grouped, dead, segments)
+        mark = self._count(messages, now, ended, max_event, invalid, too_late, late)
+        return PartitionBatch(mark, grouped, dead, segments)
