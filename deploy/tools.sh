@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tools that render and validate deploy/helm/presence, built from the Go module proxy
-# once per machine and cached (like the local stack) in $PRESENCE_CACHE/bin:
+# once per machine and cached (like the local stack) in $STACK_CACHE/bin:
 #   helm-<version>                      helm itself (go install helm.sh/helm/v3/cmd/helm)
 #   presence-k8s-validate-<hash>        deploy/validate: strict decoding into k8s.io/api types
 # Prints the two paths, one per line. Usage:
@@ -10,7 +10,7 @@ set -euo pipefail
 
 DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 HOME_DIR="${HOME:-$(cd ~ && pwd)}"
-CACHE="${PRESENCE_CACHE:-$HOME_DIR/.cache/presence}"
+CACHE="${STACK_CACHE:-$HOME_DIR/.cache/presence}"
 HELM_VERSION=v3.22.0
 HELM="$CACHE/bin/helm-$HELM_VERSION"
 LOG="$CACHE/deploy-tools.log"

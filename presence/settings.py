@@ -520,12 +520,11 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-NOT_SETTINGS = ("PRESENCE_CACHE", "PRESENCE_KAFKA_PORT", "PRESENCE_KAFKA_CONTROLLER_PORT",
-                "PRESENCE_MONGO_PORT", "PRESENCE_KAFKA_HEAP_OPTS", "PRESENCE_PYTHON",
-                "PRESENCE_DEBUG", "PRESENCE_CHROMIUM")
-NOT_SETTINGS_PREFIXES = ("PRESENCE_STACK_", "PRESENCE_FERRETDB_", "PRESENCE_TEST_",
-                         "PRESENCE_BENCH_")
-"""``PRESENCE_*`` variables read by other tools (stack scripts, CLI, tests), not the dataflow."""
+NOT_SETTINGS = ("PRESENCE_DEBUG", "PRESENCE_CHROMIUM")
+NOT_SETTINGS_PREFIXES = ("PRESENCE_TEST_", "PRESENCE_BENCH_")
+"""``PRESENCE_*`` variables read by presence's own tools (CLI tracebacks, the docs
+pictures' browser, tests, bench), not the dataflow. The local stack's have their
+own prefix, ``STACK_`` (stack/stack.sh)."""
 
 SECRET_FIELDS = ("mongo_uri", "kafka_config", "api_token")
 NOT_ECHOED = ("map_tiles",)

@@ -11,31 +11,31 @@
 #   bash stack/stack.sh logs [kafka|ferretdb]   last lines of the logs
 #
 # Environment (all optional):
-#   PRESENCE_CACHE                  downloads/builds     (default ~/.cache/presence)
-#   PRESENCE_STACK_STATE            data, logs, pids     (default ~/.cache/presence/state)
-#   PRESENCE_KAFKA_PORT             Kafka listener       (default 9092)
-#   PRESENCE_KAFKA_CONTROLLER_PORT  KRaft controller     (default 9093)
-#   PRESENCE_MONGO_PORT             FerretDB             (default 27017)
-#   PRESENCE_STACK_FRESH=1          `up` wipes the state first (like `reset` + `up`)
-#   PRESENCE_STACK_TIMEOUT          seconds `up` waits for readiness (default 90)
-#   PRESENCE_STACK_STOP_TIMEOUT     seconds `down` waits before SIGKILL (default 30)
-#   PRESENCE_KAFKA_HEAP_OPTS        JVM heap flags       (default "-Xms256m -Xmx1g")
-#   PRESENCE_PYTHON                 a Python with confluent_kafka for the readiness probe
+#   STACK_CACHE                  downloads/builds     (default ~/.cache/presence)
+#   STACK_STATE            data, logs, pids     (default ~/.cache/presence/state)
+#   STACK_KAFKA_PORT             Kafka listener       (default 9092)
+#   STACK_KAFKA_CONTROLLER_PORT  KRaft controller     (default 9093)
+#   STACK_MONGO_PORT             FerretDB             (default 27017)
+#   STACK_FRESH=1          `up` wipes the state first (like `reset` + `up`)
+#   STACK_TIMEOUT          seconds `up` waits for readiness (default 90)
+#   STACK_STOP_TIMEOUT     seconds `down` waits before SIGKILL (default 30)
+#   STACK_KAFKA_HEAP_OPTS        JVM heap flags       (default "-Xms256m -Xmx1g")
+#   STACK_PYTHON                 a Python with confluent_kafka for the readiness probe
 set -euo pipefail
 
 STACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_DIR="$(dirname "$STACK_DIR")"
 HOME_DIR="${HOME:-$(cd ~ && pwd)}"
 
-CACHE="${PRESENCE_CACHE:-$HOME_DIR/.cache/presence}"
-STATE="${PRESENCE_STACK_STATE:-$HOME_DIR/.cache/presence/state}"
+CACHE="${STACK_CACHE:-$HOME_DIR/.cache/presence}"
+STATE="${STACK_STATE:-$HOME_DIR/.cache/presence/state}"
 HOST=127.0.0.1
-KAFKA_PORT="${PRESENCE_KAFKA_PORT:-9092}"
-CONTROLLER_PORT="${PRESENCE_KAFKA_CONTROLLER_PORT:-9093}"
-MONGO_PORT="${PRESENCE_MONGO_PORT:-27017}"
-TIMEOUT="${PRESENCE_STACK_TIMEOUT:-90}"
-STOP_TIMEOUT="${PRESENCE_STACK_STOP_TIMEOUT:-30}"
-KAFKA_HEAP_OPTS="${PRESENCE_KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
+KAFKA_PORT="${STACK_KAFKA_PORT:-9092}"
+CONTROLLER_PORT="${STACK_KAFKA_CONTROLLER_PORT:-9093}"
+MONGO_PORT="${STACK_MONGO_PORT:-27017}"
+TIMEOUT="${STACK_TIMEOUT:-90}"
+STOP_TIMEOUT="${STACK_STOP_TIMEOUT:-30}"
+KAFKA_HEAP_OPTS="${STACK_KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
 JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
 
 LIBS="$CACHE/kafka-libs"
@@ -263,7 +263,7 @@ launch() { # pidfile logfile cmd...
 
 check_port_free() { # name port
   if port_open "$HOST" "$2"; then
-    die "$1: port $HOST:$2 is already in use by another process $(port_owner "$2") - stop it or set the PRESENCE_*_PORT variables"
+    die "$1: port $HOST:$2 is already in use by another process $(port_owner "$2") - stop it or set the STACK_*_PORT variables"
   fi
 }
 
@@ -341,7 +341,7 @@ start_ferretdb() {
 PROBE_PY=""
 find_probe_python() {
   local c
-  for c in "${PRESENCE_PYTHON:-}" "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" \
+  for c in "${STACK_PYTHON:-}" "${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}" \
     "$REPO_DIR/.venv/bin/python" python3; do
     [[ -n "$c" ]] || continue
     command -v "$c" >/dev/null 2>&1 || continue
@@ -486,7 +486,7 @@ cmd_build() {
 
 cmd_up() {
   take_lock
-  if [[ "${PRESENCE_STACK_FRESH:-0}" == 1 ]]; then
+  if [[ "${STACK_FRESH:-0}" == 1 ]]; then
     stop_service kafka "$KAFKA_PID" "$KAFKA_MARK"
     stop_service ferretdb "$FDB_PID" "$FDB_MARK"
     wipe_state

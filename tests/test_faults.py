@@ -22,13 +22,13 @@ from tests.streams import stream
 
 pytestmark = pytest.mark.stack
 
-PORTS = {"PRESENCE_KAFKA_PORT": "19092", "PRESENCE_KAFKA_CONTROLLER_PORT": "19093",
-         "PRESENCE_MONGO_PORT": "27018"}
+PORTS = {"STACK_KAFKA_PORT": "19092", "STACK_KAFKA_CONTROLLER_PORT": "19093",
+         "STACK_MONGO_PORT": "27018"}
 
 
 class PrivateStack:
     def __init__(self, state: Path) -> None:
-        self.env = {**os.environ, **PORTS, "PRESENCE_STACK_STATE": str(state)}
+        self.env = {**os.environ, **PORTS, "STACK_STATE": str(state)}
         self.state = state
         self.brokers = "127.0.0.1:19092"
         self.mongo_uri = "mongodb://127.0.0.1:27018"

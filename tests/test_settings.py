@@ -250,3 +250,17 @@ def test_bad_setting_stops_start_up_with_one_line() -> None:
     assert lines == ["presence: bad setting: PRESENCE_WINDOW_MINUTES: Input should be a valid "
                      "integer, unable to parse string as an integer (got 'five')"]
     assert "hunter2" not in done.stderr + done.stdout
+
+
+def test_the_local_stacks_variables_have_their_own_prefix(caplog) -> None:
+    """STACK_* (stack/stack.sh) is no business of the dataflow's; the former
+    PRESENCE_KAFKA_PORT & co. are now unknown PRESENCE_* names and get the warning."""
+    with caplog.at_level("WARNING", logger="presence.settings"):
+        load_settings({"STACK_KAFKA_PORT": "19092", "STACK_STATE": "/tmp/x", "PRESENCE_DEBUG": "1",
+                       "PRESENCE_TEST_SEED": "3"})
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="presence.settings"):
+        load_settings({"PRESENCE_KAFKA_PORT": "19092", "PRESENCE_STACK_STATE": "/tmp/x"})
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "PRESENCE_KAFKA_PORT is not a presence setting" in warned
+    assert "PRESENCE_STACK_STATE is not a presence setting" in warned

@@ -173,7 +173,7 @@ def test_stack_rejects_jars_that_differ_from_the_pinned_list(tmp_path):
 
 
 def test_cached_kafka_jars_match_the_pinned_list():
-    cache = Path(os.environ.get("PRESENCE_CACHE", Path.home() / ".cache" / "presence")) / "kafka-libs"
+    cache = Path(os.environ.get("STACK_CACHE", Path.home() / ".cache" / "presence")) / "kafka-libs"
     if not cache.is_dir():
         pytest.skip(f"no fetched Kafka jars in {cache} (make stack-up fetches them)")
     sums = _jar_sums()

@@ -8,10 +8,10 @@
 //
 // Flags (each falls back to an environment variable, then a default):
 //
-//	-listen-addr  PRESENCE_FERRETDB_LISTEN   127.0.0.1:27017
-//	-sqlite-dir   PRESENCE_FERRETDB_DIR      ./ferretdb-data   (created if missing)
-//	-log-file     PRESENCE_FERRETDB_LOG      "" (stderr)
-//	-log-level    PRESENCE_FERRETDB_LOG_LEVEL info  (debug, info, warn, error)
+//	-listen-addr  STACK_FERRETDB_LISTEN   127.0.0.1:27017
+//	-sqlite-dir   STACK_FERRETDB_DIR      ./ferretdb-data   (created if missing)
+//	-log-file     STACK_FERRETDB_LOG      "" (stderr)
+//	-log-level    STACK_FERRETDB_LOG_LEVEL info  (debug, info, warn, error)
 //
 // SIGTERM or SIGINT stops the listener, lets open connections finish (FerretDB
 // gives them a few seconds), closes the SQLite databases and exits 0.
@@ -42,10 +42,10 @@ func envOr(key, def string) string {
 }
 
 func main() {
-	listenAddr := flag.String("listen-addr", envOr("PRESENCE_FERRETDB_LISTEN", "127.0.0.1:27017"), "TCP address to listen on")
-	sqliteDir := flag.String("sqlite-dir", envOr("PRESENCE_FERRETDB_DIR", "ferretdb-data"), "directory for the SQLite database files (one file per database)")
-	logFile := flag.String("log-file", envOr("PRESENCE_FERRETDB_LOG", ""), "append logs to this file instead of stderr")
-	logLevel := flag.String("log-level", envOr("PRESENCE_FERRETDB_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	listenAddr := flag.String("listen-addr", envOr("STACK_FERRETDB_LISTEN", "127.0.0.1:27017"), "TCP address to listen on")
+	sqliteDir := flag.String("sqlite-dir", envOr("STACK_FERRETDB_DIR", "ferretdb-data"), "directory for the SQLite database files (one file per database)")
+	logFile := flag.String("log-file", envOr("STACK_FERRETDB_LOG", ""), "append logs to this file instead of stderr")
+	logLevel := flag.String("log-level", envOr("STACK_FERRETDB_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	flag.Parse()
 
 	var out io.Writer = os.Stderr
