@@ -121,8 +121,9 @@ if [[ -n "$PRESENCE_SEGMENTS" ]]; then
   step "Chart for one city"
   "$PRESENCE" plot --segment "city=$CITY" -o "$OUT/chart-$slug.png"
 
-  step "Zone map: drivers per H3 cell at resolution 8, latest bucket (GeoJSON)"
+  step "Zone map: drivers per H3 cell at resolution 8, latest bucket (GeoJSON and a picture)"
   "$PRESENCE" zones --resolution 8 -o "$OUT/zones.geojson"
+  "$PRESENCE" zones --resolution 8 -o "$OUT/zones.png"
 fi
 
 cat <<EOF
@@ -138,7 +139,7 @@ if [[ -n "$SEGMENT_OUTPUT" ]]; then
   cat <<EOF
   By city:    PRESENCE_MONGO_DB=$PRESENCE_MONGO_DB .venv/bin/presence report --segment "city=$CITY"
   City chart: $OUT/chart-$slug.png
-  Zone map:   $OUT/zones.geojson (GeoJSON: any map tool reads it)
+  Zone map:   $OUT/zones.png, and $OUT/zones.geojson (GeoJSON: any map tool reads it)
 EOF
 fi
 echo "  Stop:       make stack-down"

@@ -11,6 +11,7 @@ with a fixed start time so the sample's time buckets stay put, then writes:
                         report's revision column is left out, a line only one
                         run printed too, and long tables keep head, middle, end
   docs/demo-chart.png   the chart the second run drew (presence plot)
+  docs/demo-zones.png   its zone map picture (presence zones -o zones.png)
   docs/dashboard.png    the dashboard on the demo's data, in headless Chromium
                         (Debian's package, driven by Playwright, as the tests do)
   docs/dashboard-segments.png   the dashboard with the chart on one city (the
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"would run scripts/demo.sh {runs}x with DEMO_START={args.start} (topic {topic},"
              f" database {db}), keep its output in {', '.join(str(p) for p in logs)}")
         _say(f"would rewrite {args.readme} between {START_MARK} and {END_MARK}")
-        _say(f"would write {args.docs / 'demo-chart.png'}"
+        _say(f"would write {args.docs / 'demo-chart.png'}, {args.docs / 'demo-zones.png'}"
              + ("" if args.no_screenshot else f", {args.docs / 'dashboard.png'} and (when the demo"
                 f" has an h3:R segment) {args.docs / 'dashboard-segments.png'},"
                 f" {args.docs / 'zone-map.png'}"))
@@ -441,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     args.docs.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(chart, args.docs / "demo-chart.png")
     _say(f"wrote {args.docs / 'demo-chart.png'}")
+    zones = out_dir / "zones.png"
+    if zones.exists():  # the demo ran with an h3:R segment
+        shutil.copyfile(zones, args.docs / "demo-zones.png")
+        _say(f"wrote {args.docs / 'demo-zones.png'}")
     if not args.no_screenshot:
         screenshot_dashboard(env, args.docs / "dashboard.png")
     return 0

@@ -298,6 +298,7 @@ def test_demo_is_repeatable(mongo_uri, kafka_brokers, unique_name, tmp_path):  #
             assert "segments city;city,vehicle_type;h3:8" in done.stdout
             assert "Report for one city" in done.stdout
             assert (tmp_path / "chart-hong-kong.png").stat().st_size > 10_000
+            assert (tmp_path / "zones.png").read_bytes().startswith(b"\x89PNG")
             zones = json.loads((tmp_path / "zones.geojson").read_text())
             assert zones["type"] == "FeatureCollection" and zones["resolution"] == 8
             assert len(zones["features"]) > 50

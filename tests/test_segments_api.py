@@ -570,6 +570,29 @@ def test_cli_zones_writes_geojson(cli_env, tmp_path):
     assert "wrote stdout: 3 cells" in result.stderr
 
 
+def test_cli_zones_draws_a_picture_for_png_and_svg(cli_env, tmp_path):
+    for name, magic in (("zones.png", b"\x89PNG"), ("zones.svg", b"<?xml")):
+        out = tmp_path / name
+        result = run(["zones", "--resolution", "8", "-o", str(out)], cli_env)
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes().startswith(magic) and out.stat().st_size > 5_000
+        assert result.stderr.startswith(f"wrote {out}: 3 cells of h3:8")
+
+
+def test_zone_areas_group_far_apart_cities_busiest_first():
+    from presence.tools.plot import zone_areas
+
+    def cell(lat, lng, available):
+        ring = [[lng, lat], [lng + 0.01, lat], [lng, lat + 0.01], [lng, lat]]
+        return {"geometry": {"coordinates": [ring]}, "properties": {"available": available}}
+
+    hong_kong = [cell(22.30, 114.17, 1), cell(22.35, 114.10, 2)]
+    tokyo = [cell(35.68, 139.69, 4), cell(35.70, 139.80, 0)]
+    areas = zone_areas(hong_kong[:1] + tokyo[:1] + hong_kong[1:] + tokyo[1:])
+    assert areas == [tokyo, hong_kong]
+    assert zone_areas([]) == []
+
+
 @pytest.mark.parametrize("args, words", [
     (["report", "--segment", "city"], "not FIELD=VALUE"),
     (["report", "--segment", "colour=red"], "no configured segment has exactly the fields"),

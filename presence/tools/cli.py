@@ -423,11 +423,14 @@ def plot(start: str | None, end: str | None, output: Path, title: str | None,
                    "configured.")
 @click.option("-o", "--output", default="-", show_default=True,
               type=click.Path(dir_okay=False, writable=True, allow_dash=True, path_type=Path),
-              help="Output file (GeoJSON); - is standard output.")
+              help="Output file: GeoJSON, or a picture when it ends in .png or .svg; "
+                   "- is standard output (GeoJSON).")
 def zones(at: str | None, resolution: int | None, output: Path) -> None:
     """Write the zone map of one bucket as GeoJSON: a FeatureCollection of the H3 cells of
     a configured segment h3:R, each a polygon with "h3", "online", "available" and
-    "timeBucket" properties (what GET /zones serves). A summary line goes to stderr.
+    "timeBucket" properties (what GET /zones serves); with -o FILE.png or .svg, a picture
+    of it instead (one panel per area, cells coloured by available drivers). A summary
+    line goes to stderr.
     """
     from presence.tools.reports import SegmentQueryError, load_zones, parse_time
 
@@ -438,7 +441,14 @@ def zones(at: str | None, resolution: int | None, output: Path) -> None:
         raise click.UsageError(str(exc)) from None
     text = json.dumps(body, separators=(",", ":")) + "\n"
     to_stdout = str(output) == "-"
-    if to_stdout:
+    picture = not to_stdout and output.suffix.lower() in (".png", ".svg")
+    if picture:
+        from presence.tools.plot import render_zones
+
+        if output.parent and not output.parent.exists():
+            output.parent.mkdir(parents=True, exist_ok=True)
+        render_zones(body, output)
+    elif to_stdout:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
