@@ -264,93 +264,9 @@ class PartitionReader:
 
         ``now`` (the wall clock) decides only what no replay depends on: the
         partition's idle state, a dead letter's ``receivedAt``, and the
-        future check of a message that has no Kafka timestamp.
+        future check of a message that has no Kafka timestamp. With segments
+        configured, each counted ping's segment values go with it.
         """
-        if self.extractor is not None:
-            return self._read_segments(messages, now, ended)
-        spec = self.spec
-        shards = spec.shards
-        bucket = spec.bucket_s
-        dead: list[DeadLetter] = []
-        latest_allowed = self._latest_allowed(messages, now)
-        max_event = self.max_event
-        lateness, horizon = spec.lateness_s, spec.horizon_s
-        late_before = max_event - lateness
-        too_late_before = late_before - horizon
-        cache = self._shard_cache
-        if len(cache) > 500_000:
-            cache.clear()
-        invalid = too_late = late = 0
-        # Keyed by bucket number (a float, ``time // bucket``) in the loop;
-        # turned into bucket starts once per batch below.
-        by_number: list[dict] = [{} for _ in range(shards)]
-
-        decode = decode_shape
-        for message in messages:
-            value = message.value()
-            # The fast path of presence.core.pings.parse_ping, inlined (the hot loop):
-            # short ASCII values of the usual shape, within the batch's future bound.
-            fast = False
-            if value is not None and len(value) < SHALLOW_BYTES and value.isascii():
-                try:
-                    shape = decode(value)
-                    driver = shape.driver_id
-                    if type(driver) is int:
-                        driver = str(driver)
-                    time = shape.timestamp
-                    if type(time) is str:
-                        time = usual_iso_instant(time)  # None: judged below
-                    elif time >= EPOCH_MS_THRESHOLD:
-                        time = time / 1000.0
-                    if MIN_EVENT_TIME <= time <= latest_allowed:
-                        time += 0.0
-                        on_duty = shape.on_duty == 1
-                        fast = True
-                except Exception:  # noqa: BLE001 - anything unusual: judged below
-                    pass
-            if not fast:
-                ping = self._judge(message, value, latest_allowed, now)
-                if type(ping) is not tuple:
-                    invalid += 1
-                    dead.append(self._rejected(message, value, ping, now))
-                    continue
-                driver, time, on_duty = ping
-            if time > max_event:
-                max_event = time
-                late_before = time - lateness
-                too_late_before = late_before - horizon
-            elif time < late_before:
-                if time < too_late_before:
-                    too_late += 1
-                    dead.append(self._too_late(message, value, time, max_event, now))
-                    continue
-                late += 1
-            shard = cache.get(driver)
-            if shard is None:
-                shard = cache[driver] = shard_of(driver, shards)
-            number = time // bucket
-            sets = by_number[shard].get(number)
-            if sets is None:
-                sets = by_number[shard][number] = [set(), set(), 0]
-            sets[0].add(driver)
-            if on_duty:
-                sets[1].add(driver)
-            sets[2] += 1
-
-        grouped: list[BucketSets] = [
-            {int(number) * bucket: [online, online - on_duty, pings]
-             for number, (online, on_duty, pings) in numbered.items()}
-            for numbered in by_number
-        ]
-        mark = self._count(messages, now, ended, max_event, invalid, too_late, late)
-        return PartitionBatch(mark, grouped, dead)
-
-    def _read_segments(
-        self, messages: Sequence[Message], now: float, ended: bool
-    ) -> PartitionBatch:
-        """:meth:`read` with segments: the same judgement, plus each counted
-        ping's segment values. A loop of its own, so that the loop without
-        segments stays as fast as it was."""
         spec = self.spec
         shards = spec.shards
         bucket = spec.bucket_s
@@ -364,21 +280,34 @@ class PartitionReader:
         if len(cache) > 500_000:
             cache.clear()
         invalid = too_late = late = unlocated = 0
+        # Keyed by bucket number (a float, ``time // bucket``) in the loop;
+        # turned into bucket starts once per batch below.
         by_number: list[dict] = [{} for _ in range(shards)]
-        seg_by_number: list[dict] = [{} for _ in range(shards)]
-        values_of = self.extractor.values
-        located = self.extractor.located
+        extractor = self.extractor
+        if extractor is None:
+            values_of = None
+            located = False
+            decode = decode_shape
+        else:
+            values_of = extractor.values
+            located = extractor.located
+            decode = decode_segment_shape
+            seg_by_number: list[dict] = [{} for _ in range(shards)]
 
-        decode = decode_segment_shape
         for message in messages:
             value = message.value()
+            # The fast path of presence.core.pings.parse_ping, inlined (the hot loop):
+            # short ASCII values of the usual shape, within the batch's future bound.
+            # Pings with the optional segment fields are often longer than
+            # SHALLOW_BYTES: with segments such a value takes the fast path once it
+            # is known to be shallow.
             fast = False
-            # Pings with the optional fields are often longer than SHALLOW_BYTES:
-            # such a value takes the fast path once it is known to be shallow.
             if (
-                value is not None and value.isascii()
+                value is not None
                 and (len(value) < SHALLOW_BYTES
-                     or (len(value) <= MAX_VALUE_BYTES and not too_deep(value)))
+                     or (values_of is not None and len(value) <= MAX_VALUE_BYTES
+                         and not too_deep(value)))
+                and value.isascii()
             ):
                 try:
                     shape = decode(value)
@@ -413,13 +342,6 @@ class PartitionReader:
                     dead.append(self._too_late(message, value, time, max_event, now))
                     continue
                 late += 1
-            if fast:
-                values = values_of(shape.city, shape.vehicle_type, shape.lat, shape.lng)
-            else:
-                get = ping_object(value).get
-                values = values_of(get("city"), get("vehicle_type"), get("lat"), get("lng"))
-            if located and None in values:
-                unlocated += 1
             shard = cache.get(driver)
             if shard is None:
                 shard = cache[driver] = shard_of(driver, shards)
@@ -427,24 +349,34 @@ class PartitionReader:
             sets = by_number[shard].get(number)
             if sets is None:
                 sets = by_number[shard][number] = [set(), set(), 0]
-                seg = seg_by_number[shard][number] = []
-            else:
-                seg = seg_by_number[shard][number]
             sets[0].add(driver)
             if on_duty:
                 sets[1].add(driver)
             sets[2] += 1
-            seg.append((driver, on_duty, values))
+            if values_of is not None:
+                if fast:
+                    values = values_of(shape.city, shape.vehicle_type, shape.lat, shape.lng)
+                else:
+                    get = ping_object(value).get
+                    values = values_of(get("city"), get("vehicle_type"), get("lat"), get("lng"))
+                if located and None in values:
+                    unlocated += 1
+                seg = seg_by_number[shard].get(number)
+                if seg is None:
+                    seg = seg_by_number[shard][number] = []
+                seg.append((driver, on_duty, values))
 
         grouped: list[BucketSets] = [
             {int(number) * bucket: [online, online - on_duty, pings]
              for number, (online, on_duty, pings) in numbered.items()}
             for numbered in by_number
         ]
-        segments = [
-            {int(number) * bucket: pings for number, pings in numbered.items()}
-            for numbered in seg_by_number
-        ]
-        self.unlocated += unlocated
+        segments = None
+        if values_of is not None:
+            segments = [
+                {int(number) * bucket: pings for number, pings in numbered.items()}
+                for numbered in seg_by_number
+            ]
+            self.unlocated += unlocated
         mark = self._count(messages, now, ended, max_event, invalid, too_late, late)
         return PartitionBatch(mark, grouped, dead, segments)
