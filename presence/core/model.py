@@ -15,7 +15,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
-from typing import Iterable, Iterator, NamedTuple
+from typing import Any, ClassVar, Iterable, Iterator, NamedTuple
 
 from presence.core.pings import format_instant
 
@@ -326,3 +326,36 @@ class Status(NamedTuple):
 
     marks: tuple[PartitionMark, ...]
     totals: Totals
+
+
+class VersionedState:
+    """What the recovery state of a stateful step shares: a frozen dataclass with
+    a ``version`` (its ``VERSION``), whose older shape, version 0, is the plain
+    dict earlier presence pickled (read by :meth:`from_version_0`)."""
+
+    VERSION: ClassVar[int]
+    WHAT: ClassVar[str]
+    """Names the state in errors (``"shard state"``)."""
+    NOUN: ClassVar[str]
+
+    def __getitem__(self, name: str) -> Any:
+        """Fields by name too, as the dict of version 0 had them (``snap["watermark"]``)."""
+        return getattr(self, name)
+
+    @classmethod
+    def from_version_0(cls, resume: dict) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def of(cls, resume: Any) -> Any:
+        """A snapshot of any known version; ``ValueError`` for anything else."""
+        if isinstance(resume, cls):
+            if resume.version != cls.VERSION:
+                raise ValueError(
+                    f"{cls.WHAT} version {resume.version} is not known to this presence "
+                    f"(it reads {cls.VERSION} and 0)"
+                )
+            return resume
+        if isinstance(resume, dict):  # version 0: the dict of presence before segments
+            return cls.from_version_0(resume)
+        raise ValueError(f"{cls.WHAT} is a {type(resume).__name__}, not a {cls.NOUN}")

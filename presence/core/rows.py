@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 from presence.core.model import (  # noqa: F401
-    NO_EVENT, PartitionMark, Row, SegmentRow, SegmentTotals, ShardReport, Totals,
+    NO_EVENT, PartitionMark, Row, SegmentRow, SegmentTotals, ShardReport, Totals, VersionedState,
 )
 from presence.core.windows import WindowSpec
 
@@ -56,7 +56,7 @@ def _unpack_written(packed: int) -> tuple[int, int, int]:
 
 
 @dataclass(frozen=True)
-class BookSnapshot:
+class BookSnapshot(VersionedState):
     """The row book's recovery state: plain values, bytewax pickles it."""
 
     version: int
@@ -82,34 +82,25 @@ class BookSnapshot:
     segment_rows_written: tuple = ()
     segment_overflow_rows: tuple = ()
 
-    def __getitem__(self, name: str) -> Any:
-        """Fields by name too, as the dict of version 0 had them (``snap["watermark"]``)."""
-        return getattr(self, name)
+    VERSION: ClassVar[int] = BOOK_SNAPSHOT_VERSION
+    WHAT: ClassVar[str] = "row book state"
+    NOUN: ClassVar[str] = "book snapshot"
 
     @classmethod
-    def of(cls, resume: Any) -> "BookSnapshot":
-        """A snapshot of any known version; ``ValueError`` for anything else."""
-        if isinstance(resume, cls):
-            if resume.version != BOOK_SNAPSHOT_VERSION:
-                raise ValueError(
-                    f"row book state version {resume.version} is not known to this presence "
-                    f"(it reads {BOOK_SNAPSHOT_VERSION} and 0)"
-                )
-            return resume
-        if isinstance(resume, dict):  # version 0: the dict of presence before segments
-            return cls(
-                version=0,
-                watermarks=resume.get("watermarks", {}),
-                oldest=resume.get("oldest", {}),
-                not_counted=resume.get("not_counted", {}),
-                partials=resume.get("partials", {}),
-                written=resume.get("written", {}),
-                pending=tuple(resume.get("pending", ())),
-                marks=resume.get("marks", {}),
-                rows_written=resume.get("rows_written", 0),
-                row_rewrites=resume.get("row_rewrites", 0),
-            )
-        raise ValueError(f"row book state is a {type(resume).__name__}, not a book snapshot")
+    def from_version_0(cls, resume: dict) -> "BookSnapshot":
+        """The plain dict of presence before segments."""
+        return cls(
+            version=0,
+            watermarks=resume.get("watermarks", {}),
+            oldest=resume.get("oldest", {}),
+            not_counted=resume.get("not_counted", {}),
+            partials=resume.get("partials", {}),
+            written=resume.get("written", {}),
+            pending=tuple(resume.get("pending", ())),
+            marks=resume.get("marks", {}),
+            rows_written=resume.get("rows_written", 0),
+            row_rewrites=resume.get("row_rewrites", 0),
+        )
 
 
 class RowBook:

@@ -25,9 +25,11 @@ The recovery state is a :class:`ShardSnapshot` (plain data, with a
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import ClassVar
 
-from presence.core.model import LIVE, NO_EVENT, PartitionMark, ShardPart, ShardReport
+from presence.core.model import (
+    LIVE, NO_EVENT, PartitionMark, ShardPart, ShardReport, VersionedState,
+)
 from presence.core.panes import ShardPanes
 from presence.core.segment_panes import SegmentPanes
 from presence.core.watermark import dataflow_watermark, flush_watermark, oldest_countable
@@ -39,7 +41,7 @@ SHARD_SNAPSHOT_VERSION = 1
 
 
 @dataclass(frozen=True)
-class ShardSnapshot:
+class ShardSnapshot(VersionedState):
     """One driver shard's recovery state: plain values, bytewax pickles it."""
 
     version: int
@@ -54,31 +56,22 @@ class ShardSnapshot:
     segments: dict | None = None
     """:meth:`SegmentPanes.snapshot`, or ``None`` without segments."""
 
-    def __getitem__(self, name: str) -> Any:
-        """Fields by name too, as the dict of version 0 had them (``snap["watermark"]``)."""
-        return getattr(self, name)
+    VERSION: ClassVar[int] = SHARD_SNAPSHOT_VERSION
+    WHAT: ClassVar[str] = "shard state"
+    NOUN: ClassVar[str] = "shard snapshot"
 
     @classmethod
-    def of(cls, resume: Any) -> "ShardSnapshot":
-        """A snapshot of any known version; ``ValueError`` for anything else."""
-        if isinstance(resume, cls):
-            if resume.version != SHARD_SNAPSHOT_VERSION:
-                raise ValueError(
-                    f"shard state version {resume.version} is not known to this presence "
-                    f"(it reads {SHARD_SNAPSHOT_VERSION} and 0)"
-                )
-            return resume
-        if isinstance(resume, dict):  # version 0: the dict of presence before segments
-            return cls(
-                version=0,
-                panes=resume["panes"],
-                marks=resume["marks"],
-                watermark=resume["watermark"],
-                oldest=resume["oldest"],
-                dirty=tuple(resume["dirty"]),
-                not_counted=resume.get("not_counted", 0),
-            )
-        raise ValueError(f"shard state is a {type(resume).__name__}, not a shard snapshot")
+    def from_version_0(cls, resume: dict) -> "ShardSnapshot":
+        """The plain dict of presence before segments."""
+        return cls(
+            version=0,
+            panes=resume["panes"],
+            marks=resume["marks"],
+            watermark=resume["watermark"],
+            oldest=resume["oldest"],
+            dirty=tuple(resume["dirty"]),
+            not_counted=resume.get("not_counted", 0),
+        )
 
 
 class ShardState:

@@ -279,6 +279,16 @@ def prune_dead_letters(collection, ttl_days: float, now: datetime) -> int:
     return collection.delete_many({"receivedAt": {"$lt": cutoff}}).deleted_count
 
 
+def _row_max(row: Row | SegmentRow, now: datetime) -> dict[str, Any]:
+    """What a row rewrite may only raise (an at-least-once replay lowers nothing)."""
+    return {
+        "driversOnlineCount": row.online,
+        "driversAvailableCount": row.available,
+        "revision": row.revision,
+        "updatedAt": now,
+    }
+
+
 def row_update(row: Row, now: datetime) -> UpdateOne:
     time_bucket = row.time_bucket
     return UpdateOne(
@@ -289,12 +299,7 @@ def row_update(row: Row, now: datetime) -> UpdateOne:
                 "windowStart": utc(row.window_start),
                 "windowEnd": utc(row.window_end),
             },
-            "$max": {
-                "driversOnlineCount": row.online,
-                "driversAvailableCount": row.available,
-                "revision": row.revision,
-                "updatedAt": now,
-            },
+            "$max": _row_max(row, now),
         },
         upsert=True,
     )
@@ -317,12 +322,7 @@ def segment_row_update(row: SegmentRow, now: datetime) -> UpdateOne:
         {"_id": row.doc_id},
         {
             "$set": fields,
-            "$max": {
-                "driversOnlineCount": row.online,
-                "driversAvailableCount": row.available,
-                "revision": row.revision,
-                "updatedAt": now,
-            },
+            "$max": _row_max(row, now),
         },
         upsert=True,
     )
