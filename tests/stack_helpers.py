@@ -140,3 +140,16 @@ def stored_segment_rows(db) -> dict[tuple, tuple[int, int]]:
         assert key not in out, f"two documents for {key}"
         out[key] = (doc["driversOnlineCount"], doc["driversAvailableCount"])
     return out
+
+
+def follow(client, url: str) -> list[list[dict]]:
+    """The JSON pages of an API listing, following its ``Link: rel="next"`` headers."""
+    pages = []
+    while url:
+        res = client.get(url)
+        assert res.status_code == 200, res.text
+        pages.append(res.json())
+        link = res.links.get("next")
+        url = link["url"] if link else None
+        assert len(pages) < 20
+    return pages

@@ -19,6 +19,7 @@ from presence.tools.reports import (
 )
 from presence.settings import SettingsError, load_settings
 from tests.known_docs import known_rows, seed_database
+from tests.stack_helpers import follow
 
 DOWN = "mongodb://127.0.0.1:1"
 NO_KAFKA = "127.0.0.1:1"
@@ -429,18 +430,6 @@ def test_reports_range_and_revision(api):
         res = client.get(f"/reports?{query}")
         assert res.status_code == 400, query
     assert len(client.get("/reports?from=2000-01-01&to=9999-12-31").json()) == 10
-
-
-def follow(client, url: str) -> list[list[dict]]:
-    pages = []
-    while url:
-        res = client.get(url)
-        assert res.status_code == 200
-        pages.append(res.json())
-        link = res.links.get("next")
-        url = link["url"] if link else None
-        assert len(pages) < 20
-    return pages
 
 
 @pytest.mark.stack

@@ -27,6 +27,7 @@ from presence.tools.reports import (
     resolve_selector, select_value, zone_definition,
 )
 from tests.known_docs import known_rows
+from tests.stack_helpers import follow
 
 DOWN = "mongodb://127.0.0.1:1"
 NO_KAFKA = "127.0.0.1:1"
@@ -341,18 +342,6 @@ def api_client(seeded, **extra):
 def api(seeded):
     with api_client(seeded, segments=CONFIGURED) as client:
         yield client
-
-
-def follow(client, url: str) -> list[list[dict]]:
-    pages = []
-    while url:
-        res = client.get(url)
-        assert res.status_code == 200, res.text
-        pages.append(res.json())
-        link = res.links.get("next")
-        url = link["url"] if link else None
-        assert len(pages) < 20
-    return pages
 
 
 @pytest.mark.stack
