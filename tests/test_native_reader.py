@@ -353,3 +353,60 @@ def test_make_install_skip_knob(tmp_path) -> None:
     assert done.returncode == 0 and "pure-Python reader" in done.stdout
     assert not (tmp_path / "out.so").exists()
     assert sys.executable  # the suite's interpreter is untouched
+
+
+# --- end to end: bytewax in-process, then the real dataflow on the local stack ------
+
+@built
+def test_bytewax_flow_gives_the_same_rows_with_either_reader(monkeypatch) -> None:
+    from tests.flow_helpers import memory_topic, run_flow
+    from tests.streams import stream
+
+    spec = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=1800, idle_s=10)
+    partitions = stream(5)
+    outs = {}
+    for kind in ("python", "native"):
+        monkeypatch.setattr(partition_module, "DEFAULT_READER", kind)
+        out = run_flow(memory_topic(partitions), spec, workers=2)
+        totals = out.status[-1][1]
+        # (rows_written and row_rewrites depend on how the two workers interleave)
+        outs[kind] = (out.final_rows(), out.dead_ids(), totals.valid, totals.invalid,
+                      totals.late, totals.too_late, totals.watermark,
+                      totals.dead_letters_by_reason)
+    assert outs["native"] == outs["python"]
+    assert outs["native"][0] and all(outs["native"][3:6])
+
+
+@built
+@pytest.mark.stack
+def test_dataflow_with_presence_reader_native_writes_the_rows_python_writes(
+        kafka_brokers, mongo_uri, topic_and_db, tmp_path) -> None:
+    from pymongo import MongoClient
+
+    from tests.stack_helpers import dataflow_env, new_topic, run_dataflow, stored_rows
+    from tests.streams import stream
+
+    topic, db = topic_and_db
+    partitions = stream(31, partitions=2, per_partition=600, horizon=1800)
+    new_topic(kafka_brokers, topic, partitions)
+    client = MongoClient(mongo_uri)
+    other = topic + "py"
+    try:
+        seen = {}
+        for kind, name in (("native", topic), ("python", other)):
+            env = dataflow_env(kafka_brokers, mongo_uri, topic, name, PRESENCE_READER=kind,
+                               PRESENCE_CORRECTION_HORIZON_MINUTES="30")
+            out = run_dataflow(env)
+            assert f"| reader {kind}" in out, out[-2000:]
+            store = client[name]
+            totals = store.pipeline_status.find_one({"_id": "totals"})
+            seen[kind] = (
+                stored_rows(store),
+                sorted((d["_id"], d["reason"]) for d in store.dead_letters.find()),
+                {k: totals[k] for k in ("valid", "invalid", "tooLate", "correctedLate")},
+            )
+        assert seen["native"] == seen["python"]
+        assert seen["native"][0] and seen["native"][1]
+    finally:
+        client.drop_database(other)
+        client.close()
