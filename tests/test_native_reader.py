@@ -345,6 +345,22 @@ def test_make_install_without_cargo_goes_on_with_python(tmp_path) -> None:
     assert not (tmp_path / "out.so").exists()
 
 
+def test_make_install_itself_without_cargo(tmp_path) -> None:
+    """`make install` on a machine without Rust: the one line, exit 0 (the venv as it is)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NATIVE_OUT": str(tmp_path / "out.so")}
+    if not shutil.which("make", path=env["PATH"]):
+        pytest.skip("no make in /usr/bin")
+    if subprocess.run(["make", "-q", ".venv/.installed"], cwd=ROOT, env=env).returncode != 0:
+        pytest.skip("the venv is older than pyproject.toml or the lock files: run make install")
+    done = subprocess.run(["make", "--no-print-directory", "install"], env=env,
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines() == [
+        "native reader: not built (no cargo on PATH: install Rust to build it); "
+        "presence uses the pure-Python reader"]
+    assert not (tmp_path / "out.so").exists()
+
+
 def test_make_install_skip_knob(tmp_path) -> None:
     """NATIVE=0 skips the build even with cargo there (the same one line)."""
     env = dict(os.environ, NATIVE="0", NATIVE_OUT=str(tmp_path / "out.so"))
