@@ -298,6 +298,19 @@ def test_fast_values_never_reach_python(monkeypatch) -> None:
 
 
 @built
+def test_the_driver_cache_emptied_between_batches_changes_nothing(monkeypatch) -> None:
+    monkeypatch.setattr(partition_module, "_NATIVE_DRIVERS_MAX", 3)
+    good = b'{"driver_id":%d,"timestamp":%d,"on_duty":%d}'
+    values = [good % (i % 11, BASE + i, i % 3 == 0) for i in range(200)]
+    batches = _batches(values, [(BASE + 500) * 1000] * 200, [17, 60, 61, 150])
+    assert_same(WindowSpec(shards=3), batches)
+    reader = PartitionReader("t", 0, 1, WindowSpec(), NOW, reader="native")
+    for batch in batches:
+        reader.read(batch, NOW)
+        assert len(reader._native_drivers) <= 11
+
+
+@built
 def test_dead_letters_keep_offset_order() -> None:
     """Rejections (judged in Python) and too-late pings (found in the loop) interleaved."""
     spec = WindowSpec(lateness_s=30, horizon_s=60)
@@ -426,3 +439,16 @@ def test_dataflow_with_presence_reader_native_writes_the_rows_python_writes(
     finally:
         client.drop_database(other)
         client.close()
+
+
+@built
+@settings(max_examples=EXAMPLES * 5, deadline=None)
+@given(st.one_of(st.floats(946_684_800, 1e15, allow_nan=False),
+                 st.integers(946_684_800 // 60, 10**13).map(lambda n: n * 60.0),
+                 st.integers(946_684_800, 10**15).map(lambda n: float(n) - 2**-20)),
+       st.sampled_from([1, 7, 60, 3600, 86_400]), st.sampled_from([-2, -1, 0, 1, 2]))
+def test_bucket_numbers_are_pythons_floor_division(time: float, bucket: int, ulps: int) -> None:
+    time = math.nextafter(time, math.inf) if ulps > 0 else time
+    time = math.nextafter(time, 0) if ulps < 0 else time
+    time = min(max(time, 946_684_800.0), 1e15 - 1)
+    assert partition_module._native.floor_div_py(time, float(bucket)) == time // bucket

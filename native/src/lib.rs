@@ -22,6 +22,7 @@ const MIN_EVENT_TIME: f64 = 946_684_800.0;
 const MAX_DRIVER_ID_CHARS: usize = 128;
 /// 2**53: integers below it are exact as doubles.
 const EXACT: u64 = 1 << 53;
+const EXACT_F64: f64 = 9_007_199_254_740_992.0;
 
 const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
@@ -389,27 +390,64 @@ pub fn parse_fast(v: &[u8], latest_allowed: f64) -> Option<(&[u8], f64, bool)> {
     Some((driver?, time?, duty?))
 }
 
-/// Python's `float.__floordiv__` (CPython's `_float_div_mod`), step by step.
-fn py_floor_div(vx: f64, wx: f64) -> f64 {
-    let m = vx % wx; // fmod: exact
-    let mut div = (vx - m) / wx;
-    if m != 0.0 && ((wx < 0.0) != (m < 0.0)) {
-        div -= 1.0;
+/// `time // bucket` as Python computes it, for `0 <= time < 2**53` and a whole
+/// `bucket >= 1` (what `read_batch` is given): there CPython's float floor
+/// division (`_float_div_mod`: an exact `fmod`, then `(vx - mod) / wx`, both
+/// exact since `vx - mod` is a whole multiple of `wx` below 2**53) is the exact
+/// floor of the quotient, found here without `fmod`: a correctly rounded
+/// division is off by at most one, and `q * bucket` is exact.
+#[inline]
+fn floor_div(time: f64, bucket: f64) -> f64 {
+    let mut q = (time / bucket).floor();
+    if q * bucket > time {
+        q -= 1.0;
+    } else if (q + 1.0) * bucket <= time {
+        q += 1.0;
     }
-    if div != 0.0 {
-        let mut floordiv = div.floor();
-        if div - floordiv > 0.5 {
-            floordiv += 1.0;
-        }
-        floordiv
-    } else {
-        (0.0f64).copysign(vx / wx)
+    q
+}
+
+/// The driver ids one partition's reader has seen: each one's Python text and
+/// CRC-32, kept across batches so a driver's text is made once (the Python
+/// reader's shard cache, `PartitionReader._shard_cache`, likewise). Python
+/// empties it between batches past a bound.
+#[pyclass(module = "presence._native")]
+struct Drivers {
+    index: FxHashMap<Box<[u8]>, u32>,
+    entries: Vec<(Py<PyString>, u32)>,
+}
+
+#[pymethods]
+impl Drivers {
+    #[new]
+    fn new() -> Self {
+        Drivers { index: FxHashMap::default(), entries: Vec::new() }
+    }
+
+    fn __len__(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn clear(&mut self) {
+        self.index.clear();
+        self.entries.clear();
     }
 }
 
-struct Driver<'py> {
-    text: Bound<'py, PyString>,
-    shard: usize,
+impl Drivers {
+    /// The number of `key`'s entry; `text` makes its Python text when it is new.
+    #[inline]
+    fn who<'py>(&mut self, py: Python<'py>, key: &[u8],
+                text: impl FnOnce() -> Bound<'py, PyString>) -> u32 {
+        if let Some(&who) = self.index.get(key) {
+            return who;
+        }
+        let who = self.entries.len() as u32;
+        self.entries.push((text().unbind(), crc32fast::hash(key)));
+        self.index.insert(key.into(), who);
+        let _ = py;
+        who
+    }
 }
 
 #[derive(Default)]
@@ -429,7 +467,7 @@ struct Group {
 /// `(grouped, max_event, too_late, late)`, `grouped` as the Python loop
 /// builds it: per shard `{bucket start: [online set, online - on duty, pings]}`.
 #[pyfunction]
-#[pyo3(signature = (messages, latest_allowed, max_event, lateness, horizon, shards, bucket, slow, too_late))]
+#[pyo3(signature = (messages, latest_allowed, max_event, lateness, horizon, shards, bucket, slow, too_late, drivers))]
 #[allow(clippy::too_many_arguments)]
 fn read_batch<'py>(
     py: Python<'py>,
@@ -442,6 +480,7 @@ fn read_batch<'py>(
     bucket: i64,
     slow: &Bound<'py, PyAny>,
     too_late: &Bound<'py, PyAny>,
+    drivers: &Bound<'py, Drivers>,
 ) -> PyResult<(Bound<'py, PyList>, f64, u64, u64)> {
     if shards == 0 || bucket <= 0 {
         return Err(PyValueError::new_err("shards and bucket must be positive"));
@@ -451,13 +490,12 @@ fn read_batch<'py>(
     let mut too_late_before = late_before - horizon;
     let mut n_too_late: u64 = 0;
     let mut n_late: u64 = 0;
-    let mut index: FxHashMap<Vec<u8>, u32> = FxHashMap::default();
-    let mut drivers: Vec<Driver<'py>> = Vec::new();
+    let n = messages.len();
+    let mut cache = drivers.try_borrow_mut()?;
     let mut slots: Vec<FxHashMap<i64, usize>> = (0..shards).map(|_| FxHashMap::default()).collect();
     let mut groups: Vec<Vec<Group>> = (0..shards).map(|_| Vec::new()).collect();
     let value_name = intern!(py, "value");
 
-    let n = messages.len();
     for i in 0..n {
         let message = messages.get_item(i)?;
         let value = message.call_method0(value_name)?;
@@ -467,17 +505,10 @@ fn read_batch<'py>(
         };
         let (who, time, on_duty) = match fast {
             Some((key, time, on_duty)) => {
-                let who = match index.get(key) {
-                    Some(&who) => who,
-                    None => {
-                        // ASCII, checked by parse_fast
-                        let text = PyString::new(py, std::str::from_utf8(key).unwrap_or(""));
-                        let who = drivers.len() as u32;
-                        drivers.push(Driver { text, shard: (crc32fast::hash(key) % shards) as usize });
-                        index.insert(key.to_vec(), who);
-                        who
-                    }
-                };
+                // ASCII, checked by parse_fast
+                let who = cache.who(py, key, || {
+                    PyString::new(py, std::str::from_utf8(key).unwrap_or(""))
+                });
                 (who, time, on_duty)
             }
             None => {
@@ -486,19 +517,7 @@ fn read_batch<'py>(
                     continue;
                 }
                 let (text, time, on_duty): (Bound<'py, PyString>, f64, bool) = judged.extract()?;
-                let who = {
-                    let key = text.to_str()?.as_bytes();
-                    match index.get(key) {
-                        Some(&who) => who,
-                        None => {
-                            let who = drivers.len() as u32;
-                            let shard = (crc32fast::hash(key) % shards) as usize;
-                            index.insert(key.to_vec(), who);
-                            drivers.push(Driver { text: text.clone(), shard });
-                            who
-                        }
-                    }
-                };
+                let who = cache.who(py, text.to_str()?.as_bytes(), || text.clone());
                 (who, time, on_duty)
             }
         };
@@ -514,11 +533,11 @@ fn read_batch<'py>(
             }
             n_late += 1;
         }
-        let shard = drivers[who as usize].shard;
-        let number = py_floor_div(time, bucket_f);
-        if !(number.abs() < 9.0e15) {
+        let shard = (cache.entries[who as usize].1 % shards) as usize;
+        if !(0.0..EXACT_F64).contains(&time) {
             return Err(PyValueError::new_err("event time out of the compiled reader's range"));
         }
+        let number = floor_div(time, bucket_f);
         let number = number as i64;
         let slot = match slots[shard].get(&number) {
             Some(&slot) => slot,
@@ -538,14 +557,15 @@ fn read_batch<'py>(
     for shard_groups in groups {
         let dict = PyDict::new(py);
         for group in shard_groups {
-            let online = PySet::new(py, group.members.keys().map(|&w| &drivers[w as usize].text))?;
+            let online =
+                PySet::new(py, group.members.keys().map(|&w| cache.entries[w as usize].0.bind(py)))?;
             let off = PySet::new(
                 py,
                 group
                     .members
                     .iter()
                     .filter(|(_, &duty)| !duty)
-                    .map(|(&w, _)| &drivers[w as usize].text),
+                    .map(|(&w, _)| cache.entries[w as usize].0.bind(py)),
             )?;
             let sets = PyList::new(py, [online.into_any(), off.into_any(), group.pings.into_pyobject(py)?.into_any()])?;
             dict.set_item(group.start, sets)?;
@@ -566,6 +586,12 @@ fn parse_fast_py<'py>(
         .map(|(d, t, o)| (PyString::new(py, std::str::from_utf8(d).unwrap_or("")), t, o))
 }
 
+/// `floor_div` alone, for tests (against Python's `time // bucket`).
+#[pyfunction]
+fn floor_div_py(time: f64, bucket: f64) -> f64 {
+    floor_div(time, bucket)
+}
+
 /// `usual_iso_instant` alone, for tests.
 #[pyfunction]
 fn usual_iso_instant_py(text: &str) -> Option<f64> {
@@ -575,8 +601,11 @@ fn usual_iso_instant_py(text: &str) -> Option<f64> {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_batch, m)?)?;
+    m.add_class::<Drivers>()?;
     m.add_function(wrap_pyfunction!(parse_fast_py, m)?)?;
     m.add_function(wrap_pyfunction!(usual_iso_instant_py, m)?)?;
-    m.add("ABI", 1)?;
+    m.add_function(wrap_pyfunction!(floor_div_py, m)?)?;
+    m.add("ABI", 2)?;
     Ok(())
 }
+

@@ -54,7 +54,7 @@ try:  # the optional compiled reader (native/, built by `make install` when carg
 except ImportError:  # not built: the pure-Python reader
     _native = None
 else:
-    if getattr(_native, "ABI", None) != 1:  # a stale build: not trusted
+    if getattr(_native, "ABI", None) != 2:  # a stale build: not trusted
         _native = None
 
 READERS = ("auto", "python", "native")
@@ -64,6 +64,10 @@ DEFAULT_READER = "auto"
 _NATIVE_MAX_TIME = 1e15
 """The compiled reader takes a batch whose future bound is below this (its bucket
 numbers stay exact integers); a batch beyond it (odd Kafka timestamps) is read in Python."""
+
+
+_NATIVE_DRIVERS_MAX = 500_000
+"""Driver ids the compiled reader keeps between batches (then emptied, as the shard cache)."""
 
 
 def native_reader_built() -> bool:
@@ -195,6 +199,8 @@ class PartitionReader:
         self.extractor = ValueExtractor(spec.segments) if spec.segments else None
         self.reader = reader_in_use(reader or DEFAULT_READER, spec)
         """``native`` (the compiled loop, :meth:`_read_native`) or ``python``."""
+        self._native_drivers = None
+        """The compiled reader's driver texts and CRC-32s (``_native.Drivers``)."""
 
     def snapshot(self) -> dict:
         return {
@@ -348,9 +354,14 @@ class PartitionReader:
             message = messages[index]
             dead.append(self._too_late(message, message.value(), time, max_event, now))
 
+        drivers = self._native_drivers
+        if drivers is None:
+            drivers = self._native_drivers = _native.Drivers()
+        elif len(drivers) > _NATIVE_DRIVERS_MAX:
+            drivers.clear()
         grouped, max_event, too_late_count, late = _native.read_batch(
             messages, latest_allowed, self.max_event, spec.lateness_s, spec.horizon_s,
-            spec.shards, spec.bucket_s, slow, too_late,
+            spec.shards, spec.bucket_s, slow, too_late, drivers,
         )
         mark = self._count(messages, now, ended, max_event, invalid, too_late_count, late)
         return PartitionBatch(mark, grouped, dead, None)
