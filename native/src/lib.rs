@@ -437,15 +437,13 @@ impl Drivers {
 impl Drivers {
     /// The number of `key`'s entry; `text` makes its Python text when it is new.
     #[inline]
-    fn who<'py>(&mut self, py: Python<'py>, key: &[u8],
-                text: impl FnOnce() -> Bound<'py, PyString>) -> u32 {
+    fn who<'py>(&mut self, key: &[u8], text: impl FnOnce() -> Bound<'py, PyString>) -> u32 {
         if let Some(&who) = self.index.get(key) {
             return who;
         }
         let who = self.entries.len() as u32;
         self.entries.push((text().unbind(), crc32fast::hash(key)));
         self.index.insert(key.into(), who);
-        let _ = py;
         who
     }
 }
@@ -463,7 +461,8 @@ struct Group {
 /// `messages`: a list of objects with `value()`. `slow(i)`: the Python
 /// judgement of message `i` (a `(driver, time, on_duty)` tuple, or None for
 /// a rejection it has already recorded). `too_late(i, time, max_event)`:
-/// records the dead letter of a too-late ping. Returns
+/// records the dead letter of a too-late ping. `drivers`: the partition's
+/// `Drivers` (borrowed for the call). Returns
 /// `(grouped, max_event, too_late, late)`, `grouped` as the Python loop
 /// builds it: per shard `{bucket start: [online set, online - on duty, pings]}`.
 #[pyfunction]
@@ -506,7 +505,7 @@ fn read_batch<'py>(
         let (who, time, on_duty) = match fast {
             Some((key, time, on_duty)) => {
                 // ASCII, checked by parse_fast
-                let who = cache.who(py, key, || {
+                let who = cache.who(key, || {
                     PyString::new(py, std::str::from_utf8(key).unwrap_or(""))
                 });
                 (who, time, on_duty)
@@ -517,7 +516,7 @@ fn read_batch<'py>(
                     continue;
                 }
                 let (text, time, on_duty): (Bound<'py, PyString>, f64, bool) = judged.extract()?;
-                let who = cache.who(py, text.to_str()?.as_bytes(), || text.clone());
+                let who = cache.who(text.to_str()?.as_bytes(), || text.clone());
                 (who, time, on_duty)
             }
         };

@@ -25,6 +25,14 @@
   without a valid location are counted (:attr:`PartitionReader.unlocated`)
   when a definition needs one. Without segments none of this runs.
 
+The per-ping loop has an optional compiled twin (``native/src/lib.rs``,
+``presence._native``, built by ``make install`` when cargo is there; chosen by
+PRESENCE_READER, :func:`reader_in_use`): :meth:`PartitionReader._read_native`
+gives it a batch, and it hands back to this module's code, by index and in
+offset order, every message it is not sure of and every too-late ping, so
+the outcome is :meth:`PartitionReader._read_python`'s
+(``tests/test_native_reader.py``). With segments the Python loop runs.
+
 Pure logic, no I/O: the Kafka shell in :mod:`presence.io.source` feeds it.
 Its :meth:`PartitionReader.snapshot` is the partition's recovery state.
 """
@@ -64,8 +72,6 @@ DEFAULT_READER = "auto"
 _NATIVE_MAX_TIME = 1e15
 """The compiled reader takes a batch whose future bound is below this (its bucket
 numbers stay exact integers); a batch beyond it (odd Kafka timestamps) is read in Python."""
-
-
 _NATIVE_DRIVERS_MAX = 500_000
 """Driver ids the compiled reader keeps between batches (then emptied, as the shard cache)."""
 
@@ -333,7 +339,8 @@ class PartitionReader:
         if type(messages) is not list:
             messages = list(messages)
         latest_allowed = self._latest_allowed(messages, now)
-        if not (MIN_EVENT_TIME <= latest_allowed < _NATIVE_MAX_TIME) or type(spec.bucket_s) is not int:
+        if (not MIN_EVENT_TIME <= latest_allowed < _NATIVE_MAX_TIME
+                or type(spec.bucket_s) is not int):
             # Every ping judged alone anyway, or times the compiled loop does not take.
             return self._read_python(messages, now, ended)
         dead: list[DeadLetter] = []
