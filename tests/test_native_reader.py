@@ -347,6 +347,17 @@ def test_native_setting_without_the_build_is_one_line_exit_2(monkeypatch) -> Non
         load_settings({"PRESENCE_READER": "fast"})
 
 
+def test_the_start_up_line_says_which_reader_runs(monkeypatch) -> None:
+    from presence.settings import load_settings
+
+    built_here = "native" if native_reader_built() else "python"
+    assert load_settings({}).describe().endswith(f" | reader {built_here}")
+    assert load_settings({"PRESENCE_READER": "python"}).describe().endswith(" | reader python")
+    assert load_settings({"PRESENCE_SEGMENTS": "city"}).describe().endswith(" | reader python")
+    monkeypatch.setattr(partition_module, "_native", None)
+    assert load_settings({}).describe().endswith(" | reader python")
+
+
 def test_make_install_without_cargo_goes_on_with_python(tmp_path) -> None:
     """scripts/build_native.sh with no cargo on PATH: one line, exit 0, nothing built."""
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NATIVE_OUT": str(tmp_path / "out.so")}
