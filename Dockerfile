@@ -18,6 +18,8 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md dataflow.py ./
+# presence/_native*.so is in .dockerignore: no Rust here, the image runs the
+# pure-Python partition reader (README "Install": same outcomes, slower).
 COPY presence ./presence
 COPY docker/entrypoint.sh /usr/local/bin/presence-entrypoint
 # The project itself, built with the locked setuptools, nothing else fetched.

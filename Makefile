@@ -11,6 +11,11 @@ WORKERS ?= 2
         run run-bounded recovery-init recovery-reset bench clean
 
 install: $(STAMP)
+	@NATIVE=$(NATIVE) bash scripts/build_native.sh
+
+# Then the optional compiled reader (native/, Rust): built when cargo is there,
+# else one line and the pure-Python reader (`make install NATIVE=0` skips it).
+NATIVE ?= 1
 
 # From the lock file only: every package pinned and checked against its sha256
 # (requirements-test.lock: runtime + test + bench extras + the build backend), then

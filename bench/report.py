@@ -45,7 +45,16 @@ def machine() -> dict:
         "versions": versions, "quixstreams": quix_version(), "java": java_version(),
         "kafka": "Apache Kafka 4.1 (KRaft, 1 node, local)", "mongo": "FerretDB v1 (SQLite), local",
         "git": rev + (" (presence/ modified)" if dirty else ""),
+        "reader": native_reader(),
     }
+
+
+def native_reader() -> str:
+    """Which partition reader PRESENCE_READER=auto runs here (the compiled one when built)."""
+    from presence.core.partition import native_reader_built
+
+    return ("compiled (presence._native, Rust)" if native_reader_built()
+            else "pure Python (compiled reader not built)")
 
 
 def fmt_rate(x: float) -> str:
@@ -105,6 +114,13 @@ def targets(by: dict, lat: dict | None, state: dict | None,
         x = by["presence-1w-mixed"]["pings_per_s"] / by["ceiling-mixed"]["pings_per_s"]
         out.append(("presence-1w-mixed >= 0.4 x ceiling-mixed (wall; mixed timestamp shapes)",
                     f"{x:.2f} x", x >= 0.4 and by["presence-1w-mixed"]["exact"] is True))
+    for fast, slow in (("presence-1w", "presence-1w-python"),
+                       ("presence-1w-mixed", "presence-1w-mixed-python")):
+        if by.get(fast) and by.get(slow):
+            x = by[fast]["pings_per_s"] / by[slow]["pings_per_s"]
+            y = by[fast]["pings_per_cpu_s"] / by[slow]["pings_per_cpu_s"]
+            out.append((f"(reader) {fast} / {slow}: the default reader over the pure-Python "
+                        "one (wall, pings/CPU-s)", f"{x:.2f} x, {y:.2f} x", None))
     for peer, need in (("handloop", 0.5), ("bytewax", 4), ("quix", 10)):
         if p1 and by.get(peer):
             x = p1["pings_per_cpu_s"] / by[peer]["pings_per_cpu_s"]

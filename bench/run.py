@@ -42,8 +42,8 @@ from bench.flink import FLINK_SYSTEMS, flink_setup
 from bench.latency import latency_test
 from bench.report import machine, render
 from bench.state import state_test
-from bench.systems import (MIXED_SYSTEMS, NOTES, SEGMENT_SYSTEMS, SYSTEMS, delete_quix_topics,
-                           measure_startup, median_run, run_system, select_systems)
+from bench.systems import (MIXED_SYSTEMS, NOTES, PYTHON_READER, SEGMENT_SYSTEMS, SYSTEMS,
+                           delete_quix_topics, measure_startup, median_run, run_system, select_systems)
 
 QUICK = dict(pings=20_000, drivers=1_000, segment_pings=20_000, segment_drivers=2_000,
              segment_state_panes=8, repeat=1, no_latency=True, no_state=True, no_startup=True,
@@ -176,7 +176,8 @@ def main(argv=None) -> int:
         raise
 
     startup = {}
-    first_runs = [s for s in systems if s.startswith("presence") and s not in MIXED_SYSTEMS]
+    first_runs = [s for s in systems if s.startswith("presence") and s not in MIXED_SYSTEMS
+                  and not s.endswith(PYTHON_READER)]
     if first_runs and not args.no_startup:
         startup = measure_startup(run_id, first_runs, args)
     runs: dict[str, list[dict]] = {s: [] for s in systems}

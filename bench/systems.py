@@ -14,11 +14,15 @@ from bench.flink import FLINK_STATS, FLINK_SYSTEMS, flink_command, flink_rows
 from bench.measure import run_measured
 from bench.peers.common import TUNED_FETCH
 
-MIXED_SYSTEMS = ("ceiling-mixed", "handloop-mixed", "presence-1w-mixed")
+MIXED_SYSTEMS = ("ceiling-mixed", "handloop-mixed", "presence-1w-mixed", "presence-1w-mixed-python")
 SEGMENT_SYSTEMS = ("presence-1w-cities", "presence-1w-segments")
 """presence without and with segments, on the same pings carrying city/vehicle_type/lat/lng."""
 SEGMENTS = ";".join(wl.BENCH_SEGMENTS)
-SYSTEMS = ("ceiling", "ceiling-2p", "handloop", "presence-1w", "presence-1w-fetch", "presence-2p",
+PYTHON_READER = "-python"
+"""A system name ending so runs that presence with PRESENCE_READER=python (the
+pure-Python partition reader), beside the same row with the default reader."""
+SYSTEMS = ("ceiling", "ceiling-2p", "handloop", "presence-1w", "presence-1w-python",
+           "presence-1w-fetch", "presence-2p",
            "presence-2p-fetch", "bytewax", "quix") + FLINK_SYSTEMS + MIXED_SYSTEMS + SEGMENT_SYSTEMS
 FETCH_CONFIG = json.dumps({"max.partition.fetch.bytes": TUNED_FETCH["max.partition.fetch.bytes"]})
 """The peers' fetch size, given to the *-fetch presence runs (presence sets the backoff itself)."""
@@ -27,7 +31,9 @@ NOTES = {
     "ceiling": "1 consumer, consume(5000) + orjson.loads, nothing else; fetch 10 MiB",
     "ceiling-2p": "the same in 2 processes at once, partitions 0+2 / 1 (as bytewax places them)",
     "handloop": "plain Python: parse, per-bucket sets, unions, upserts; no recovery; fetch 10 MiB",
-    "presence-1w": "python -m bytewax.run dataflow, PRESENCE_STOP_AT_END=1, defaults",
+    "presence-1w": "python -m bytewax.run dataflow, PRESENCE_STOP_AT_END=1, defaults "
+                   "(PRESENCE_READER=auto: the compiled reader when built)",
+    "presence-1w-python": "same, PRESENCE_READER=python (the pure-Python partition reader)",
     "presence-1w-fetch": "same + PRESENCE_KAFKA_CONFIG max.partition.fetch.bytes 10 MiB",
     "presence-2p": "python -m bytewax.testing dataflow -p 2 -w 1, defaults",
     "presence-2p-fetch": "same + PRESENCE_KAFKA_CONFIG max.partition.fetch.bytes 10 MiB",
@@ -41,6 +47,7 @@ NOTES = {
     "ceiling-mixed": "ceiling on the mixed-timestamp topic (orjson.loads only: no instant computed)",
     "handloop-mixed": "handloop on the mixed-timestamp topic (ms rule + datetime.fromisoformat)",
     "presence-1w-mixed": "presence-1w on the mixed-timestamp topic",
+    "presence-1w-mixed-python": "presence-1w-python on the mixed-timestamp topic",
     "presence-1w-cities": "presence-1w on the cities topic (pings with city, vehicle_type, "
                           "lat, lng), no segments",
     "presence-1w-segments": "same + PRESENCE_SEGMENTS=" + SEGMENTS,
@@ -48,6 +55,10 @@ NOTES = {
 
 
 def command(system: str, topic: str, db: str, args) -> tuple[list[str], dict]:
+    if system.endswith(PYTHON_READER):
+        cmd, env = command(system.removesuffix(PYTHON_READER), topic, db, args)
+        env["PRESENCE_READER"] = "python"
+        return cmd, env
     if system.endswith("-mixed") or system == "presence-1w-cities":
         return command(system.rsplit("-", 1)[0], topic, db, args)
     if system == "presence-1w-segments":

@@ -76,6 +76,7 @@ def kafka_mongo_flow(settings: Settings, fingerprint: Fingerprint | None = None)
         bounded=settings.stop_at_end,
         batch_size=settings.kafka_batch_size,
         fingerprint=fingerprint.to_dict() if fingerprint else None,
+        reader=settings.reader,
     )
     sinks = Sinks(
         rows=MongoSink(settings, REPORTS),

@@ -26,6 +26,7 @@ from pydantic import (
     BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator,
 )
 
+from presence.core.partition import reader_in_use
 from presence.core.segments import SegmentDefinition, parse_segments
 from presence.core.windows import WindowSpec
 
@@ -360,6 +361,8 @@ class Settings(BaseModel):
     log_level: str = "INFO"
     progress_seconds: float = Field(10, gt=0, le=24 * 3600)
     kafka_batch_size: int = Field(5000, gt=0, le=1_000_000)
+    reader: str = "auto"
+    """Partition reader: ``auto`` (the compiled one when built), ``python``, ``native``."""
 
     @field_validator("kafka_brokers")
     @classmethod
@@ -439,6 +442,13 @@ class Settings(BaseModel):
     def _origins(cls, value: Any) -> tuple[str, ...]:
         return parse_origins(value)
 
+    @field_validator("reader")
+    @classmethod
+    def _reader(cls, value: str) -> str:
+        value = value.strip().lower()
+        reader_in_use(value)  # native but not built: a bad setting
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, value: str) -> str:
@@ -499,6 +509,11 @@ class Settings(BaseModel):
             max_segment_values=self.max_segment_values,
         )
 
+    @property
+    def reader_in_use(self) -> str:
+        """``native`` or ``python``: the partition reader this process runs."""
+        return reader_in_use(self.reader, self.window_spec())
+
     def describe(self) -> str:
         """One line for the start-up log: hosts only, Kafka settings through the allow-list."""
         extra = self.kafka_shown()
@@ -512,6 +527,7 @@ class Settings(BaseModel):
             f" idle {self.idle_seconds:g} s"
             + (f" | segments {self.segments}" if self.segments else "")
             + (" | bounded (stop at end)" if self.stop_at_end else " | live")
+            + f" | reader {self.reader_in_use}"
         )
         return self.scrub(line)
 

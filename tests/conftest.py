@@ -63,3 +63,17 @@ def topic_and_db(kafka_brokers, mongo_uri, unique_name):
     client.drop_database(unique_name)
     client.close()
     delete_topic(kafka_brokers, unique_name)
+
+
+@pytest.fixture(scope="module", params=["python", "native"])
+def both_readers(request):
+    """Runs a module's tests with each partition reader (PRESENCE_READER): the pure-Python
+    one and the compiled one (skipped where it is not built)."""
+    from presence.core import partition
+
+    if request.param == "native" and not partition.native_reader_built():
+        pytest.skip("compiled reader not built")
+    before = partition.DEFAULT_READER
+    partition.DEFAULT_READER = request.param
+    yield request.param
+    partition.DEFAULT_READER = before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import orjson
+import pytest
 
 from presence.core.panes import ShardPanes
 from presence.core.partition import (
@@ -15,6 +16,8 @@ from presence.core.windows import WindowSpec
 from tests.constants import NOW, T0
 from tests.core_sim import Core
 from tests.oracle import P
+
+pytestmark = pytest.mark.usefixtures("both_readers")  # each reader: Python, compiled
 
 SPEC = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=3600, idle_s=10, shards=4)
 

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
+import pytest
 
 from presence.core.partition import STATE_FORMAT, PartitionReader, RawMessage
 from presence.core.pings import Rejection
@@ -18,6 +19,7 @@ from tests.constants import BUCKET, LATENESS, NOW, T0, WINDOW
 from tests.core_sim import Core
 from tests.oracle import P, oracle
 
+pytestmark = pytest.mark.usefixtures("both_readers")  # each reader: Python, compiled
 
 
 def ping(driver, time, on_duty=True) -> bytes:

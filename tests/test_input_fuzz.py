@@ -23,6 +23,8 @@ from presence.core.pings import MAX_DEPTH, Rejection, parse_ping, parse_ping_che
 from presence.core.windows import WindowSpec
 from tests.constants import NOW
 
+pytestmark = pytest.mark.usefixtures("both_readers")  # each reader: Python, compiled
+
 SPEC = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=3600, idle_s=10, shards=4)
 BASE = 1_799_990_000  # event times near NOW, so future_timestamp is in play
 

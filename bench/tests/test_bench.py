@@ -98,18 +98,19 @@ def test_median_run_reports_the_spread_and_any_inexact_run():
 def test_tiny_end_to_end_run(tmp_path):
     code = bench_run.main([
         "--pings", "3000", "--drivers", "100",
-        "--only", "ceiling,ceiling-2p,handloop,presence-1w", "--repeat", "2",
+        "--only", "ceiling,ceiling-2p,handloop,presence-1w,presence-1w-python", "--repeat", "2",
         "--no-latency", "--no-state", "--no-startup", "--results", str(tmp_path),
     ])
     assert code == 0
     [result] = tmp_path.glob("*.json")
     data = json.loads(result.read_text())
     by = {r["system"]: r for r in data["results"]}
-    assert set(by) == {"ceiling", "ceiling-2p", "handloop", "presence-1w"}
+    assert set(by) == {"ceiling", "ceiling-2p", "handloop", "presence-1w", "presence-1w-python"}
     assert all(r["runs"] == 2 and r["wall_min_s"] <= r["wall_s"] <= r["wall_max_s"]
                for r in by.values())
     assert by["handloop"]["exact"] is True
     assert by["presence-1w"]["exact"] is True, by["presence-1w"]["exactness"]
+    assert by["presence-1w-python"]["exact"] is True, by["presence-1w-python"]["exactness"]
     assert all(r["pings_per_cpu_s"] > 0 and r["peak_rss_mb"] > 0 for r in by.values())
     # presence's own "done" line is found: the steady rate of the scaling target.
     assert by["presence-1w"]["steady_pings_per_s"] > 0
@@ -213,6 +214,31 @@ def test_system_selection_by_no_flink_and_timestamps():
         _args("--timestamps", "float")))
     with pytest.raises(SystemExit):
         systems.select_systems(_args("--only", "flink"))
+
+
+def test_python_reader_rows_run_presence_with_presence_reader_python():
+    args = _args()
+    for fast in ("presence-1w", "presence-1w-mixed"):
+        cmd, env = systems.command(fast, "t", "db", args)
+        slow_cmd, slow_env = systems.command(fast + "-python", "t", "db", args)
+        assert slow_cmd == cmd and "PRESENCE_READER" not in env
+        assert slow_env == {**env, "PRESENCE_READER": "python"}
+    assert bench_run.shape_of("presence-1w-mixed-python") == "mixed"
+    assert bench_run.shape_of("presence-1w-python") == "float"
+    every = systems.select_systems(_args())
+    assert {"presence-1w-python", "presence-1w-mixed-python"} <= set(every)
+    assert "presence-1w-mixed-python" in systems.select_systems(_args("--timestamps", "mixed"))
+    assert "presence-1w-python" not in systems.select_systems(_args("--timestamps", "mixed"))
+
+
+def test_reader_ratio_renders():
+    base = dict(wall_s=1.0, cpu_s=1.0, peak_rss_mb=10.0, load_before=0.1, load_after=0.2,
+                note="n", exactness="ok", exact=True)
+    by = {name: {**base, "system": name, "pings_per_s": wall, "pings_per_cpu_s": cpu}
+          for name, wall, cpu in (("presence-1w", 60.0, 90.0), ("presence-1w-python", 40.0, 45.0))}
+    got = {name: (val, ok) for name, val, ok in report.targets(by, None, None)}
+    assert got["(reader) presence-1w / presence-1w-python: the default reader over the "
+               "pure-Python one (wall, pings/CPU-s)"] == ("1.50 x, 2.00 x", None)
 
 
 def test_flink_and_mixed_targets_render():

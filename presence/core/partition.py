@@ -25,6 +25,14 @@
   without a valid location are counted (:attr:`PartitionReader.unlocated`)
   when a definition needs one. Without segments none of this runs.
 
+The per-ping loop has an optional compiled twin (``native/src/lib.rs``,
+``presence._native``, built by ``make install`` when cargo is there; chosen by
+PRESENCE_READER, :func:`reader_in_use`): :meth:`PartitionReader._read_native`
+gives it a batch, and it hands back to this module's code, by index and in
+offset order, every message it is not sure of and every too-late ping, so
+the outcome is :meth:`PartitionReader._read_python`'s
+(``tests/test_native_reader.py``). With segments the Python loop runs.
+
 Pure logic, no I/O: the Kafka shell in :mod:`presence.io.source` feeds it.
 Its :meth:`PartitionReader.snapshot` is the partition's recovery state.
 """
@@ -48,6 +56,47 @@ from presence.core.pings import (
 )
 from presence.core.segments import ValueExtractor
 from presence.core.windows import WindowSpec
+
+try:  # the optional compiled reader (native/, built by `make install` when cargo is there)
+    from presence import _native
+except ImportError:  # not built: the pure-Python reader
+    _native = None
+else:
+    if getattr(_native, "ABI", None) != 2:  # a stale build: not trusted
+        _native = None
+
+READERS = ("auto", "python", "native")
+"""PRESENCE_READER: ``auto`` (the compiled reader when built), ``python``, ``native``."""
+DEFAULT_READER = "auto"
+"""What a :class:`PartitionReader` made without ``reader=`` uses (tests switch it)."""
+_NATIVE_MAX_TIME = 1e15
+"""The compiled reader takes a batch whose future bound is below this (its bucket
+numbers stay exact integers); a batch beyond it (odd Kafka timestamps) is read in Python."""
+_NATIVE_DRIVERS_MAX = 500_000
+"""Driver ids the compiled reader keeps between batches (then emptied, as the shard cache)."""
+
+
+def native_reader_built() -> bool:
+    """True if the compiled reader (``presence._native``) is importable."""
+    return _native is not None
+
+
+def reader_in_use(setting: str, spec: WindowSpec | None = None) -> str:
+    """``native`` or ``python``: which reader ``PRESENCE_READER=setting`` runs.
+
+    With segments (``spec.segments``) the reader is always the Python one (the
+    compiled one does not compute segment values). ``native`` when it is not
+    built raises ``ValueError``.
+    """
+    if setting not in READERS:
+        raise ValueError("must be auto, python or native")
+    if setting == "native" and _native is None:
+        raise ValueError("native: the compiled reader is not built (run `make install` "
+                         "with cargo on PATH), use auto or python")
+    if setting == "python" or _native is None or (spec is not None and spec.segments):
+        return "python"
+    return "native"
+
 
 TIMESTAMP_NOT_AVAILABLE = 0
 """confluent-kafka's timestamp type of a message without a timestamp (then ``-1`` ms)."""
@@ -132,6 +181,7 @@ class PartitionReader:
         now: float,
         resume: dict | None = None,
         fingerprint: dict | None = None,
+        reader: str | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -153,6 +203,10 @@ class PartitionReader:
         self.read_at = now
         self._shard_cache: dict[str, int] = {}
         self.extractor = ValueExtractor(spec.segments) if spec.segments else None
+        self.reader = reader_in_use(reader or DEFAULT_READER, spec)
+        """``native`` (the compiled loop, :meth:`_read_native`) or ``python``."""
+        self._native_drivers = None
+        """The compiled reader's driver texts and CRC-32s (``_native.Drivers``)."""
 
     def snapshot(self) -> dict:
         return {
@@ -267,6 +321,62 @@ class PartitionReader:
         future check of a message that has no Kafka timestamp. With segments
         configured, each counted ping's segment values go with it.
         """
+        if self.reader == "native":
+            return self._read_native(messages, now, ended)
+        return self._read_python(messages, now, ended)
+
+    def _read_native(
+        self, messages: Sequence[Message], now: float, ended: bool
+    ) -> PartitionBatch:
+        """:meth:`_read_python`'s outcome, the hot loop compiled (``native/src/lib.rs``).
+
+        The compiled loop reads the values it is sure of; every other message
+        comes back here, by index and in offset order, to :meth:`_judge` (a
+        rejection's dead letter) and every too-late ping to :meth:`_too_late`,
+        so dead letters keep their order and every outcome is the Python one.
+        """
+        spec = self.spec
+        if type(messages) is not list:
+            messages = list(messages)
+        latest_allowed = self._latest_allowed(messages, now)
+        if (not MIN_EVENT_TIME <= latest_allowed < _NATIVE_MAX_TIME
+                or type(spec.bucket_s) is not int):
+            # Every ping judged alone anyway, or times the compiled loop does not take.
+            return self._read_python(messages, now, ended)
+        dead: list[DeadLetter] = []
+        invalid = 0
+
+        def slow(index: int) -> tuple | None:
+            nonlocal invalid
+            message = messages[index]
+            value = message.value()
+            ping = self._judge(message, value, latest_allowed, now)
+            if type(ping) is not tuple:
+                invalid += 1
+                dead.append(self._rejected(message, value, ping, now))
+                return None
+            return ping
+
+        def too_late(index: int, time: float, max_event: float) -> None:
+            message = messages[index]
+            dead.append(self._too_late(message, message.value(), time, max_event, now))
+
+        drivers = self._native_drivers
+        if drivers is None:
+            drivers = self._native_drivers = _native.Drivers()
+        elif len(drivers) > _NATIVE_DRIVERS_MAX:
+            drivers.clear()
+        grouped, max_event, too_late_count, late = _native.read_batch(
+            messages, latest_allowed, self.max_event, spec.lateness_s, spec.horizon_s,
+            spec.shards, spec.bucket_s, slow, too_late, drivers,
+        )
+        mark = self._count(messages, now, ended, max_event, invalid, too_late_count, late)
+        return PartitionBatch(mark, grouped, dead, None)
+
+    def _read_python(
+        self, messages: Sequence[Message], now: float, ended: bool
+    ) -> PartitionBatch:
+        """The pure-Python reader (the reference: with segments, the only one)."""
         spec = self.spec
         shards = spec.shards
         bucket = spec.bucket_s

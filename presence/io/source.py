@@ -167,9 +167,12 @@ class PingSource(FixedPartitionedSource[PartitionBatch, SourceState]):
         batch_size: int = 5000,
         clock: Callable[[], float] = time.time,
         fingerprint: dict | None = None,
+        reader: str | None = None,
     ) -> None:
         self.topic = topic
         self.partitions = partitions
+        self.reader = reader
+        """PRESENCE_READER (``auto``, ``python``, ``native``); None: the reader's default."""
         self.open_feed = open_feed
         self.spec = spec
         self.bounded = bounded
@@ -190,6 +193,7 @@ class PingSource(FixedPartitionedSource[PartitionBatch, SourceState]):
         reader = PartitionReader(
             self.topic, partition, self.partitions, self.spec, self.clock(),
             state.reader_resume() if state else None, fingerprint=self.fingerprint,
+            reader=self.reader,
         )
         return PingPartition(
             self.open_feed(partition), reader, self.bounded, self.batch_size, self.clock

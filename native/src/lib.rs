@@ -1,0 +1,610 @@
+//! presence's optional compiled partition reader: the hot loop of
+//! `presence.core.partition.PartitionReader.read`, for a batch of messages.
+//!
+//! It reads a value only when it is sure of it (the strict fast path of
+//! `parse_fast`): an ASCII JSON object with exactly the keys `driver_id`,
+//! `timestamp` and `on_duty`, each once, no escapes, numbers it can read
+//! exactly as msgspec and Python do, and a timestamp within
+//! `[MIN_EVENT_TIME, latest_allowed]`. Every other value is handed back to
+//! Python (the `slow` callback, by index, in offset order), which judges it
+//! exactly as the pure-Python reader does. Too-late pings are handed back too
+//! (the `too_late` callback) for their dead letter. So the outcome is the
+//! pure-Python reader's, proven by `tests/test_native_reader.py`.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PySet, PyString};
+use rustc_hash::FxHashMap;
+
+const EPOCH_MS_THRESHOLD: f64 = 1e11;
+const MIN_EVENT_TIME: f64 = 946_684_800.0;
+const MAX_DRIVER_ID_CHARS: usize = 128;
+/// 2**53: integers below it are exact as doubles.
+const EXACT: u64 = 1 << 53;
+const EXACT_F64: f64 = 9_007_199_254_740_992.0;
+
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+#[inline]
+fn is_ws(b: u8) -> bool {
+    b == b' ' || b == b'\t' || b == b'\n' || b == b'\r'
+}
+
+struct Cursor<'a> {
+    v: &'a [u8],
+    p: usize,
+}
+
+impl<'a> Cursor<'a> {
+    #[inline]
+    fn ws(&mut self) {
+        while self.p < self.v.len() && is_ws(self.v[self.p]) {
+            self.p += 1;
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.v.get(self.p).copied()
+    }
+
+    #[inline]
+    fn eat(&mut self, b: u8) -> Option<()> {
+        if self.peek() == Some(b) {
+            self.p += 1;
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// A string's content (after the opening quote): printable ASCII, no escapes.
+    #[inline]
+    fn plain_string(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let start = self.p;
+        loop {
+            let b = *self.v.get(self.p)?;
+            if b == b'"' {
+                let s = &self.v[start..self.p];
+                self.p += 1;
+                return Some(s);
+            }
+            if b == b'\\' || b < 0x20 || b >= 0x80 {
+                return None;
+            }
+            self.p += 1;
+        }
+    }
+
+    /// A JSON number token, strictly of the grammar, non-negative.
+    #[inline]
+    fn number(&mut self) -> Option<Number<'a>> {
+        let v = self.v;
+        let start = self.p;
+        let mut p = self.p;
+        // integer part: 0 | [1-9][0-9]*
+        match v.get(p) {
+            Some(b'0') => p += 1,
+            Some(b'1'..=b'9') => {
+                while matches!(v.get(p), Some(b'0'..=b'9')) {
+                    p += 1;
+                }
+            }
+            _ => return None,
+        }
+        let int_end = p;
+        let mut frac = &v[0..0];
+        if v.get(p) == Some(&b'.') {
+            p += 1;
+            let fs = p;
+            while matches!(v.get(p), Some(b'0'..=b'9')) {
+                p += 1;
+            }
+            if p == fs {
+                return None;
+            }
+            frac = &v[fs..p];
+        }
+        let mut exp: i64 = 0;
+        let mut has_exp = false;
+        if matches!(v.get(p), Some(b'e') | Some(b'E')) {
+            has_exp = true;
+            p += 1;
+            let mut negative = false;
+            match v.get(p) {
+                Some(b'+') => p += 1,
+                Some(b'-') => {
+                    negative = true;
+                    p += 1
+                }
+                _ => {}
+            }
+            let es = p;
+            while let Some(&d @ b'0'..=b'9') = v.get(p) {
+                if exp < 100_000 {
+                    exp = exp * 10 + (d - b'0') as i64;
+                }
+                p += 1;
+            }
+            if p == es {
+                return None;
+            }
+            if negative {
+                exp = -exp;
+            }
+        }
+        // what follows a number: whitespace, ',' or '}' (checked by the caller),
+        // never more of a token
+        if let Some(&b) = v.get(p) {
+            if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'+' {
+                return None;
+            }
+        }
+        self.p = p;
+        Some(Number { int: &v[start..int_end], frac, exp, is_int: frac.is_empty() && !has_exp })
+    }
+}
+
+struct Number<'a> {
+    int: &'a [u8],
+    frac: &'a [u8],
+    exp: i64,
+    is_int: bool,
+}
+
+impl Number<'_> {
+    /// The double a correct parser gives, when it is sure of it (Clinger's
+    /// exact case: mantissa below 2**53, |power of ten| <= 22); else None.
+    fn exact_f64(&self) -> Option<f64> {
+        let mut m: u64 = 0;
+        for &d in self.int.iter().chain(self.frac.iter()) {
+            m = m.checked_mul(10)?.checked_add((d - b'0') as u64)?;
+            if m > EXACT {
+                return None;
+            }
+        }
+        let e = self.exp - self.frac.len() as i64;
+        if m == 0 {
+            return Some(0.0);
+        }
+        if (0..=22).contains(&e) {
+            Some(m as f64 * POW10[e as usize])
+        } else if (-22..0).contains(&e) {
+            Some(m as f64 / POW10[(-e) as usize])
+        } else {
+            None
+        }
+    }
+}
+
+#[inline]
+fn digit(b: u8) -> Option<u32> {
+    if b.is_ascii_digit() {
+        Some((b - b'0') as u32)
+    } else {
+        None
+    }
+}
+
+#[inline]
+fn two(s: &[u8], at: usize) -> Option<u32> {
+    Some(digit(s[at])? * 10 + digit(s[at + 1])?)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Hinnant's days_from_civil).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn days_in_month(y: u32, m: u32) -> u32 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ => {
+            if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 {
+                29
+            } else {
+                28
+            }
+        }
+    }
+}
+
+/// `presence.core.timestamps.usual_iso_instant`: the usual layout only, the
+/// same double (whole microseconds / 10**6, correctly rounded); None otherwise.
+pub fn usual_iso_instant(s: &[u8]) -> Option<f64> {
+    if s.len() < 19 {
+        return None;
+    }
+    // YYYY-MM-DDTHH:MM:SS
+    if s[4] != b'-' || s[7] != b'-' || s[10] != b'T' || s[13] != b':' || s[16] != b':' {
+        return None;
+    }
+    let year = two(s, 0)? * 100 + two(s, 2)?;
+    let month = two(s, 5)?;
+    let day = two(s, 8)?;
+    let hour = two(s, 11)?;
+    let minute = two(s, 14)?;
+    let second = two(s, 17)?;
+    if year < 1 || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    if hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let seconds = days_from_civil(year as i64, month, day) * 86_400
+        + (hour * 3_600 + minute * 60 + second) as i64;
+    // (?:\.([0-9]{1,6}))?(?:(Z)|([+-])HH:MM)?
+    let mut t = &s[19..];
+    let mut micros: i64 = 0;
+    if t.first() == Some(&b'.') {
+        let n = t[1..].iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 || n > 6 {
+            return None;
+        }
+        let mut f: i64 = 0;
+        for &d in &t[1..=n] {
+            f = f * 10 + (d - b'0') as i64;
+        }
+        micros = f * 10_i64.pow(6 - n as u32);
+        t = &t[1 + n..];
+    }
+    match t.first() {
+        None => {}
+        Some(b'Z') if t.len() == 1 => {}
+        Some(&sign @ (b'+' | b'-')) if t.len() == 6 && t[3] == b':' => {
+            let oh = two(t, 1)?;
+            let om = two(t, 4)?;
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let offset = (oh * 3_600 + om * 60) as i64 * 1_000_000;
+            micros = if sign == b'+' { micros - offset } else { micros + offset };
+        }
+        _ => return None,
+    }
+    let total = seconds * 1_000_000 + micros;
+    if total.unsigned_abs() >= EXACT {
+        return None; // not sure of one rounding: Python's exact division decides
+    }
+    Some(total as f64 / 1_000_000.0)
+}
+
+/// The strict fast path: `(driver id text, event time, on duty)` of a value
+/// it is sure of, exactly as the Python reader would have it; else None.
+pub fn parse_fast(v: &[u8], latest_allowed: f64) -> Option<(&[u8], f64, bool)> {
+    let mut c = Cursor { v, p: 0 };
+    c.ws();
+    c.eat(b'{')?;
+    let mut driver: Option<&[u8]> = None;
+    let mut time: Option<f64> = None;
+    let mut duty: Option<bool> = None;
+    loop {
+        c.ws();
+        let key = c.plain_string()?;
+        c.ws();
+        c.eat(b':')?;
+        c.ws();
+        match key {
+            b"driver_id" => {
+                if driver.is_some() {
+                    return None;
+                }
+                if c.peek()? == b'"' {
+                    let s = c.plain_string()?;
+                    if s.is_empty() || s.len() > MAX_DRIVER_ID_CHARS {
+                        return None;
+                    }
+                    driver = Some(s);
+                } else {
+                    let n = c.number()?;
+                    if !n.is_int || n.int.len() > 18 {
+                        return None;
+                    }
+                    driver = Some(n.int);
+                }
+            }
+            b"timestamp" => {
+                if time.is_some() {
+                    return None;
+                }
+                let t = if c.peek()? == b'"' {
+                    usual_iso_instant(c.plain_string()?)?
+                } else {
+                    let n = c.number()?;
+                    let stamp = if n.is_int {
+                        // a Python int: exact below 2**53, else rounded as float(int)
+                        if n.int.len() > 18 {
+                            return None;
+                        }
+                        let mut i: i64 = 0;
+                        for &d in n.int {
+                            i = i * 10 + (d - b'0') as i64;
+                        }
+                        i as f64
+                    } else {
+                        n.exact_f64()?
+                    };
+                    if stamp >= EPOCH_MS_THRESHOLD {
+                        stamp / 1000.0
+                    } else {
+                        stamp
+                    }
+                };
+                if !(MIN_EVENT_TIME <= t && t <= latest_allowed) {
+                    return None;
+                }
+                time = Some(t + 0.0);
+            }
+            b"on_duty" => {
+                if duty.is_some() {
+                    return None;
+                }
+                let rest = &v[c.p..];
+                let (value, used) = if rest.starts_with(b"true") {
+                    (true, 4)
+                } else if rest.starts_with(b"false") {
+                    (false, 5)
+                } else if rest.starts_with(b"1") {
+                    (true, 1)
+                } else if rest.starts_with(b"0") {
+                    (false, 1)
+                } else {
+                    return None;
+                };
+                if let Some(&b) = rest.get(used) {
+                    if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'+' {
+                        return None;
+                    }
+                }
+                c.p += used;
+                duty = Some(value);
+            }
+            _ => return None,
+        }
+        c.ws();
+        match c.peek()? {
+            b',' => c.p += 1,
+            b'}' => {
+                c.p += 1;
+                break;
+            }
+            _ => return None,
+        }
+    }
+    c.ws();
+    if c.p != v.len() {
+        return None;
+    }
+    Some((driver?, time?, duty?))
+}
+
+/// `time // bucket` as Python computes it, for `0 <= time < 2**53` and a whole
+/// `bucket >= 1` (what `read_batch` is given): there CPython's float floor
+/// division (`_float_div_mod`: an exact `fmod`, then `(vx - mod) / wx`, both
+/// exact since `vx - mod` is a whole multiple of `wx` below 2**53) is the exact
+/// floor of the quotient, found here without `fmod`: a correctly rounded
+/// division is off by at most one, and `q * bucket` is exact.
+#[inline]
+fn floor_div(time: f64, bucket: f64) -> f64 {
+    let mut q = (time / bucket).floor();
+    if q * bucket > time {
+        q -= 1.0;
+    } else if (q + 1.0) * bucket <= time {
+        q += 1.0;
+    }
+    q
+}
+
+/// The driver ids one partition's reader has seen: each one's Python text and
+/// CRC-32, kept across batches so a driver's text is made once (the Python
+/// reader's shard cache, `PartitionReader._shard_cache`, likewise). Python
+/// empties it between batches past a bound.
+#[pyclass(module = "presence._native")]
+struct Drivers {
+    index: FxHashMap<Box<[u8]>, u32>,
+    entries: Vec<(Py<PyString>, u32)>,
+}
+
+#[pymethods]
+impl Drivers {
+    #[new]
+    fn new() -> Self {
+        Drivers { index: FxHashMap::default(), entries: Vec::new() }
+    }
+
+    fn __len__(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn clear(&mut self) {
+        self.index.clear();
+        self.entries.clear();
+    }
+}
+
+impl Drivers {
+    /// The number of `key`'s entry; `text` makes its Python text when it is new.
+    #[inline]
+    fn who<'py>(&mut self, key: &[u8], text: impl FnOnce() -> Bound<'py, PyString>) -> u32 {
+        if let Some(&who) = self.index.get(key) {
+            return who;
+        }
+        let who = self.entries.len() as u32;
+        self.entries.push((text().unbind(), crc32fast::hash(key)));
+        self.index.insert(key.into(), who);
+        who
+    }
+}
+
+#[derive(Default)]
+struct Group {
+    start: i64,
+    /// driver index -> on duty at least once in this bucket
+    members: FxHashMap<u32, bool>,
+    pings: u64,
+}
+
+/// The hot loop of `PartitionReader.read` (without segments).
+///
+/// `messages`: a list of objects with `value()`. `slow(i)`: the Python
+/// judgement of message `i` (a `(driver, time, on_duty)` tuple, or None for
+/// a rejection it has already recorded). `too_late(i, time, max_event)`:
+/// records the dead letter of a too-late ping. `drivers`: the partition's
+/// `Drivers` (borrowed for the call). Returns
+/// `(grouped, max_event, too_late, late)`, `grouped` as the Python loop
+/// builds it: per shard `{bucket start: [online set, online - on duty, pings]}`.
+#[pyfunction]
+#[pyo3(signature = (messages, latest_allowed, max_event, lateness, horizon, shards, bucket, slow, too_late, drivers))]
+#[allow(clippy::too_many_arguments)]
+fn read_batch<'py>(
+    py: Python<'py>,
+    messages: &Bound<'py, PyList>,
+    latest_allowed: f64,
+    mut max_event: f64,
+    lateness: f64,
+    horizon: f64,
+    shards: u32,
+    bucket: i64,
+    slow: &Bound<'py, PyAny>,
+    too_late: &Bound<'py, PyAny>,
+    drivers: &Bound<'py, Drivers>,
+) -> PyResult<(Bound<'py, PyList>, f64, u64, u64)> {
+    if shards == 0 || bucket <= 0 {
+        return Err(PyValueError::new_err("shards and bucket must be positive"));
+    }
+    let bucket_f = bucket as f64;
+    let mut late_before = max_event - lateness;
+    let mut too_late_before = late_before - horizon;
+    let mut n_too_late: u64 = 0;
+    let mut n_late: u64 = 0;
+    let n = messages.len();
+    let mut cache = drivers.try_borrow_mut()?;
+    let mut slots: Vec<FxHashMap<i64, usize>> = (0..shards).map(|_| FxHashMap::default()).collect();
+    let mut groups: Vec<Vec<Group>> = (0..shards).map(|_| Vec::new()).collect();
+    let value_name = intern!(py, "value");
+
+    for i in 0..n {
+        let message = messages.get_item(i)?;
+        let value = message.call_method0(value_name)?;
+        let fast = match value.cast::<PyBytes>() {
+            Ok(bytes) => parse_fast(bytes.as_bytes(), latest_allowed),
+            Err(_) => None,
+        };
+        let (who, time, on_duty) = match fast {
+            Some((key, time, on_duty)) => {
+                // ASCII, checked by parse_fast
+                let who = cache.who(key, || {
+                    PyString::new(py, std::str::from_utf8(key).unwrap_or(""))
+                });
+                (who, time, on_duty)
+            }
+            None => {
+                let judged = slow.call1((i,))?;
+                if judged.is_none() {
+                    continue;
+                }
+                let (text, time, on_duty): (Bound<'py, PyString>, f64, bool) = judged.extract()?;
+                let who = cache.who(text.to_str()?.as_bytes(), || text.clone());
+                (who, time, on_duty)
+            }
+        };
+        if time > max_event {
+            max_event = time;
+            late_before = time - lateness;
+            too_late_before = late_before - horizon;
+        } else if time < late_before {
+            if time < too_late_before {
+                n_too_late += 1;
+                too_late.call1((i, time, max_event))?;
+                continue;
+            }
+            n_late += 1;
+        }
+        let shard = (cache.entries[who as usize].1 % shards) as usize;
+        if !(0.0..EXACT_F64).contains(&time) {
+            return Err(PyValueError::new_err("event time out of the compiled reader's range"));
+        }
+        let number = floor_div(time, bucket_f);
+        let number = number as i64;
+        let slot = match slots[shard].get(&number) {
+            Some(&slot) => slot,
+            None => {
+                let slot = groups[shard].len();
+                groups[shard].push(Group { start: number * bucket, ..Default::default() });
+                slots[shard].insert(number, slot);
+                slot
+            }
+        };
+        let group = &mut groups[shard][slot];
+        *group.members.entry(who).or_insert(false) |= on_duty;
+        group.pings += 1;
+    }
+
+    let grouped = PyList::empty(py);
+    for shard_groups in groups {
+        let dict = PyDict::new(py);
+        for group in shard_groups {
+            let online =
+                PySet::new(py, group.members.keys().map(|&w| cache.entries[w as usize].0.bind(py)))?;
+            let off = PySet::new(
+                py,
+                group
+                    .members
+                    .iter()
+                    .filter(|(_, &duty)| !duty)
+                    .map(|(&w, _)| cache.entries[w as usize].0.bind(py)),
+            )?;
+            let sets = PyList::new(py, [online.into_any(), off.into_any(), group.pings.into_pyobject(py)?.into_any()])?;
+            dict.set_item(group.start, sets)?;
+        }
+        grouped.append(dict)?;
+    }
+    Ok((grouped, max_event, n_too_late, n_late))
+}
+
+/// The fast path alone, for tests: `(driver, time, on_duty)` or None.
+#[pyfunction]
+fn parse_fast_py<'py>(
+    py: Python<'py>,
+    value: &[u8],
+    latest_allowed: f64,
+) -> Option<(Bound<'py, PyString>, f64, bool)> {
+    parse_fast(value, latest_allowed)
+        .map(|(d, t, o)| (PyString::new(py, std::str::from_utf8(d).unwrap_or("")), t, o))
+}
+
+/// `floor_div` alone, for tests (against Python's `time // bucket`).
+#[pyfunction]
+fn floor_div_py(time: f64, bucket: f64) -> f64 {
+    floor_div(time, bucket)
+}
+
+/// `usual_iso_instant` alone, for tests.
+#[pyfunction]
+fn usual_iso_instant_py(text: &str) -> Option<f64> {
+    usual_iso_instant(text.as_bytes())
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(read_batch, m)?)?;
+    m.add_class::<Drivers>()?;
+    m.add_function(wrap_pyfunction!(parse_fast_py, m)?)?;
+    m.add_function(wrap_pyfunction!(usual_iso_instant_py, m)?)?;
+    m.add_function(wrap_pyfunction!(floor_div_py, m)?)?;
+    m.add("ABI", 2)?;
+    Ok(())
+}
+
