@@ -213,8 +213,9 @@ class SegmentPanes:
         """Per definition: panes where new values went to :data:`OTHER`."""
         self.other_pings: list[int] = [0] * count
         """Per definition: pings counted under :data:`OTHER` (cumulative)."""
-        self.dirty: set[tuple[int, tuple, int]] = set()
-        """``(definition number, value, row)`` whose counts may have changed."""
+        self._dirty: dict[int, set[tuple[int, tuple]]] = {}
+        """``{row: {(definition number, value)}}`` whose counts may have changed:
+        indexed by row, so a report touches only the rows it closes."""
         self._blobs: list[dict[int, bytes]] = [{} for _ in range(count)]
 
     # -- input ---------------------------------------------------------------
@@ -334,8 +335,8 @@ class SegmentPanes:
         if pane_values is None:
             pane_values = self.panes[number][pane] = {}
         changed_any = False
-        dirty = self.dirty
-        rows = self.spec.rows_of_pane(pane)
+        dirty = self._dirty
+        row_sets = None
         for value, (on_new, av_new, pings) in groups.items():
             code, value, redirected = self._code(number, value, pane, pane_values)
             if redirected:
@@ -359,8 +360,16 @@ class SegmentPanes:
             else:
                 pane_values[code] = (new_on, new_av)
             changed_any = True
-            for row in rows:
-                dirty.add((number, value, row))
+            if row_sets is None:
+                row_sets = []
+                for row in self.spec.rows_of_pane(pane):
+                    keys = dirty.get(row)
+                    if keys is None:
+                        keys = dirty[row] = set()
+                    row_sets.append(keys)
+            key = (number, value)
+            for keys in row_sets:
+                keys.add(key)
         if changed_any:
             self._blobs[number].pop(pane, None)
             self._touched.add((number, pane))
@@ -432,18 +441,20 @@ class SegmentPanes:
         them if it is None, as at the end of a bounded run); those are no
         longer dirty. Each maps to ``(online, available, overflow)``.
         """
+        dirty = self._dirty
         if watermark is None:
-            closed = list(self.dirty)
+            closed = list(dirty)
         else:
             last_row = watermark - self.spec.bucket_s
-            closed = [k for k in self.dirty if k[2] <= last_row]
+            closed = [r for r in dirty if r <= last_row]
         by_row: dict[tuple[int, int], list] = {}
-        for number, value, row in closed:
-            values = by_row.get((number, row))
-            if values is None:
-                by_row[(number, row)] = [value]
-            else:
-                values.append(value)
+        for row in closed:
+            for number, value in dirty.pop(row):
+                values = by_row.get((number, row))
+                if values is None:
+                    by_row[(number, row)] = [value]
+                else:
+                    values.append(value)
         out = {}
         for (number, row), values in by_row.items():
             tables = self._row_panes(number, row)
@@ -453,8 +464,17 @@ class SegmentPanes:
                 code = codes.get(value)
                 online, available = (0, 0) if code is None else _counts(tables, code)
                 out[(number, value, row)] = (online, available, overflow)
-        self.dirty.difference_update(closed)
         return out
+
+    @property
+    def dirty(self) -> set[tuple[int, tuple, int]]:
+        """``(definition number, value, row)`` whose counts may have changed."""
+        return {(number, value, row) for row, keys in self._dirty.items() for number, value in keys}
+
+    def first_dirty_row(self) -> int | None:
+        """The earliest row with a changed count, or None."""
+        rows = [row for row, keys in self._dirty.items() if keys]
+        return min(rows) if rows else None
 
     # -- clean-up ------------------------------------------------------------
 
@@ -474,7 +494,7 @@ class SegmentPanes:
             # A row with a dropped pane can no longer be recomputed; the
             # shard reports closed rows before it drops, so none is left.
             row_start = self.spec.row_start
-            self.dirty = {k for k in self.dirty if row_start(k[2]) >= oldest_pane}
+            self._dirty = {r: k for r, k in self._dirty.items() if row_start(r) >= oldest_pane}
             self._compact_index(oldest_pane)
         return dropped
 
@@ -580,7 +600,8 @@ class SegmentPanes:
             panes.panes[number] = dict(blobs)  # cold: each is thawed when first needed
             panes.overflow[number] = set(snap["overflow"][number])
         panes.other_pings = list(snap["other_pings"])
-        panes.dirty = set(snap["dirty"])
+        for number, value, row in snap["dirty"]:
+            panes._dirty.setdefault(row, set()).add((number, value))
         return panes
 
 
