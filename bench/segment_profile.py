@@ -46,29 +46,45 @@ def messages(w: wl.Workload, batch: int) -> list[tuple[int, list[RawMessage], bo
     return [(p, chunk, last) for _, p, chunk, last in out]
 
 
-def run(spec: WindowSpec, batches, partitions: int, rows_every: int = 4):
+def run(spec: WindowSpec, batches, partitions: int, rows_every: int = 4, parts: dict | None = None):
+    """``parts``, if given, gets the CPU seconds of each stage (read, apply, report, book)."""
+    clock = time.process_time
+    spent = {"read": 0.0, "apply": 0.0, "report": 0.0, "book": 0.0}
     readers = [PartitionReader("t", p, partitions, spec, NOW) for p in range(partitions)]
     shards = {f"shard-{s:02d}": ShardState(spec) for s in range(spec.shards)}
     book = RowBook(spec)
     rows, seg_rows = [], []
     for n, (p, chunk, last) in enumerate(batches):
+        t0 = clock()
         batch = readers[p].read(chunk, NOW, ended=last)
+        t1 = clock()
+        spent["read"] += t1 - t0
         for key, part in batch.shard_parts():
             state = shards[key]
+            t0 = clock()
             state.apply(part)
+            t1 = clock()
             report = state.report(NOW)
+            t2 = clock()
             if report is not None:
                 book.add_report(key, report)
+            spent["apply"] += t1 - t0
+            spent["report"] += t2 - t1
+            spent["book"] += clock() - t2
+        t0 = clock()
         book.add_mark(batch.mark)
         if n % rows_every == 0:
             rows += book.take_rows()
             seg_rows += book.take_segment_rows()
+        spent["book"] += clock() - t0
     for key, state in shards.items():
         report = state.report(NOW, final=True)
         if report is not None:
             book.add_report(key, report)
     rows += book.take_rows(final=True)
     seg_rows += book.take_segment_rows(final=True)
+    if parts is not None:
+        parts.update(spent)
     return rows, seg_rows
 
 
@@ -105,12 +121,17 @@ def main() -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(args.top)
         return
     best = {"without": float("inf"), "with": float("inf")}
+    stages = {}
     out = None
     for _ in range(args.repeat):
         for name, spec in (("without", plain), ("with", seg)):
+            spent: dict = {}
             t0 = time.process_time()
-            result = run(spec, batches, parts)
-            best[name] = min(best[name], time.process_time() - t0)
+            result = run(spec, batches, parts, parts=spent)
+            took = time.process_time() - t0
+            if took < best[name]:
+                best[name] = took
+                stages[name] = spent
             if name == "with":
                 out = result
     n = w.pings
@@ -118,6 +139,9 @@ def main() -> None:
     print(f"{n:,} pings of {args.drivers:,} drivers, batches of {args.batch}: "
           f"without segments {off:.2f} us/ping, with {args.segments!r} {on:.2f} us/ping "
           f"(core only; ratio of pings/CPU-s {off / on:.3f}); {len(out[1]):,} segment row writes")
+    for name, spent in stages.items():
+        print(f"  {name}: " + ", ".join(f"{k} {v / n * 1e6:.2f}" for k, v in spent.items())
+              + " us/ping")
     if args.check:
         from bench.exactness import compare
         oracle = wl.segment_oracle_rows(w, tuple(args.segments.split(";")))

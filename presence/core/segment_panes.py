@@ -95,6 +95,17 @@ def encode(positions: set[int] | Sequence[int]) -> int | bytes:
     return array("I", sorted(positions)).tobytes() + b"\0"
 
 
+def encode_list(positions: Sequence[int]) -> int | bytes:
+    """:func:`encode` for a non-empty list of positions that may repeat."""
+    if len(positions) == 1:
+        only = positions[0]
+        if only < 16:
+            return 1 << only
+        if only < 65536:
+            return only.to_bytes(2, "little")
+    return encode(set(positions))
+
+
 def size_of(container: int | bytes | None) -> int:
     """How many positions a container holds."""
     if container is None:
@@ -157,12 +168,31 @@ def union_size(containers: Sequence[int | bytes]) -> int:
 
 def _counts(tables: list[dict], code: int) -> tuple[int, int]:
     """(online, available): sizes of the unions of one value's sets over these panes."""
-    online: set = set()  # of containers: a driver parked in one cell counts once, cheaply
-    available: set = set()
+    first = None
+    more = None
     for values in tables:
         entry = values.get(code)
         if entry is None:
             continue
+        if first is None:
+            first = entry
+        elif more is None:
+            more = [first, entry]
+        else:
+            more.append(entry)
+    if more is None:  # in one pane only: the usual sparse value
+        if first is None:
+            return 0, 0
+        if type(first) is tuple:
+            return size_of(first[0]), size_of(first[1])
+        if type(first) is int:
+            count = first.bit_count()
+        else:
+            count = len(first) >> 2 if len(first) & 1 else len(first) >> 1
+        return count, count
+    online: set = set()  # of containers: a driver parked in one cell counts once, cheaply
+    available: set = set()
+    for entry in more:
         if type(entry) is tuple:
             online.add(entry[0])
             if entry[1] is not None:
@@ -272,16 +302,17 @@ class SegmentPanes:
         """
         if not groups:
             return False
-        by_positions = {}
+        signed = {}
+        pings_of = {}
         for value, (online, off_duty, pings) in groups.items():
             on = self._positions(online, pane)
             if off_duty:
                 off = set(self._positions(off_duty, pane))
-                av = [p for p in on if p not in off]
+                signed[value] = [~p if p in off else p for p in on]
             else:
-                av = on
-            by_positions[value] = (on, av, pings)
-        return self._merge_positions(pane, number, by_positions)
+                signed[value] = on
+            pings_of[value] = pings
+        return self._merge_signed(pane, number, signed, pings_of)
 
     def add_panes(self, groups_by_pane: Mapping[int, Sequence[Groups]]) -> bool:
         """``{pane: [groups of definition 0, groups of definition 1, ...]}``."""
@@ -312,53 +343,80 @@ class SegmentPanes:
                 last.append(pane)
             elif last[pos] < pane:
                 last[pos] = pane
+            if not on_duty:
+                pos = ~pos  # off duty: negative
             for groups, value in zip(per_definition, values):
-                if value is None:
-                    continue
-                lists = groups.get(value)
-                if lists is None:
-                    lists = groups[value] = [[], [], 0]
-                lists[0].append(pos)
-                if on_duty:
-                    lists[1].append(pos)
-                lists[2] += 1
+                if value is not None:
+                    signed = groups.get(value)
+                    if signed is None:
+                        groups[value] = [pos]
+                    else:
+                        signed.append(pos)
         changed = False
         for number, groups in enumerate(per_definition):
-            if groups and self._merge_positions(pane, number, groups):
+            if groups and self._merge_signed(pane, number, groups):
                 changed = True
         return changed
 
-    def _merge_positions(self, pane: int, number: int, groups: dict) -> bool:
-        """``groups``: ``{value: (online positions, available positions, pings)}``
-        (positions may repeat)."""
+    def _merge_signed(self, pane: int, number: int, groups: dict, pings_of: dict | None = None) -> bool:
+        """``groups``: ``{value: [position of each ping, ~position when off duty]}``;
+        ``pings_of``: ``{value: pings}`` when not one per position."""
         pane_values = self._table(number, pane)
         if pane_values is None:
             pane_values = self.panes[number][pane] = {}
         changed_any = False
         dirty = self._dirty
         row_sets = None
-        for value, (on_new, av_new, pings) in groups.items():
-            code, value, redirected = self._code(number, value, pane, pane_values)
-            if redirected:
-                self.other_pings[number] += pings
+        codes = self.codes[number]
+        code_last = self._code_last[number]
+        max_values = self.max_values
+        for value, signed in groups.items():
+            code = codes.get(value)
+            if code is not None and (code in pane_values or len(pane_values) < max_values):
+                if code_last.get(code, _NO_PANE) < pane:
+                    code_last[code] = pane
+            else:
+                asked = value
+                code, value, redirected = self._code(number, value, pane, pane_values)
+                if redirected:
+                    self.other_pings[number] += (
+                        len(signed) if pings_of is None else pings_of[asked]
+                    )
             entry = pane_values.get(code)
+            if len(signed) == 1:
+                only = signed[0]
+                if only >= 0:
+                    on_new = av_new = signed
+                else:
+                    on_new, av_new = [~only], ()
+            elif min(signed) >= 0:
+                on_new = av_new = signed
+            else:
+                on_new = [p if p >= 0 else ~p for p in signed]
+                av_new = [p for p in signed if p >= 0]
             if entry is None:
-                old_on = old_av = None
-            elif type(entry) is tuple:
-                old_on, old_av = entry
+                new_on = encode_list(on_new)
+                new_av = new_on if av_new is on_new else (encode_list(av_new) if av_new else None)
+                if new_av is new_on or new_av == new_on:
+                    pane_values[code] = new_on
+                else:
+                    pane_values[code] = (new_on, new_av)
             else:
-                old_on = old_av = entry
-            new_on = merge(old_on, on_new)
-            if old_av is old_on and (av_new is on_new or len(av_new) == len(on_new)):
-                new_av = new_on  # every one of these pings on duty
-            else:
-                new_av = merge(old_av, av_new)
-            if new_on is old_on and new_av is old_av:
-                continue
-            if new_av is new_on or new_av == new_on:
-                pane_values[code] = new_on
-            else:
-                pane_values[code] = (new_on, new_av)
+                if type(entry) is tuple:
+                    old_on, old_av = entry
+                else:
+                    old_on = old_av = entry
+                new_on = merge(old_on, on_new)
+                if old_av is old_on and av_new is on_new:
+                    new_av = new_on  # every one of these pings on duty
+                else:
+                    new_av = merge(old_av, av_new)
+                if new_on is old_on and new_av is old_av:
+                    continue
+                if new_av is new_on or new_av == new_on:
+                    pane_values[code] = new_on
+                else:
+                    pane_values[code] = (new_on, new_av)
             changed_any = True
             if row_sets is None:
                 row_sets = []
