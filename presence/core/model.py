@@ -183,8 +183,10 @@ class ShardReport:
     """Rows ending at or before it may be written now: ``watermark``, or in a
     quiet live run the wall clock minus the lateness. Never stored."""
     segment_partials: dict = field(default_factory=dict)
-    """``{(definition number, value, row): (online, available, overflow)}`` of
-    this shard's drivers, for changed segment rows (as ``partials``)."""
+    """``{row: {(definition number, value): packed}}`` of this shard's drivers,
+    for changed segment rows (as ``partials``); ``packed`` is
+    :func:`presence.core.segment_panes.pack_partial` of ``(online, available,
+    overflow)``: one int per partial, grouped by row as the row book keeps them."""
     other_pings: tuple[int, ...] = ()
     """Per definition: pings this shard counted under ``other`` (cumulative)."""
 

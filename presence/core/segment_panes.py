@@ -53,6 +53,23 @@ Groups = Mapping[tuple, tuple]
 definition in one pane: as :class:`presence.core.partition.BucketSets` per value."""
 
 
+# --- partial counts ----------------------------------------------------------
+
+_COUNT_BITS = 32
+_COUNT_MASK = (1 << _COUNT_BITS) - 1
+_PARTIAL_SHIFT = _COUNT_BITS + 1
+
+
+def pack_partial(online: int, available: int, overflow: bool) -> int:
+    """One shard's partial of a segment row as one int (small ints are shared)."""
+    return (online << _PARTIAL_SHIFT) | (available << 1) | bool(overflow)
+
+
+def unpack_partial(packed: int) -> tuple[int, int, bool]:
+    """``(online, available, overflow)`` of a :func:`pack_partial` int."""
+    return packed >> _PARTIAL_SHIFT, (packed >> 1) & _COUNT_MASK, bool(packed & 1)
+
+
 # --- sets of positions --------------------------------------------------------
 
 
@@ -499,29 +516,45 @@ class SegmentPanes:
         them if it is None, as at the end of a bounded run); those are no
         longer dirty. Each maps to ``(online, available, overflow)``.
         """
+        return {
+            (number, value, row): unpack_partial(packed)
+            for row, by_key in self.take_row_partials(watermark).items()
+            for (number, value), packed in by_key.items()
+        }
+
+    def take_row_partials(self, watermark: float | None = None) -> dict[int, dict[tuple, int]]:
+        """:meth:`take_partials` as the shard reports them: ``{row: {(definition
+        number, value): packed}}``, each a :func:`pack_partial` int."""
         dirty = self._dirty
         if watermark is None:
             closed = list(dirty)
         else:
             last_row = watermark - self.spec.bucket_s
             closed = [r for r in dirty if r <= last_row]
-        by_row: dict[tuple[int, int], list] = {}
+        out: dict[int, dict[tuple, int]] = {}
         for row in closed:
-            for number, value in dirty.pop(row):
-                values = by_row.get((number, row))
-                if values is None:
-                    by_row[(number, row)] = [value]
+            keys = dirty.pop(row)
+            by_number: dict[int, list] = {}
+            for key in keys:
+                listed = by_number.get(key[0])
+                if listed is None:
+                    by_number[key[0]] = [key]
                 else:
-                    values.append(value)
-        out = {}
-        for (number, row), values in by_row.items():
-            tables = self._row_panes(number, row)
-            overflow = self.row_overflow(number, row)
-            codes = self.codes[number]
-            for value in values:
-                code = codes.get(value)
-                online, available = (0, 0) if code is None else _counts(tables, code)
-                out[(number, value, row)] = (online, available, overflow)
+                    listed.append(key)
+            packed_by_key = out[row] = {}
+            for number, listed in by_number.items():
+                tables = self._row_panes(number, row)
+                overflow = 1 if self.row_overflow(number, row) else 0
+                codes = self.codes[number]
+                for key in listed:
+                    code = codes.get(key[1])
+                    if code is None:
+                        packed_by_key[key] = overflow
+                    else:
+                        online, available = _counts(tables, code)
+                        packed_by_key[key] = (
+                            (online << _PARTIAL_SHIFT) | (available << 1) | overflow
+                        )
         return out
 
     @property
