@@ -129,7 +129,45 @@ def size_of(container: int | bytes | None) -> int:
         return 0
     if type(container) is int:
         return container.bit_count()
+    if type(container) is set:
+        return len(container)
     return len(container) >> 2 if len(container) & 1 else len(container) >> 1
+
+
+DENSE = 8
+"""A batch bringing this many pings of one value to a pane makes the value's
+entry there *open*: a mutable ``[online set, available set]`` of positions that
+later batches update in place (a city gets dozens of pings per batch; rebuilding
+its bitmap each time cost ~50 us). It is encoded (:func:`settle`) whenever the
+pane is pickled: frozen, or snapshotted."""
+
+
+def settle(entry):
+    """The stored form of an entry: an open ``[online, available]`` pair is encoded."""
+    if type(entry) is not list:
+        return entry
+    on, av = entry
+    encoded = encode(on)
+    if len(av) == len(on):
+        return encoded  # available is a subset of online: equal
+    return (encoded, encode(av) if av else None)
+
+
+def settled(table: dict) -> dict:
+    """A pane's table as stored (:func:`settle` of every entry)."""
+    return {code: settle(entry) if type(entry) is list else entry for code, entry in table.items()}
+
+
+def opened(entry) -> list:
+    """An entry as an open ``[online set, available set]`` pair."""
+    if type(entry) is list:
+        return entry
+    if type(entry) is tuple:
+        on, av = entry
+        on_set = set(decode(on))
+        return [on_set, set() if av is None else set(decode(av))]
+    on_set = set(decode(entry))
+    return [on_set, set(on_set)]
 
 
 def merge(container: int | bytes | None, positions: list[int]) -> int | bytes | None:
@@ -166,7 +204,9 @@ def union_size(containers: Sequence[int | bytes]) -> int:
             continue
         if seen is None:
             seen = set()
-        if len(c) == 2:  # one driver: the usual sparse set (an H3 cell)
+        if type(c) is set:
+            seen.update(c)
+        elif len(c) == 2:  # one driver: the usual sparse set (an H3 cell)
             seen.add(c[0] | c[1] << 8)
         elif len(c) & 1:
             seen.update(memoryview(c)[:-1].cast("I"))
@@ -200,27 +240,29 @@ def _counts(tables: list[dict], code: int) -> tuple[int, int]:
     if more is None:  # in one pane only: the usual sparse value
         if first is None:
             return 0, 0
-        if type(first) is tuple:
+        if type(first) is tuple or type(first) is list:
             return size_of(first[0]), size_of(first[1])
         if type(first) is int:
             count = first.bit_count()
         else:
             count = len(first) >> 2 if len(first) & 1 else len(first) >> 1
         return count, count
-    online: set = set()  # of containers: a driver parked in one cell counts once, cheaply
-    available: set = set()
+    online: list = []
+    available: list = []
+    bare = True  # every entry its online set alone: available == online
     for entry in more:
-        if type(entry) is tuple:
-            online.add(entry[0])
+        if type(entry) is tuple or type(entry) is list:
+            bare = False
+            online.append(entry[0])
             if entry[1] is not None:
-                available.add(entry[1])
+                available.append(entry[1])
         else:
-            online.add(entry)
-            available.add(entry)
-    count = union_size(list(online))
-    if available == online:
+            online.append(entry)
+            available.append(entry)
+    count = union_size(online)
+    if bare:
         return count, count
-    return count, union_size(list(available))
+    return count, union_size(available)
 
 
 def remap(container: int | bytes, renumber: Mapping[int, int]) -> int | bytes:
@@ -411,7 +453,25 @@ class SegmentPanes:
             else:
                 on_new = [p if p >= 0 else ~p for p in signed]
                 av_new = [p for p in signed if p >= 0]
-            if entry is None:
+            if type(entry) is list:  # open: updated in place
+                on_set, av_set = entry
+                n_on, n_av = len(on_set), len(av_set)
+                on_set.update(on_new)
+                if av_new:
+                    av_set.update(av_new)
+                if len(on_set) == n_on and len(av_set) == n_av:
+                    continue
+            elif len(signed) >= DENSE:
+                opened_entry = [set(), set()] if entry is None else opened(entry)
+                on_set, av_set = opened_entry
+                n_on, n_av = len(on_set), len(av_set)
+                on_set.update(on_new)
+                if av_new:
+                    av_set.update(av_new)
+                pane_values[code] = opened_entry
+                if entry is not None and len(on_set) == n_on and len(av_set) == n_av:
+                    continue
+            elif entry is None:
                 new_on = encode_list(on_new)
                 new_av = new_on if av_new is on_new else (encode_list(av_new) if av_new else None)
                 if new_av is new_on or new_av == new_on:
@@ -496,7 +556,7 @@ class SegmentPanes:
                     continue
                 blob = blobs.get(pane)
                 if blob is None:
-                    blob = blobs[pane] = pickle.dumps(table, _PICKLE_PROTOCOL)
+                    blob = blobs[pane] = pickle.dumps(settled(table), _PICKLE_PROTOCOL)
                 panes[pane] = blob
                 frozen += 1
         touched.clear()
@@ -622,7 +682,10 @@ class SegmentPanes:
             for pane in list(panes):
                 values = self._table(number, pane)
                 for code, entry in list(values.items()):
-                    if type(entry) is tuple:
+                    if type(entry) is list:
+                        values[code] = [{renumber[p] for p in entry[0]},
+                                        {renumber[p] for p in entry[1]}]
+                    elif type(entry) is tuple:
                         on, av = entry
                         values[code] = (
                             remap(on, renumber), None if av is None else remap(av, renumber)
@@ -645,7 +708,7 @@ class SegmentPanes:
                     continue
                 blob = blobs.get(pane)
                 if blob is None:
-                    blob = blobs[pane] = pickle.dumps(values, _PICKLE_PROTOCOL)
+                    blob = blobs[pane] = pickle.dumps(settled(values), _PICKLE_PROTOCOL)
                 out[pane] = blob
             panes_out.append(out)
         return {
