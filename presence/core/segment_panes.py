@@ -423,9 +423,8 @@ class SegmentPanes:
         pane_values = self._table(number, pane)
         if pane_values is None:
             pane_values = self.panes[number][pane] = {}
-        changed_any = False
+        changed: list[tuple[int, tuple]] = []
         dirty = self._dirty
-        row_sets = None
         codes = self.codes[number]
         code_last = self._code_last[number]
         max_values = self.max_values
@@ -494,21 +493,18 @@ class SegmentPanes:
                     pane_values[code] = new_on
                 else:
                     pane_values[code] = (new_on, new_av)
-            changed_any = True
-            if row_sets is None:
-                row_sets = []
-                for row in self.spec.rows_of_pane(pane):
-                    keys = dirty.get(row)
-                    if keys is None:
-                        keys = dirty[row] = set()
-                    row_sets.append(keys)
-            key = (number, value)
-            for keys in row_sets:
-                keys.add(key)
-        if changed_any:
-            self._blobs[number].pop(pane, None)
-            self._touched.add((number, pane))
-        return changed_any
+            changed.append((number, value))
+        if not changed:
+            return False
+        for row in self.spec.rows_of_pane(pane):
+            keys = dirty.get(row)
+            if keys is None:
+                dirty[row] = set(changed)
+            else:
+                keys.update(changed)
+        self._blobs[number].pop(pane, None)
+        self._touched.add((number, pane))
+        return True
 
     # -- output --------------------------------------------------------------
 
