@@ -221,6 +221,10 @@ def segment_doc_id(segment: str, values: Iterable[str], time_bucket: str) -> str
     return "|".join([segment, *parts, time_bucket])
 
 
+_BUCKET_TEXT: dict[int, str] = {}
+"""``format_instant`` of recent segment row buckets."""
+
+
 @dataclass(frozen=True, slots=True)
 class SegmentRow:
     """One ``segment_summary`` document (one segment value in one row)."""
@@ -240,7 +244,12 @@ class SegmentRow:
 
     @property
     def time_bucket(self) -> str:
-        return format_instant(self.bucket)
+        text = _BUCKET_TEXT.get(self.bucket)
+        if text is None:  # tens of thousands of segment rows share a few buckets
+            if len(_BUCKET_TEXT) >= 4096:
+                _BUCKET_TEXT.clear()
+            text = _BUCKET_TEXT[self.bucket] = format_instant(self.bucket)
+        return text
 
     @property
     def doc_id(self) -> str:

@@ -718,7 +718,8 @@ class SegmentPanes:
             "panes": panes_out,
             "overflow": tuple(tuple(o) for o in self.overflow),
             "other_pings": tuple(self.other_pings),
-            "dirty": tuple(self.dirty),
+            "dirty": (),
+            "dirty_by_row": {row: tuple(keys) for row, keys in self._dirty.items()},
         }
 
     @classmethod
@@ -750,8 +751,10 @@ class SegmentPanes:
             panes.panes[number] = dict(blobs)  # cold: each is thawed when first needed
             panes.overflow[number] = set(snap["overflow"][number])
         panes.other_pings = list(snap["other_pings"])
-        for number, value, row in snap["dirty"]:
+        for number, value, row in snap["dirty"]:  # as written before dirty_by_row
             panes._dirty.setdefault(row, set()).add((number, value))
+        for row, keys in snap.get("dirty_by_row", {}).items():
+            panes._dirty.setdefault(row, set()).update(keys)
         return panes
 
 
