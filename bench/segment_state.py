@@ -32,7 +32,9 @@ import time
 from array import array
 
 from presence.core.model import shard_of
-from presence.core.segment_panes import SegmentPanes, decode, group_pings, mask_of_positions, union_size
+from presence.core.segment_panes import (
+    SegmentPanes, decode, group_pings, mask_of_positions, settle, settled, union_size,
+)
 from presence.core.segments import ValueExtractor, parse_segments
 from presence.core.windows import WindowSpec
 
@@ -186,6 +188,7 @@ def main() -> None:
             values = pickle.loads(state.panes[number][pane]) if type(
                 state.panes[number][pane]) is bytes else state.panes[number][pane]
             for entry in values.values():
+                entry = settle(entry)
                 online = entry[0] if type(entry) is tuple else entry
                 n_triples += len(decode(online))
                 n_values += 1
@@ -274,6 +277,7 @@ def _sets(state: SegmentPanes):
         for pane, values in panes.items():
             out = {}
             for code, entry in values.items():
+                entry = settle(entry)
                 on, av = entry if type(entry) is tuple else (entry, entry)
                 out[code] = (list(decode(on)), [] if av is None else list(decode(av)))
             yield number, pane, out
@@ -299,7 +303,8 @@ def alternatives(state: SegmentPanes, triples: int) -> dict:
             total += len(pickle.dumps({c: (make(on), make(av)) for c, (on, av) in values.items()}, 5))
         out[name] = round(total / triples, 2)
     out["chosen_hybrid"] = round(
-        sum(len(pickle.dumps(v, 5)) for p in state.panes for v in p.values()) / triples, 2)
+        sum(len(pickle.dumps(v if type(v) is bytes else settled(v), 5))
+            for p in state.panes for v in p.values()) / triples, 2)
     return out
 
 
@@ -314,11 +319,10 @@ def unions(state: SegmentPanes, spec: WindowSpec) -> dict:
     panes = list(spec.panes_of_row(row))
     for number, label in ((0, "city"), (2, "h3:8")):
         code = next(iter(state.panes[number][row]))
-        lists = [list(decode(state.panes[number][p].get(code, b"") if not isinstance(
-            state.panes[number][p].get(code, b""), tuple) else state.panes[number][p][code][0]))
-            for p in panes]
+        entries = [settle(state.panes[number][p].get(code, b"")) for p in panes]
+        lists = [list(decode(e if not isinstance(e, tuple) else e[0])) for e in entries]
         ways = {
-            "chosen": [state.panes[number][p].get(code) for p in panes],
+            "chosen": [settle(state.panes[number][p].get(code)) for p in panes],
             "bitmap_int": [mask_of_positions(x) for x in lists],
             "frozenset": [frozenset(x) for x in lists],
         }

@@ -371,3 +371,86 @@ def test_cold_panes_keep_their_bytes_and_thaw_when_needed() -> None:
     restored = SegmentPanes.restore(SPEC, state.definitions, pickle.loads(pickle.dumps(state.snapshot())))
     assert all(type(t) is bytes for p in restored.panes for t in p.values())
     assert restored.row_counts(0, ("HK",), T) == state.row_counts(0, ("HK",), T)
+
+
+# --- the fast paths (docs/segments.md "Cost") ----------------------------------
+
+
+def test_dense_values_stay_open_in_their_pane_and_are_stored_encoded() -> None:
+    """A value with many pings in one batch is kept as mutable sets while its pane
+    is open; what is pickled (snapshot, frozen pane) is the encoded form, and the
+    counts are those of the plain path (``group_pings`` + ``add_panes``)."""
+    from presence.core.segment_panes import DENSE, settled
+
+    defs = parse_segments("city")
+    extract = ValueExtractor(defs)
+    pings = [(f"d{i}", T + 1 + (i % 3) * 60, i % 5 != 0, extract.of_object({"city": "HK"}))
+             for i in range(6 * DENSE)]
+    fast = SegmentPanes(SPEC, defs)
+    for at in range(0, len(pings), 3 * DENSE):  # two batches: the second updates in place
+        by_pane: dict = {}
+        for d, t, on, v in pings[at:at + 3 * DENSE]:
+            by_pane.setdefault(SPEC.bucket_of(t), []).append((d, on, v))
+        for pane, items in by_pane.items():
+            fast.add_pings(pane, items)
+    assert type(fast.panes[0][T][0]) is list  # open: [online set, available set]
+    plain = SegmentPanes(SPEC, defs)
+    plain.add_panes(group_pings(SPEC, pings, 1))
+    assert fast.dirty == plain.dirty
+    for key in plain.dirty:
+        assert fast.row_counts(*key) == plain.row_counts(*key)
+    # the same drivers again: nothing changes, nothing is dirty
+    fast.take_partials()
+    fast.add_pings(T, [(d, on, v) for d, t, on, v in pings if t < T + 60])
+    assert not fast.dirty
+    # stored encoded: no list or set reaches a pickle
+    snap = fast.snapshot()
+    table = pickle.loads(snap["panes"][0][T])
+    assert table == settled(fast.panes[0][T]) and type(table[0]) in (int, bytes, tuple)
+    restored = SegmentPanes.restore(SPEC, defs, pickle.loads(pickle.dumps(snap)))
+    for key in plain.dirty:
+        assert restored.row_counts(*key) == plain.row_counts(*key)
+    fast.freeze_closed(T + 10_000)
+    fast.freeze_closed(T + 10_000)
+    assert all(type(t) is bytes for t in fast.panes[0].values())
+    for key in plain.dirty:
+        assert fast.row_counts(*key) == plain.row_counts(*key)
+
+
+def test_dirty_rows_are_indexed_by_row_and_snapshots_of_either_layout_restore() -> None:
+    defs = parse_segments("city;h3:8")
+    extract = ValueExtractor(defs)
+    state = SegmentPanes(SPEC, defs)
+    for k, pane in enumerate((T, T + 60, T + 120)):
+        state.add_pings(pane, [(f"d{k}", True, extract.of_object({"city": "HK", "lat": HK[0],
+                                                                  "lng": HK[1]}))])
+    assert state.first_dirty_row() == T
+    partials = state.take_partials(T + 120)  # rows T and T + 60 ended
+    assert {row for _, _, row in partials} == {T, T + 60}
+    assert state.first_dirty_row() == T + 120
+    assert all(row >= T + 120 for _, _, row in state.dirty)
+    snap = state.snapshot()
+    old_layout = {**snap, "dirty": tuple(state.dirty)}
+    del old_layout["dirty_by_row"]  # as snapshots were written before the index
+    for s in (snap, old_layout):
+        again = SegmentPanes.restore(SPEC, defs, pickle.loads(pickle.dumps(s)))
+        assert again.dirty == state.dirty
+        assert again.take_partials() == SegmentPanes.restore(SPEC, defs, snap).take_partials()
+
+
+@pytest.mark.parametrize("segments", [
+    "city;city,vehicle_type;h3:8",
+    "vehicle_type,h3:7,city;h3:9;city",
+    "vehicle_type",
+    "h3:0,vehicle_type;h3:15",
+])
+def test_generated_values_function_equals_the_reference(segments: str) -> None:
+    extract = ValueExtractor(parse_segments(segments))
+    cases = [
+        ("Hong Kong", "van", *HK), (None, None, None, None), (7, "", True, 1),
+        ("x" * 65, "v" * 33, math.nan, 3), ("a", "b", 91, 0), ("a", "b", 1e400, 0),
+        ("a", "b", -90, 180), ("a", "b", 5, -180.0), ("a", "b", 5, 2**70), ("a", "b", "1", 2),
+        ("a" * 64, "b" * 32, -33.9, 18.4), ("é", "b", 0, 0), ("a", None, False, 0.0),
+    ]
+    for case in cases:
+        assert extract.values(*case) == extract._values(*case), case

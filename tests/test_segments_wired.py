@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from presence.core.model import PartitionMark, SegmentRow, ShardReport, segment_doc_id
 from presence.core.partition import PartitionReader, RawMessage
 from presence.core.rows import BOOK_SNAPSHOT_VERSION, BookSnapshot, RowBook
+from presence.core.segment_panes import pack_partial
 from presence.core.segments import parse_segments
 from presence.core.shard import SHARD_SNAPSHOT_VERSION, ShardSnapshot, ShardState
 from presence.core.windows import WindowSpec
@@ -248,7 +249,8 @@ def test_unknown_snapshot_versions_are_refused() -> None:
 def test_book_segment_state_is_compact() -> None:
     """Per (definition, value) and row: one small tuple of partials, one packed int."""
     book = RowBook(SPEC)
-    partials = {(2, (600000000000000000 + i,), T0): (1, 1, False) for i in range(1000)}
+    partials = {T0: {(2, (600000000000000000 + i,)): pack_partial(1, 1, False)
+                     for i in range(1000)}}
     for s in range(3):
         book.add_report(f"shard-0{s}", ShardReport(T0 + 500.0, T0, {}, 0, T0 + 500.0,
                                                    partials if s == 0 else {}, (0, 0, 0)))

@@ -183,8 +183,10 @@ class ShardReport:
     """Rows ending at or before it may be written now: ``watermark``, or in a
     quiet live run the wall clock minus the lateness. Never stored."""
     segment_partials: dict = field(default_factory=dict)
-    """``{(definition number, value, row): (online, available, overflow)}`` of
-    this shard's drivers, for changed segment rows (as ``partials``)."""
+    """``{row: {(definition number, value): packed}}`` of this shard's drivers,
+    for changed segment rows (as ``partials``); ``packed`` is
+    :func:`presence.core.segment_panes.pack_partial` of ``(online, available,
+    overflow)``: one int per partial, grouped by row as the row book keeps them."""
     other_pings: tuple[int, ...] = ()
     """Per definition: pings this shard counted under ``other`` (cumulative)."""
 
@@ -219,6 +221,10 @@ def segment_doc_id(segment: str, values: Iterable[str], time_bucket: str) -> str
     return "|".join([segment, *parts, time_bucket])
 
 
+_BUCKET_TEXT: dict[int, str] = {}
+"""``format_instant`` of recent segment row buckets."""
+
+
 @dataclass(frozen=True, slots=True)
 class SegmentRow:
     """One ``segment_summary`` document (one segment value in one row)."""
@@ -238,7 +244,12 @@ class SegmentRow:
 
     @property
     def time_bucket(self) -> str:
-        return format_instant(self.bucket)
+        text = _BUCKET_TEXT.get(self.bucket)
+        if text is None:  # tens of thousands of segment rows share a few buckets
+            if len(_BUCKET_TEXT) >= 4096:
+                _BUCKET_TEXT.clear()
+            text = _BUCKET_TEXT[self.bucket] = format_instant(self.bucket)
+        return text
 
     @property
     def doc_id(self) -> str:

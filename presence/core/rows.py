@@ -26,6 +26,8 @@ The recovery state is a :class:`BookSnapshot` (plain data, with a
 from __future__ import annotations
 
 import zlib
+
+import h3.api.basic_int as h3int
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -40,11 +42,6 @@ BOOK_SNAPSHOT_VERSION = 1
 
 _COUNT_BITS = 32
 _COUNT_MASK = (1 << _COUNT_BITS) - 1
-
-
-def _pack_partial(online: int, available: int, overflow: bool) -> int:
-    """One shard's partial of a segment row as one int (small ints are shared)."""
-    return (online << (_COUNT_BITS + 1)) | (available << 1) | bool(overflow)
 
 
 def _pack_written(online: int, available: int, revision: int) -> int:
@@ -187,28 +184,29 @@ class RowBook:
     def _add_segment_partials(self, number: int, partials: dict) -> None:
         parts_by_row = self.segment_parts
         pending = self.segment_pending
-        for (definition, value, row), (online, available, overflow) in partials.items():
-            key = (definition, value)
-            packed = _pack_partial(online, available, overflow)
+        for row, packed_by_key in partials.items():
             parts = parts_by_row.get(row)
             if parts is None:
-                parts = parts_by_row[row] = {}
-            old = parts.get(key)
-            if old is None:
-                parts[key] = (number, packed)
+                parts_by_row[row] = {key: (number, p) for key, p in packed_by_key.items()}
             else:
-                # (shard, packed, shard, packed, ...): usually one or two shards.
-                for at in range(0, len(old), 2):
-                    if old[at] == number:
-                        parts[key] = old[:at + 1] + (packed,) + old[at + 2:]
-                        break
-                else:
-                    parts[key] = old + (number, packed)
+                get = parts.get
+                for key, packed in packed_by_key.items():
+                    old = get(key)
+                    if old is None or (old[0] == number and len(old) == 2):
+                        parts[key] = (number, packed)
+                        continue
+                    # (shard, packed, shard, packed, ...): usually one or two shards.
+                    for at in range(0, len(old), 2):
+                        if old[at] == number:
+                            parts[key] = old[:at + 1] + (packed,) + old[at + 2:]
+                            break
+                    else:
+                        parts[key] = old + (number, packed)
             keys = pending.get(row)
             if keys is None:
-                pending[row] = {key}
+                pending[row] = set(packed_by_key)
             else:
-                keys.add(key)
+                keys.update(packed_by_key)
 
     def add_mark(self, mark: PartitionMark) -> None:
         self.marks[mark.key] = mark
@@ -261,8 +259,11 @@ class RowBook:
         watermark = self.flush_watermark
         ready = sorted(r for r in self.segment_pending if final or spec.row_end(r) <= watermark)
         definitions = self.definitions
+        names = [d.name for d in definitions]
+        keys_of = [_key_builder(d) for d in definitions]
         rows_written = self.segment_rows_written
         overflow_rows = self.segment_overflow_rows
+        shift, mask = _COUNT_BITS + 1, _COUNT_MASK
         out: list[SegmentRow] = []
         for row in ready:
             keys = self.segment_pending.pop(row)
@@ -273,29 +274,31 @@ class RowBook:
             start, end = spec.row_start(row), spec.row_end(row)
             for key in sorted(keys, key=_sort_key):
                 packed = parts.get(key, ())
-                online = available = 0
-                overflow = False
-                for at in range(1, len(packed), 2):
-                    p = packed[at]
-                    online += p >> (_COUNT_BITS + 1)
-                    available += (p >> 1) & _COUNT_MASK
-                    overflow = overflow or bool(p & 1)
-                before = written.get(key)
+                if len(packed) == 2:  # one shard's partial: the usual case
+                    p = packed[1]
+                    online, available, overflow = p >> shift, (p >> 1) & mask, p & 1
+                else:
+                    online = available = overflow = 0
+                    for at in range(1, len(packed), 2):
+                        p = packed[at]
+                        online += p >> shift
+                        available += (p >> 1) & mask
+                        overflow |= p & 1
                 if online == 0:
                     continue
+                before = written.get(key)
                 if before is not None:
                     b_online, b_available, b_revision = _unpack_written(before)
-                    if (b_online, b_available) == (online, available):
+                    if b_online == online and b_available == available:
                         continue
                     revision = b_revision + 1
                 else:
                     revision = 1
                 written[key] = _pack_written(online, available, revision)
                 number, value = key
-                definition = definitions[number]
                 out.append(SegmentRow(
-                    definition.name, definition.key(value), row, start, end,
-                    online, available, revision, overflow,
+                    names[number], keys_of[number](value), row, start, end,
+                    online, available, revision, bool(overflow),
                 ))
                 rows_written[number] += 1
                 if overflow:
@@ -367,6 +370,20 @@ def _shard_number(shard: str) -> int:
         return int(shard.rsplit("-", 1)[-1])
     except ValueError:  # not a shard key of presence.flow (tests): still stable and distinct
         return zlib.crc32(shard.encode()) + (1 << 32)
+
+
+def _key_builder(definition):
+    """``definition.key`` with its field names computed once."""
+    fields = definition.fields
+    if fields == ("h3",):
+        int_to_str = h3int.int_to_str
+
+        def h3_key(value: tuple) -> dict:
+            cell = value[0]
+            return {"h3": int_to_str(cell) if type(cell) is int else cell}
+
+        return h3_key
+    return definition.key
 
 
 def _sort_key(key: tuple) -> tuple:

@@ -53,6 +53,23 @@ Groups = Mapping[tuple, tuple]
 definition in one pane: as :class:`presence.core.partition.BucketSets` per value."""
 
 
+# --- partial counts ----------------------------------------------------------
+
+_COUNT_BITS = 32
+_COUNT_MASK = (1 << _COUNT_BITS) - 1
+_PARTIAL_SHIFT = _COUNT_BITS + 1
+
+
+def pack_partial(online: int, available: int, overflow: bool) -> int:
+    """One shard's partial of a segment row as one int (small ints are shared)."""
+    return (online << _PARTIAL_SHIFT) | (available << 1) | bool(overflow)
+
+
+def unpack_partial(packed: int) -> tuple[int, int, bool]:
+    """``(online, available, overflow)`` of a :func:`pack_partial` int."""
+    return packed >> _PARTIAL_SHIFT, (packed >> 1) & _COUNT_MASK, bool(packed & 1)
+
+
 # --- sets of positions --------------------------------------------------------
 
 
@@ -95,13 +112,62 @@ def encode(positions: set[int] | Sequence[int]) -> int | bytes:
     return array("I", sorted(positions)).tobytes() + b"\0"
 
 
+def encode_list(positions: Sequence[int]) -> int | bytes:
+    """:func:`encode` for a non-empty list of positions that may repeat."""
+    if len(positions) == 1:
+        only = positions[0]
+        if only < 16:
+            return 1 << only
+        if only < 65536:
+            return only.to_bytes(2, "little")
+    return encode(set(positions))
+
+
 def size_of(container: int | bytes | None) -> int:
     """How many positions a container holds."""
     if container is None:
         return 0
     if type(container) is int:
         return container.bit_count()
+    if type(container) is set:
+        return len(container)
     return len(container) >> 2 if len(container) & 1 else len(container) >> 1
+
+
+DENSE = 8
+"""A batch bringing this many pings of one value to a pane makes the value's
+entry there *open*: a mutable ``[online set, available set]`` of positions that
+later batches update in place (a city gets dozens of pings per batch; rebuilding
+its bitmap each time cost ~50 us). It is encoded (:func:`settle`) whenever the
+pane is pickled: frozen, or snapshotted."""
+
+
+def settle(entry):
+    """The stored form of an entry: an open ``[online, available]`` pair is encoded."""
+    if type(entry) is not list:
+        return entry
+    on, av = entry
+    encoded = encode(on)
+    if len(av) == len(on):
+        return encoded  # available is a subset of online: equal
+    return (encoded, encode(av) if av else None)
+
+
+def settled(table: dict) -> dict:
+    """A pane's table as stored (:func:`settle` of every entry)."""
+    return {code: settle(entry) if type(entry) is list else entry for code, entry in table.items()}
+
+
+def opened(entry) -> list:
+    """An entry as an open ``[online set, available set]`` pair."""
+    if type(entry) is list:
+        return entry
+    if type(entry) is tuple:
+        on, av = entry
+        on_set = set(decode(on))
+        return [on_set, set() if av is None else set(decode(av))]
+    on_set = set(decode(entry))
+    return [on_set, set(on_set)]
 
 
 def merge(container: int | bytes | None, positions: list[int]) -> int | bytes | None:
@@ -138,7 +204,9 @@ def union_size(containers: Sequence[int | bytes]) -> int:
             continue
         if seen is None:
             seen = set()
-        if len(c) == 2:  # one driver: the usual sparse set (an H3 cell)
+        if type(c) is set:
+            seen.update(c)
+        elif len(c) == 2:  # one driver: the usual sparse set (an H3 cell)
             seen.add(c[0] | c[1] << 8)
         elif len(c) & 1:
             seen.update(memoryview(c)[:-1].cast("I"))
@@ -157,23 +225,44 @@ def union_size(containers: Sequence[int | bytes]) -> int:
 
 def _counts(tables: list[dict], code: int) -> tuple[int, int]:
     """(online, available): sizes of the unions of one value's sets over these panes."""
-    online: set = set()  # of containers: a driver parked in one cell counts once, cheaply
-    available: set = set()
+    first = None
+    more = None
     for values in tables:
         entry = values.get(code)
         if entry is None:
             continue
-        if type(entry) is tuple:
-            online.add(entry[0])
-            if entry[1] is not None:
-                available.add(entry[1])
+        if first is None:
+            first = entry
+        elif more is None:
+            more = [first, entry]
         else:
-            online.add(entry)
-            available.add(entry)
-    count = union_size(list(online))
-    if available == online:
+            more.append(entry)
+    if more is None:  # in one pane only: the usual sparse value
+        if first is None:
+            return 0, 0
+        if type(first) is tuple or type(first) is list:
+            return size_of(first[0]), size_of(first[1])
+        if type(first) is int:
+            count = first.bit_count()
+        else:
+            count = len(first) >> 2 if len(first) & 1 else len(first) >> 1
         return count, count
-    return count, union_size(list(available))
+    online: list = []
+    available: list = []
+    bare = True  # every entry its online set alone: available == online
+    for entry in more:
+        if type(entry) is tuple or type(entry) is list:
+            bare = False
+            online.append(entry[0])
+            if entry[1] is not None:
+                available.append(entry[1])
+        else:
+            online.append(entry)
+            available.append(entry)
+    count = union_size(online)
+    if bare:
+        return count, count
+    return count, union_size(available)
 
 
 def remap(container: int | bytes, renumber: Mapping[int, int]) -> int | bytes:
@@ -213,8 +302,9 @@ class SegmentPanes:
         """Per definition: panes where new values went to :data:`OTHER`."""
         self.other_pings: list[int] = [0] * count
         """Per definition: pings counted under :data:`OTHER` (cumulative)."""
-        self.dirty: set[tuple[int, tuple, int]] = set()
-        """``(definition number, value, row)`` whose counts may have changed."""
+        self._dirty: dict[int, set[tuple[int, tuple]]] = {}
+        """``{row: {(definition number, value)}}`` whose counts may have changed:
+        indexed by row, so a report touches only the rows it closes."""
         self._blobs: list[dict[int, bytes]] = [{} for _ in range(count)]
 
     # -- input ---------------------------------------------------------------
@@ -271,16 +361,17 @@ class SegmentPanes:
         """
         if not groups:
             return False
-        by_positions = {}
+        signed = {}
+        pings_of = {}
         for value, (online, off_duty, pings) in groups.items():
             on = self._positions(online, pane)
             if off_duty:
                 off = set(self._positions(off_duty, pane))
-                av = [p for p in on if p not in off]
+                signed[value] = [~p if p in off else p for p in on]
             else:
-                av = on
-            by_positions[value] = (on, av, pings)
-        return self._merge_positions(pane, number, by_positions)
+                signed[value] = on
+            pings_of[value] = pings
+        return self._merge_signed(pane, number, signed, pings_of)
 
     def add_panes(self, groups_by_pane: Mapping[int, Sequence[Groups]]) -> bool:
         """``{pane: [groups of definition 0, groups of definition 1, ...]}``."""
@@ -311,60 +402,109 @@ class SegmentPanes:
                 last.append(pane)
             elif last[pos] < pane:
                 last[pos] = pane
+            if not on_duty:
+                pos = ~pos  # off duty: negative
             for groups, value in zip(per_definition, values):
-                if value is None:
-                    continue
-                lists = groups.get(value)
-                if lists is None:
-                    lists = groups[value] = [[], [], 0]
-                lists[0].append(pos)
-                if on_duty:
-                    lists[1].append(pos)
-                lists[2] += 1
+                if value is not None:
+                    signed = groups.get(value)
+                    if signed is None:
+                        groups[value] = [pos]
+                    else:
+                        signed.append(pos)
         changed = False
         for number, groups in enumerate(per_definition):
-            if groups and self._merge_positions(pane, number, groups):
+            if groups and self._merge_signed(pane, number, groups):
                 changed = True
         return changed
 
-    def _merge_positions(self, pane: int, number: int, groups: dict) -> bool:
-        """``groups``: ``{value: (online positions, available positions, pings)}``
-        (positions may repeat)."""
+    def _merge_signed(self, pane: int, number: int, groups: dict, pings_of: dict | None = None) -> bool:
+        """``groups``: ``{value: [position of each ping, ~position when off duty]}``;
+        ``pings_of``: ``{value: pings}`` when not one per position."""
         pane_values = self._table(number, pane)
         if pane_values is None:
             pane_values = self.panes[number][pane] = {}
-        changed_any = False
-        dirty = self.dirty
-        rows = self.spec.rows_of_pane(pane)
-        for value, (on_new, av_new, pings) in groups.items():
-            code, value, redirected = self._code(number, value, pane, pane_values)
-            if redirected:
-                self.other_pings[number] += pings
+        changed: list[tuple[int, tuple]] = []
+        dirty = self._dirty
+        codes = self.codes[number]
+        code_last = self._code_last[number]
+        max_values = self.max_values
+        for value, signed in groups.items():
+            code = codes.get(value)
+            if code is not None and (code in pane_values or len(pane_values) < max_values):
+                if code_last.get(code, _NO_PANE) < pane:
+                    code_last[code] = pane
+            else:
+                asked = value
+                code, value, redirected = self._code(number, value, pane, pane_values)
+                if redirected:
+                    self.other_pings[number] += (
+                        len(signed) if pings_of is None else pings_of[asked]
+                    )
             entry = pane_values.get(code)
-            if entry is None:
-                old_on = old_av = None
-            elif type(entry) is tuple:
-                old_on, old_av = entry
+            if len(signed) == 1:
+                only = signed[0]
+                if only >= 0:
+                    on_new = av_new = signed
+                else:
+                    on_new, av_new = [~only], ()
+            elif min(signed) >= 0:
+                on_new = av_new = signed
             else:
-                old_on = old_av = entry
-            new_on = merge(old_on, on_new)
-            if old_av is old_on and (av_new is on_new or len(av_new) == len(on_new)):
-                new_av = new_on  # every one of these pings on duty
+                on_new = [p if p >= 0 else ~p for p in signed]
+                av_new = [p for p in signed if p >= 0]
+            if type(entry) is list:  # open: updated in place
+                on_set, av_set = entry
+                n_on, n_av = len(on_set), len(av_set)
+                on_set.update(on_new)
+                if av_new:
+                    av_set.update(av_new)
+                if len(on_set) == n_on and len(av_set) == n_av:
+                    continue
+            elif len(signed) >= DENSE:
+                opened_entry = [set(), set()] if entry is None else opened(entry)
+                on_set, av_set = opened_entry
+                n_on, n_av = len(on_set), len(av_set)
+                on_set.update(on_new)
+                if av_new:
+                    av_set.update(av_new)
+                pane_values[code] = opened_entry
+                if entry is not None and len(on_set) == n_on and len(av_set) == n_av:
+                    continue
+            elif entry is None:
+                new_on = encode_list(on_new)
+                new_av = new_on if av_new is on_new else (encode_list(av_new) if av_new else None)
+                if new_av is new_on or new_av == new_on:
+                    pane_values[code] = new_on
+                else:
+                    pane_values[code] = (new_on, new_av)
             else:
-                new_av = merge(old_av, av_new)
-            if new_on is old_on and new_av is old_av:
-                continue
-            if new_av is new_on or new_av == new_on:
-                pane_values[code] = new_on
+                if type(entry) is tuple:
+                    old_on, old_av = entry
+                else:
+                    old_on = old_av = entry
+                new_on = merge(old_on, on_new)
+                if old_av is old_on and av_new is on_new:
+                    new_av = new_on  # every one of these pings on duty
+                else:
+                    new_av = merge(old_av, av_new)
+                if new_on is old_on and new_av is old_av:
+                    continue
+                if new_av is new_on or new_av == new_on:
+                    pane_values[code] = new_on
+                else:
+                    pane_values[code] = (new_on, new_av)
+            changed.append((number, value))
+        if not changed:
+            return False
+        for row in self.spec.rows_of_pane(pane):
+            keys = dirty.get(row)
+            if keys is None:
+                dirty[row] = set(changed)
             else:
-                pane_values[code] = (new_on, new_av)
-            changed_any = True
-            for row in rows:
-                dirty.add((number, value, row))
-        if changed_any:
-            self._blobs[number].pop(pane, None)
-            self._touched.add((number, pane))
-        return changed_any
+                keys.update(changed)
+        self._blobs[number].pop(pane, None)
+        self._touched.add((number, pane))
+        return True
 
     # -- output --------------------------------------------------------------
 
@@ -412,7 +552,7 @@ class SegmentPanes:
                     continue
                 blob = blobs.get(pane)
                 if blob is None:
-                    blob = blobs[pane] = pickle.dumps(table, _PICKLE_PROTOCOL)
+                    blob = blobs[pane] = pickle.dumps(settled(table), _PICKLE_PROTOCOL)
                 panes[pane] = blob
                 frozen += 1
         touched.clear()
@@ -432,29 +572,56 @@ class SegmentPanes:
         them if it is None, as at the end of a bounded run); those are no
         longer dirty. Each maps to ``(online, available, overflow)``.
         """
+        return {
+            (number, value, row): unpack_partial(packed)
+            for row, by_key in self.take_row_partials(watermark).items()
+            for (number, value), packed in by_key.items()
+        }
+
+    def take_row_partials(self, watermark: float | None = None) -> dict[int, dict[tuple, int]]:
+        """:meth:`take_partials` as the shard reports them: ``{row: {(definition
+        number, value): packed}}``, each a :func:`pack_partial` int."""
+        dirty = self._dirty
         if watermark is None:
-            closed = list(self.dirty)
+            closed = list(dirty)
         else:
             last_row = watermark - self.spec.bucket_s
-            closed = [k for k in self.dirty if k[2] <= last_row]
-        by_row: dict[tuple[int, int], list] = {}
-        for number, value, row in closed:
-            values = by_row.get((number, row))
-            if values is None:
-                by_row[(number, row)] = [value]
-            else:
-                values.append(value)
-        out = {}
-        for (number, row), values in by_row.items():
-            tables = self._row_panes(number, row)
-            overflow = self.row_overflow(number, row)
-            codes = self.codes[number]
-            for value in values:
-                code = codes.get(value)
-                online, available = (0, 0) if code is None else _counts(tables, code)
-                out[(number, value, row)] = (online, available, overflow)
-        self.dirty.difference_update(closed)
+            closed = [r for r in dirty if r <= last_row]
+        out: dict[int, dict[tuple, int]] = {}
+        for row in closed:
+            keys = dirty.pop(row)
+            by_number: dict[int, list] = {}
+            for key in keys:
+                listed = by_number.get(key[0])
+                if listed is None:
+                    by_number[key[0]] = [key]
+                else:
+                    listed.append(key)
+            packed_by_key = out[row] = {}
+            for number, listed in by_number.items():
+                tables = self._row_panes(number, row)
+                overflow = 1 if self.row_overflow(number, row) else 0
+                codes = self.codes[number]
+                for key in listed:
+                    code = codes.get(key[1])
+                    if code is None:
+                        packed_by_key[key] = overflow
+                    else:
+                        online, available = _counts(tables, code)
+                        packed_by_key[key] = (
+                            (online << _PARTIAL_SHIFT) | (available << 1) | overflow
+                        )
         return out
+
+    @property
+    def dirty(self) -> set[tuple[int, tuple, int]]:
+        """``(definition number, value, row)`` whose counts may have changed."""
+        return {(number, value, row) for row, keys in self._dirty.items() for number, value in keys}
+
+    def first_dirty_row(self) -> int | None:
+        """The earliest row with a changed count, or None."""
+        rows = [row for row, keys in self._dirty.items() if keys]
+        return min(rows) if rows else None
 
     # -- clean-up ------------------------------------------------------------
 
@@ -474,7 +641,7 @@ class SegmentPanes:
             # A row with a dropped pane can no longer be recomputed; the
             # shard reports closed rows before it drops, so none is left.
             row_start = self.spec.row_start
-            self.dirty = {k for k in self.dirty if row_start(k[2]) >= oldest_pane}
+            self._dirty = {r: k for r, k in self._dirty.items() if row_start(r) >= oldest_pane}
             self._compact_index(oldest_pane)
         return dropped
 
@@ -511,7 +678,10 @@ class SegmentPanes:
             for pane in list(panes):
                 values = self._table(number, pane)
                 for code, entry in list(values.items()):
-                    if type(entry) is tuple:
+                    if type(entry) is list:
+                        values[code] = [{renumber[p] for p in entry[0]},
+                                        {renumber[p] for p in entry[1]}]
+                    elif type(entry) is tuple:
                         on, av = entry
                         values[code] = (
                             remap(on, renumber), None if av is None else remap(av, renumber)
@@ -534,7 +704,7 @@ class SegmentPanes:
                     continue
                 blob = blobs.get(pane)
                 if blob is None:
-                    blob = blobs[pane] = pickle.dumps(values, _PICKLE_PROTOCOL)
+                    blob = blobs[pane] = pickle.dumps(settled(values), _PICKLE_PROTOCOL)
                 out[pane] = blob
             panes_out.append(out)
         return {
@@ -548,7 +718,8 @@ class SegmentPanes:
             "panes": panes_out,
             "overflow": tuple(tuple(o) for o in self.overflow),
             "other_pings": tuple(self.other_pings),
-            "dirty": tuple(self.dirty),
+            "dirty": (),
+            "dirty_by_row": {row: tuple(keys) for row, keys in self._dirty.items()},
         }
 
     @classmethod
@@ -580,7 +751,10 @@ class SegmentPanes:
             panes.panes[number] = dict(blobs)  # cold: each is thawed when first needed
             panes.overflow[number] = set(snap["overflow"][number])
         panes.other_pings = list(snap["other_pings"])
-        panes.dirty = set(snap["dirty"])
+        for number, value, row in snap["dirty"]:  # as written before dirty_by_row
+            panes._dirty.setdefault(row, set()).add((number, value))
+        for row, keys in snap.get("dirty_by_row", {}).items():
+            panes._dirty.setdefault(row, set()).update(keys)
         return panes
 
 

@@ -39,6 +39,14 @@ OTHER = ("other",)
 
 _isfinite = math.isfinite
 _latlng_to_cell = h3int.latlng_to_cell
+try:  # the compiled function behind it (h3 v4), without the wrapper's two calls
+    from h3 import _cy as _h3cy
+
+    _fast_latlng_to_cell = _h3cy.latlng_to_cell
+    if _fast_latlng_to_cell(22.3, 114.17, 8) != _latlng_to_cell(22.3, 114.17, 8):
+        _fast_latlng_to_cell = _latlng_to_cell
+except Exception:  # noqa: BLE001 - another h3 layout: the public function
+    _fast_latlng_to_cell = _latlng_to_cell
 
 
 class SegmentsError(ValueError):
@@ -224,7 +232,8 @@ class ValueExtractor:
     e.g. parked drivers; see docs/segments.md for figures).
     """
 
-    __slots__ = ("definitions", "resolutions", "_builders", "_cache", "_cache_size", "located")
+    __slots__ = ("definitions", "resolutions", "_builders", "_cache", "_cache_size", "located",
+                 "values")
 
     def __init__(self, definitions: Sequence[SegmentDefinition], cache_size: int = 0) -> None:
         self.definitions = tuple(definitions)
@@ -233,6 +242,60 @@ class ValueExtractor:
         self._builders = tuple(self._builder(d) for d in self.definitions)
         self._cache: dict = {}
         self._cache_size = cache_size
+        self.values: Callable[..., tuple] = (
+            self._compiled() if not cache_size else self._values  # the same results
+        )
+
+    def _compiled(self) -> Callable[..., tuple]:
+        """:meth:`values` as one generated function for these definitions.
+
+        The source is built only from the definitions' dimension positions and
+        resolutions (validated ints), never from input.
+        """
+        lines = [
+            "def values(city=None, vehicle_type=None, lat=None, lng=None):",
+            "    if type(city) is not str or not 0 < len(city) <= 64:",
+            "        city = UNKNOWN",
+            "    if type(vehicle_type) is not str or not 0 < len(vehicle_type) <= 32:",
+            "        vehicle_type = UNKNOWN",
+        ]
+        names = ["city", "vehicle_type"]
+        if self.resolutions:
+            cells = [f"c{i}" for i in range(len(self.resolutions))]
+            names += cells
+            lines += [
+                "    tlat = type(lat)",
+                "    tlng = type(lng)",
+                "    if ((tlat is float or tlat is int) and (tlng is float or tlng is int)",
+                "            and -90 <= lat <= 90 and -180 <= lng <= 180):",
+                "        try:",
+            ]
+            lines += [f"            {c} = cell(float(lat), float(lng), {r})"
+                      for c, r in zip(cells, self.resolutions)]
+            lines += ["        except Exception:",
+                      f"            {' = '.join(cells)} = None",
+                      "    else:",
+                      f"        {' = '.join(cells)} = None"]
+        built = []
+        for definition in self.definitions:
+            picks = []
+            for dim in definition.dimensions:
+                if dim == CITY:
+                    picks.append(names[0])
+                elif dim == VEHICLE_TYPE:
+                    picks.append(names[1])
+                else:
+                    picks.append(names[2 + self.resolutions.index(definition.resolution)])
+            value = "(" + ", ".join(picks) + ",)"
+            if definition.located:
+                cell = picks[[d for d in definition.dimensions].index(
+                    next(d for d in definition.dimensions if d not in (CITY, VEHICLE_TYPE)))]
+                value = f"(None if {cell} is None else {value})"
+            built.append(value)
+        lines.append("    return (" + ", ".join(built) + ",)")
+        scope = {"UNKNOWN": UNKNOWN, "cell": _fast_latlng_to_cell}
+        exec("\n".join(lines), scope)  # noqa: S102 - generated from validated definitions
+        return scope["values"]
 
     def _builder(self, definition: SegmentDefinition) -> Callable:
         """A function (city, vehicle_type, cells) -> value, for one definition."""
@@ -283,7 +346,7 @@ class ValueExtractor:
             return cells
         return _cells_at(where[0], where[1], self.resolutions)
 
-    def values(
+    def _values(
         self, city: object = None, vehicle_type: object = None, lat: object = None,
         lng: object = None,
     ) -> tuple:

@@ -166,7 +166,7 @@ class ShardState:
         other: tuple[int, ...] = ()
         if segments is not None:
             # Before any pane is dropped: the rows reported are whole.
-            segment_partials = segments.take_partials(None if final else flush)
+            segment_partials = segments.take_row_partials(None if final else flush)
             other = tuple(segments.other_pings)
 
         oldest = oldest_countable(marks, spec)
@@ -175,8 +175,8 @@ class ShardState:
             keep_from = spec.oldest_kept_pane(oldest)
             if self.dirty:  # never the panes of a row still to be reported
                 keep_from = min(keep_from, min(self.dirty) + spec.bucket_s - spec.window_s)
-            if segments is not None and segments.dirty:
-                first = min(k[2] for k in segments.dirty)
+            first = None if segments is None else segments.first_dirty_row()
+            if first is not None:
                 keep_from = min(keep_from, first + spec.bucket_s - spec.window_s)
             self.panes.drop_before(keep_from)
             if segments is not None:
