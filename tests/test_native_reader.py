@@ -31,7 +31,7 @@ from presence.core.pings import parse_ping
 from presence.core.timestamps import usual_iso_instant
 from presence.core.windows import WindowSpec
 from tests.constants import NOW
-from tests.test_input_fuzz import NUMBERS, STRINGS, adversarial_json
+from tests.test_input_fuzz import FRAGMENTS, NUMBERS, SCALARS, STRINGS, adversarial_json
 from tests.test_timestamps import mutated, near_iso
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +127,46 @@ def driver_text(draw) -> str:
     ))
 
 
+# Other keys than the three the fast path reads: the SPEC's optional fields with good
+# and bad values, keys near the required ones, escaped and non-ASCII keys; values
+# the compiled path may skip (plain scalars) and every other JSON (nested, escapes,
+# non-ASCII, numbers beyond every parser, near-JSON tokens).
+EXTRA_KEYS = st.one_of(
+    st.sampled_from(['"city"', '"vehicle_type"', '"lat"', '"lng"'] * 3 + [
+        '"x"', '""', '" "', '"driver_id "', '"Driver_id"', '"on_duty\\u0000"',
+        '"driver\\u005fid"', '"timestamp\\/"', '"on\\u005fduty"', '"caf\u00e9"',
+        '"\u00e9"', '"ci\\"ty"', '"{[{["', '"a\x7fb"', '"tab\there"', '"\\\\"',
+    ]),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e, exclude_characters='"\\'),
+            max_size=12).map(lambda t: f'"{t}"'),
+    STRINGS,
+)
+EXTRA_VALUES = st.one_of(
+    st.sampled_from([  # the simulator's values and field faults
+        '"Jakarta"', '"Ho Chi Minh City"', '"car"', '"motorbike"', '""', '"' + "x" * 65 + '"',
+        '"22.3193"', "null", "true", "false", "42", "200.0", "-512.5", "-6.208812",
+        "106.845612", "0", "-0", "-0.0", "1.5e1", "-1E-3", "1e300", "1e301", "-1e-300",
+        "1e-301", "1e400", "-1e400", "1" * 40, "1" * 41, "-" + "1" * 39, "-" + "1" * 40,
+        "9" * 400, "0." + "1" * 38, "1.5e+0300", "1e00000000000000000001",
+        "NaN", "-Infinity", "Infinity", "01", "-01", "1.", ".5", "+1", "-", "--1", "1e",
+        "1e+", "0x10", "tru", "nul", "truex", "nullnull", "True", "None", "1.5.5", "1e5e5",
+        '"S\\u00e3o Paulo"', '"S\u00e3o Paulo"', '"\\ud800"', '"a\\nb"', '"a\\"b"', '"\\/"',
+        '"\\u0000"', '"tab\there"', '"\x01"', '"unterminated', '"a\x7fb"', "[]", "{}",
+        '[1,2]', '{"city":"x"}', '{"driver_id":1}', "[" * 70 + "]" * 70,
+    ]),
+    st.floats(-180, 180).map(lambda f: f"{f:.6f}"),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-2**70, 2**70).map(str),
+    SCALARS, FRAGMENTS,
+)
+
+
+@st.composite
+def extra_member(draw) -> str:
+    """One ``"key":value`` member beside the three required ones."""
+    return f"{draw(EXTRA_KEYS)}:{draw(EXTRA_VALUES)}"
+
+
 @st.composite
 def ping_value(draw) -> bytes | None:
     """A ping-like value: usually valid, often a little odd, sometimes anything."""
@@ -152,6 +192,8 @@ def ping_value(draw) -> bytes | None:
     if draw(st.integers(0, 10)) == 0:  # an other field
         members.append(draw(st.sampled_from(['"city":"x"', '"lat":1.5', '"x":null',
                                              '"driver\\u005fid":"q"', '"on_duty ":1'])))
+    if draw(st.integers(0, 2)) == 0:  # other keys (the SPEC's optional fields, and any)
+        members.extend(draw(st.lists(extra_member(), max_size=6)))
     members = draw(st.permutations(members))
     space = draw(st.sampled_from(["", "", "", " ", "\n", "\t", "\r\n ", "\x0b"]))
     text = "{" + space + ("," + space).join(
@@ -256,6 +298,100 @@ def test_fast_path_gives_what_parse_ping_gives(value: bytes, latest: float) -> N
         expected = parse_ping(value, latest)
         assert fast == expected and type(fast[1]) is float and type(fast[2]) is bool
         assert math.copysign(1, fast[1]) == math.copysign(1, expected[1])
+
+
+# Members the compiled path skips for certain: plain ASCII keys other than the three,
+# plain scalar values (no escapes, numbers of JSON's grammar within its bounds).
+PLAIN_KEYS = st.one_of(
+    st.sampled_from(["city", "vehicle_type", "lat", "lng", "", "driver_id ", "Timestamp"]),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7f, exclude_characters='"\\'),
+            max_size=10).filter(lambda k: k not in ("driver_id", "timestamp", "on_duty")),
+).map(lambda k: f'"{k}"')
+PLAIN_VALUES = st.one_of(
+    st.sampled_from(["null", "true", "false", "0", "-0", "-0.0", "1e300", "-1E-300", "1" * 40,
+                     "-" + "1" * 39, "2.5E+3", '""', '"x"', '"' + "y" * 200 + '"']),
+    st.floats(-1e6, 1e6).filter(lambda f: f == 0 or abs(f) > 1e-300).map(repr),
+    st.floats(-180, 180).map(lambda f: f"{f:.6f}"),
+    st.integers(-10**30, 10**30).map(str),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7f, exclude_characters='"\\'),
+            max_size=30).map(lambda t: f'"{t}"'),
+)
+
+
+@built
+@settings(max_examples=EXAMPLES * 3, deadline=None)
+@given(st.integers(0, 10**6), st.floats(BASE - 100, BASE + 100),
+       st.sampled_from(["%.3f", "%d", "ms", "iso"]), st.booleans(),
+       st.lists(st.tuples(PLAIN_KEYS, PLAIN_VALUES), max_size=8), st.randoms(use_true_random=False),
+       st.sampled_from(["", " ", "\n\t "]))
+def test_plain_extra_keys_stay_on_the_fast_path(driver, seconds, shape, duty, extras, rnd,
+                                                space) -> None:
+    """A valid ping with other keys holding plain scalars (the SPEC's optional fields among
+    them, duplicates too) is read by the compiled fast path, as parse_ping reads it."""
+    stamp = {"ms": str(int(seconds * 1000)), "iso": '"' + _iso(seconds, 3, "Z") + '"'}.get(
+        shape) or shape % seconds
+    members = [f'"driver_id":{driver}', f'"timestamp":{stamp}', f'"on_duty":{int(duty)}']
+    members += [f"{k}{space}:{space}{v}" for k, v in extras]
+    rnd.shuffle(members)
+    value = ("{" + space + ("," + space).join(members) + space + "}").encode()
+    fast = partition_module._native.parse_fast_py(value, BASE + 9300.0)
+    expected = parse_ping(value, BASE + 9300.0)
+    assert fast is not None and type(expected) is tuple
+    assert fast == expected and type(fast[1]) is float and type(fast[2]) is bool
+
+
+@built
+def test_pings_with_the_optional_fields_never_reach_python(monkeypatch) -> None:
+    """The simulator's pings (``city``, ``vehicle_type``, ``lat``, ``lng``, with each of
+    its field faults) stay in the compiled loop without segments; odd optional values
+    (nested, escaped, non-ASCII, beyond a double) go to Python, with the same outcome."""
+    import orjson
+
+    from presence.tools.simulate import FIELD_FAULTS
+
+    spec = WindowSpec(shards=4)
+    values = []
+    for i in range(60):
+        ping = {"driver_id": i % 9, "timestamp": round(BASE + i + 0.125, 3), "on_duty": i % 2,
+                "city": "Ho Chi Minh City", "vehicle_type": "motorbike",
+                "lat": round(10.8231 + i / 1e4, 6), "lng": round(-106.6297 - i / 1e4, 6)}
+        if i % 3 == 0:
+            FIELD_FAULTS[i // 3 % len(FIELD_FAULTS)][1](ping)
+        values.append(orjson.dumps(ping))
+    values.append(b'{"driver_id":1,"timestamp":%d,"on_duty":1,"city":"x",'
+                  b'"vehicle_type":"car","lat":-6.208812,"lng":106.845612}' % (BASE + 1))
+    odd = [b'"S\\u00e3o Paulo"', '"S\u00e3o Paulo"'.encode(), b'[1]', b'{"a":1}', b'1e400',
+           b'"a\\"b"', b'null ]']
+    values += [b'{"driver_id":2,"timestamp":%d,"on_duty":0,"city":%s}' % (BASE + 2, v)
+               for v in odd]
+    messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
+    reader = PartitionReader("t", 0, 1, spec, NOW, reader="native")
+    judged = []
+    original = reader._judge
+    monkeypatch.setattr(reader, "_judge", lambda m, *a: judged.append(m.offset()) or original(m, *a))
+    batch = reader.read(messages, NOW)
+    assert judged == list(range(61, 61 + len(odd)))
+    assert [d.offset for d in batch.dead_letters] == [67]  # `null ]` is not JSON
+    assert batch == PartitionReader("t", 0, 1, spec, NOW, reader="python").read(messages, NOW)
+
+
+@built
+def test_values_beyond_64_kib_are_too_large_on_either_reader() -> None:
+    """A well-formed ping padded (an other key's long text, or whitespace) past 64 KiB is
+    ``too_large``: the compiled fast path leaves it to Python; at 64 KiB it reads it."""
+    head = b'{"driver_id":1,"timestamp":%d,"on_duty":1,"pad":"' % (BASE + 1)
+    values = []
+    for size in (64 * 1024, 64 * 1024 + 1):
+        values.append(head + b"x" * (size - len(head) - 2) + b'"}')
+        values.append(head + b'x"' + b" " * (size - len(head) - 3) + b"}")
+    assert [len(v) for v in values] == [65536, 65536, 65537, 65537]
+    fast = [partition_module._native.parse_fast_py(v, BASE + 9300.0) for v in values]
+    assert fast[:2] == [("1", BASE + 1.0, True)] * 2 and fast[2:] == [None, None]
+    messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
+    assert_same(WindowSpec(), [messages])
+    batch = PartitionReader("t", 0, 1, WindowSpec(), NOW, reader="native").read(messages, NOW)
+    assert [(d.offset, d.reason) for d in batch.dead_letters] == [(2, "too_large"),
+                                                                 (3, "too_large")]
 
 
 @built

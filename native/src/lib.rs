@@ -2,10 +2,13 @@
 //! `presence.core.partition.PartitionReader.read`, for a batch of messages.
 //!
 //! It reads a value only when it is sure of it (the strict fast path of
-//! `parse_fast`): an ASCII JSON object with exactly the keys `driver_id`,
-//! `timestamp` and `on_duty`, each once, no escapes, numbers it can read
-//! exactly as msgspec and Python do, and a timestamp within
-//! `[MIN_EVENT_TIME, latest_allowed]`. Every other value is handed back to
+//! `parse_fast`): an ASCII JSON object of at most 64 KiB with the keys
+//! `driver_id`, `timestamp` and `on_duty`, each once, no escapes, numbers it
+//! can read exactly as msgspec and Python do, and a timestamp within
+//! `[MIN_EVENT_TIME, latest_allowed]`; other keys (the SPEC's optional
+//! `city`, `vehicle_type`, `lat`, `lng`, or any other) are skipped when their
+//! value is a plain scalar (`skip_scalar`), which the Python reader ignores
+//! too (without segments). Every other value is handed back to
 //! Python (the `slow` callback, by index, in offset order), which judges it
 //! exactly as the pure-Python reader does. Too-late pings are handed back too
 //! (the `too_late` callback) for their dead letter. So the outcome is the
@@ -20,6 +23,10 @@ use rustc_hash::FxHashMap;
 const EPOCH_MS_THRESHOLD: f64 = 1e11;
 const MIN_EVENT_TIME: f64 = 946_684_800.0;
 const MAX_DRIVER_ID_CHARS: usize = 128;
+/// `presence.core.pings.MAX_VALUE_BYTES`: a larger value is `too_large`.
+const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// The longest number token `skip_scalar` skips (lat/lng need about 20).
+const MAX_SKIPPED_NUMBER: usize = 40;
 /// 2**53: integers below it are exact as doubles.
 const EXACT: u64 = 1 << 53;
 const EXACT_F64: f64 = 9_007_199_254_740_992.0;
@@ -147,6 +154,56 @@ impl<'a> Cursor<'a> {
         }
         self.p = p;
         Some(Number { int: &v[start..int_end], frac, exp, is_int: frac.is_empty() && !has_exp })
+    }
+
+    /// Skips the value of a key the reader ignores, when it is a scalar that
+    /// every Python parser reads (so the Python reader ignores it and judges
+    /// the ping on its three fields alone): a plain string (printable ASCII,
+    /// no escapes), `true`, `false`, `null`, or a number of JSON's grammar of
+    /// at most `MAX_SKIPPED_NUMBER` bytes whose exponent stays within a
+    /// double's range. None (give the value to Python) for anything else:
+    /// arrays, objects, escapes, non-ASCII, odd numbers.
+    #[inline]
+    fn skip_scalar(&mut self) -> Option<()> {
+        let v = self.v;
+        match *v.get(self.p)? {
+            b'"' => self.plain_string().map(|_| ()),
+            b't' | b'f' | b'n' => {
+                let rest = &v[self.p..];
+                let used = if rest.starts_with(b"true") || rest.starts_with(b"null") {
+                    4
+                } else if rest.starts_with(b"false") {
+                    5
+                } else {
+                    return None;
+                };
+                if let Some(&b) = rest.get(used) {
+                    if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'+' {
+                        return None;
+                    }
+                }
+                self.p += used;
+                Some(())
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = self.p;
+                if v[start] == b'-' {
+                    self.p += 1;
+                }
+                let n = match self.number() {
+                    Some(n) => n,
+                    None => {
+                        self.p = start;
+                        return None;
+                    }
+                };
+                if self.p - start > MAX_SKIPPED_NUMBER || !(-300..=300).contains(&n.exp) {
+                    return None;
+                }
+                Some(())
+            }
+            _ => None,
+        }
     }
 }
 
@@ -284,6 +341,9 @@ pub fn usual_iso_instant(s: &[u8]) -> Option<f64> {
 /// The strict fast path: `(driver id text, event time, on duty)` of a value
 /// it is sure of, exactly as the Python reader would have it; else None.
 pub fn parse_fast(v: &[u8], latest_allowed: f64) -> Option<(&[u8], f64, bool)> {
+    if v.len() > MAX_VALUE_BYTES {
+        return None; // too_large, however well formed
+    }
     let mut c = Cursor { v, p: 0 };
     c.ws();
     c.eat(b'{')?;
@@ -371,7 +431,8 @@ pub fn parse_fast(v: &[u8], latest_allowed: f64) -> Option<(&[u8], f64, bool)> {
                 c.p += used;
                 duty = Some(value);
             }
-            _ => return None,
+            // a key Python ignores (without segments): skipped if its value is a plain scalar
+            _ => c.skip_scalar()?,
         }
         c.ws();
         match c.peek()? {
@@ -604,7 +665,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_fast_py, m)?)?;
     m.add_function(wrap_pyfunction!(usual_iso_instant_py, m)?)?;
     m.add_function(wrap_pyfunction!(floor_div_py, m)?)?;
-    m.add("ABI", 2)?;
+    m.add("ABI", 3)?;
     Ok(())
 }
 

@@ -62,7 +62,7 @@ try:  # the optional compiled reader (native/, built by `make install` when carg
 except ImportError:  # not built: the pure-Python reader
     _native = None
 else:
-    if getattr(_native, "ABI", None) != 2:  # a stale build: not trusted
+    if getattr(_native, "ABI", None) != 3:  # a stale build: not trusted
         _native = None
 
 READERS = ("auto", "python", "native")
