@@ -13,6 +13,7 @@ module is missing (a broken build must not pass as "skipped").
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -28,10 +29,11 @@ from presence.core import partition as partition_module
 from presence.core.model import PartitionBatch
 from presence.core.partition import PartitionReader, RawMessage, native_reader_built, reader_in_use
 from presence.core.pings import parse_ping
+from presence.core.segments import parse_segments
 from presence.core.timestamps import usual_iso_instant
 from presence.core.windows import WindowSpec
 from tests.constants import NOW
-from tests.test_input_fuzz import NUMBERS, STRINGS, adversarial_json
+from tests.test_input_fuzz import FRAGMENTS, NUMBERS, SCALARS, STRINGS, adversarial_json
 from tests.test_timestamps import mutated, near_iso
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +129,46 @@ def driver_text(draw) -> str:
     ))
 
 
+# Other keys than the three the fast path reads: the SPEC's optional fields with good
+# and bad values, keys near the required ones, escaped and non-ASCII keys; values
+# the compiled path may skip (plain scalars) and every other JSON (nested, escapes,
+# non-ASCII, numbers beyond every parser, near-JSON tokens).
+EXTRA_KEYS = st.one_of(
+    st.sampled_from(['"city"', '"vehicle_type"', '"lat"', '"lng"'] * 3 + [
+        '"x"', '""', '" "', '"driver_id "', '"Driver_id"', '"on_duty\\u0000"',
+        '"driver\\u005fid"', '"timestamp\\/"', '"on\\u005fduty"', '"caf\u00e9"',
+        '"\u00e9"', '"ci\\"ty"', '"{[{["', '"a\x7fb"', '"tab\there"', '"\\\\"',
+    ]),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e, exclude_characters='"\\'),
+            max_size=12).map(lambda t: f'"{t}"'),
+    STRINGS,
+)
+EXTRA_VALUES = st.one_of(
+    st.sampled_from([  # the simulator's values and field faults
+        '"Jakarta"', '"Ho Chi Minh City"', '"car"', '"motorbike"', '""', '"' + "x" * 65 + '"',
+        '"22.3193"', "null", "true", "false", "42", "200.0", "-512.5", "-6.208812",
+        "106.845612", "0", "-0", "-0.0", "1.5e1", "-1E-3", "1e300", "1e301", "-1e-300",
+        "1e-301", "1e400", "-1e400", "1" * 40, "1" * 41, "-" + "1" * 39, "-" + "1" * 40,
+        "9" * 400, "0." + "1" * 38, "1.5e+0300", "1e00000000000000000001",
+        "NaN", "-Infinity", "Infinity", "01", "-01", "1.", ".5", "+1", "-", "--1", "1e",
+        "1e+", "0x10", "tru", "nul", "truex", "nullnull", "True", "None", "1.5.5", "1e5e5",
+        '"S\\u00e3o Paulo"', '"S\u00e3o Paulo"', '"\\ud800"', '"a\\nb"', '"a\\"b"', '"\\/"',
+        '"\\u0000"', '"tab\there"', '"\x01"', '"unterminated', '"a\x7fb"', "[]", "{}",
+        '[1,2]', '{"city":"x"}', '{"driver_id":1}', "[" * 70 + "]" * 70,
+    ]),
+    st.floats(-180, 180).map(lambda f: f"{f:.6f}"),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-2**70, 2**70).map(str),
+    SCALARS, FRAGMENTS,
+)
+
+
+@st.composite
+def extra_member(draw) -> str:
+    """One ``"key":value`` member beside the three required ones."""
+    return f"{draw(EXTRA_KEYS)}:{draw(EXTRA_VALUES)}"
+
+
 @st.composite
 def ping_value(draw) -> bytes | None:
     """A ping-like value: usually valid, often a little odd, sometimes anything."""
@@ -152,6 +194,8 @@ def ping_value(draw) -> bytes | None:
     if draw(st.integers(0, 10)) == 0:  # an other field
         members.append(draw(st.sampled_from(['"city":"x"', '"lat":1.5', '"x":null',
                                              '"driver\\u005fid":"q"', '"on_duty ":1'])))
+    if draw(st.integers(0, 2)) == 0:  # other keys (the SPEC's optional fields, and any)
+        members.extend(draw(st.lists(extra_member(), max_size=6)))
     members = draw(st.permutations(members))
     space = draw(st.sampled_from(["", "", "", " ", "\n", "\t", "\r\n ", "\x0b"]))
     text = "{" + space + ("," + space).join(
@@ -209,6 +253,17 @@ def assert_same(spec: WindowSpec, batches: list[list[RawMessage]],
     assert [_types(b) for b in got[0]] == [_types(b) for b in expected[0]]
 
 
+def _sane(stamps: list, sane: bool) -> list:
+    """With ``sane``, Kafka timestamps after the pings' times (near the top of the
+    generated range): none that sends a whole batch to the Python loop (none, 0,
+    2**62) or makes most of a batch beyond its earliest one's bound, so the compiled
+    loop itself reads most pings."""
+    if not sane:
+        return stamps
+    return [max(s, (BASE + 11_000) * 1000) if s is not None and 0 < s < 2**62
+            else (BASE + 12_000) * 1000 for s in stamps]
+
+
 def _batches(values: list, stamps: list, cuts: list[int]) -> list[list[RawMessage]]:
     messages = [RawMessage(i, v, s) for i, (v, s) in enumerate(zip(values, stamps))]
     edges = sorted({0, len(messages), *(c % (len(messages) + 1) for c in cuts)})
@@ -218,10 +273,11 @@ def _batches(values: list, stamps: list, cuts: list[int]) -> list[list[RawMessag
 @built
 @SETTINGS
 @given(SPECS, st.lists(st.tuples(ping_value(), KAFKA_MS), min_size=1, max_size=40),
-       st.lists(st.integers(0, 40), max_size=3), st.one_of(st.none(), st.integers(0, 3)))
-def test_native_reader_is_the_python_reader(spec, items, cuts, resume_at) -> None:
+       st.lists(st.integers(0, 40), max_size=3), st.one_of(st.none(), st.integers(0, 3)),
+       st.booleans())
+def test_native_reader_is_the_python_reader(spec, items, cuts, resume_at, sane) -> None:
     values = [v for v, _ in items]
-    stamps = [s for _, s in items]
+    stamps = _sane([s for _, s in items], sane)
     assert_same(spec, _batches(values, stamps, cuts), resume_at)
 
 
@@ -256,6 +312,102 @@ def test_fast_path_gives_what_parse_ping_gives(value: bytes, latest: float) -> N
         expected = parse_ping(value, latest)
         assert fast == expected and type(fast[1]) is float and type(fast[2]) is bool
         assert math.copysign(1, fast[1]) == math.copysign(1, expected[1])
+
+
+# Members the compiled path skips for certain: plain ASCII keys other than the three,
+# plain scalar values (no escapes, numbers of JSON's grammar within its bounds).
+PLAIN_KEYS = st.one_of(
+    st.sampled_from(["city", "vehicle_type", "lat", "lng", "", "driver_id ", "Timestamp"]),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7f, exclude_characters='"\\'),
+            max_size=10).filter(lambda k: k not in ("driver_id", "timestamp", "on_duty")),
+).map(lambda k: f'"{k}"')
+PLAIN_VALUES = st.one_of(
+    st.sampled_from(["null", "true", "false", "0", "-0", "-0.0", "1e300", "-1E-300", "1" * 40,
+                     "-" + "1" * 39, "2.5E+3", '""', '"x"', '"' + "y" * 200 + '"']),
+    st.floats(-1e6, 1e6).filter(lambda f: f == 0 or abs(f) > 1e-300).map(repr),
+    st.floats(-180, 180).map(lambda f: f"{f:.6f}"),
+    st.integers(-10**30, 10**30).map(str),
+    st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7f, exclude_characters='"\\'),
+            max_size=30).map(lambda t: f'"{t}"'),
+)
+
+
+@built
+@settings(max_examples=EXAMPLES * 3, deadline=None)
+@given(st.integers(0, 10**6), st.floats(BASE - 100, BASE + 100),
+       st.sampled_from(["%.3f", "%d", "ms", "iso"]), st.booleans(),
+       st.lists(st.tuples(PLAIN_KEYS, PLAIN_VALUES), max_size=8), st.randoms(use_true_random=False),
+       st.sampled_from(["", " ", "\n\t "]))
+def test_plain_extra_keys_stay_on_the_fast_path(driver, seconds, shape, duty, extras, rnd,
+                                                space) -> None:
+    """A valid ping with other keys holding plain scalars (the SPEC's optional fields among
+    them, duplicates too) is read by the compiled fast path, as parse_ping reads it."""
+    stamp = {"ms": str(int(seconds * 1000)), "iso": '"' + _iso(seconds, 3, "Z") + '"'}.get(
+        shape) or shape % seconds
+    members = [f'"driver_id":{driver}', f'"timestamp":{stamp}', f'"on_duty":{int(duty)}']
+    members += [f"{k}{space}:{space}{v}" for k, v in extras]
+    rnd.shuffle(members)
+    value = ("{" + space + ("," + space).join(members) + space + "}").encode()
+    fast = partition_module._native.parse_fast_py(value, BASE + 9300.0)
+    expected = parse_ping(value, BASE + 9300.0)
+    assert fast is not None and type(expected) is tuple
+    assert fast == expected and type(fast[1]) is float and type(fast[2]) is bool
+
+
+@built
+def test_pings_with_the_optional_fields_never_reach_python(monkeypatch) -> None:
+    """The simulator's pings (``city``, ``vehicle_type``, ``lat``, ``lng``, with each of
+    its field faults) stay in the compiled loop without segments; odd optional values
+    (nested, escaped, non-ASCII, beyond a double) go to Python, with the same outcome."""
+    import orjson
+
+    from presence.tools.simulate import FIELD_FAULTS
+
+    spec = WindowSpec(shards=4)
+    values = []
+    for i in range(60):
+        ping = {"driver_id": i % 9, "timestamp": round(BASE + i + 0.125, 3), "on_duty": i % 2,
+                "city": "Ho Chi Minh City", "vehicle_type": "motorbike",
+                "lat": round(10.8231 + i / 1e4, 6), "lng": round(-106.6297 - i / 1e4, 6)}
+        if i % 3 == 0:
+            FIELD_FAULTS[i // 3 % len(FIELD_FAULTS)][1](ping)
+        values.append(orjson.dumps(ping))
+    values.append(b'{"driver_id":1,"timestamp":%d,"on_duty":1,"city":"x",'
+                  b'"vehicle_type":"car","lat":-6.208812,"lng":106.845612}' % (BASE + 1))
+    odd = [b'"S\\u00e3o Paulo"', '"S\u00e3o Paulo"'.encode(), b'[1]', b'{"a":1}', b'1e400',
+           b'"a\\"b"', b"1" * 41]
+    bad = [b"null ]", b'"a\tb"', b'"\x01"', b"NaN", b"01", b"1.", b"-", b"tru", b"nul",
+           b'"\xed\xa0\x80"', b'"\xff"', b"1e", b"--1", b".5", b"+1", b'"x', b"truex"]
+    values += [b'{"driver_id":2,"timestamp":%d,"on_duty":0,"city":%s}' % (BASE + 2, v)
+               for v in odd + bad]
+    messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
+    reader = PartitionReader("t", 0, 1, spec, NOW, reader="native")
+    judged = []
+    original = reader._judge
+    monkeypatch.setattr(reader, "_judge", lambda m, *a: judged.append(m.offset()) or original(m, *a))
+    batch = reader.read(messages, NOW)
+    assert judged == list(range(61, 61 + len(odd) + len(bad)))
+    assert [d.offset for d in batch.dead_letters] == list(range(61 + len(odd), len(values)))
+    assert batch == PartitionReader("t", 0, 1, spec, NOW, reader="python").read(messages, NOW)
+
+
+@built
+def test_values_beyond_64_kib_are_too_large_on_either_reader() -> None:
+    """A well-formed ping padded (an other key's long text, or whitespace) past 64 KiB is
+    ``too_large``: the compiled fast path leaves it to Python; at 64 KiB it reads it."""
+    head = b'{"driver_id":1,"timestamp":%d,"on_duty":1,"pad":"' % (BASE + 1)
+    values = []
+    for size in (64 * 1024, 64 * 1024 + 1):
+        values.append(head + b"x" * (size - len(head) - 2) + b'"}')
+        values.append(head + b'x"' + b" " * (size - len(head) - 3) + b"}")
+    assert [len(v) for v in values] == [65536, 65536, 65537, 65537]
+    fast = [partition_module._native.parse_fast_py(v, BASE + 9300.0) for v in values]
+    assert fast[:2] == [("1", BASE + 1.0, True)] * 2 and fast[2:] == [None, None]
+    messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
+    assert_same(WindowSpec(), [messages])
+    batch = PartitionReader("t", 0, 1, WindowSpec(), NOW, reader="native").read(messages, NOW)
+    assert [(d.offset, d.reason) for d in batch.dead_letters] == [(2, "too_large"),
+                                                                 (3, "too_large")]
 
 
 @built
@@ -327,10 +479,106 @@ def test_dead_letters_keep_offset_order() -> None:
     assert native.mark.late == 1  # BASE + 950
 
 
+# --- with segments: the optional fields read on the compiled path ---------------------
+
+SEGMENT_TEXTS = st.sampled_from(["city", "city;city,vehicle_type;h3:8", "vehicle_type,h3:7;h3:5",
+                                 "h3:9"])
+FIELD_VALUES = st.one_of(
+    st.sampled_from(['"Jakarta"', '"Ho Chi Minh City"', '"car"', '"bicycle"', '""', "null",
+                     "true", "false", "0", "-0", "-0.0", "90", "-90.0", "180", "-180.5", "1e1",
+                     "-6.2088", "106.8456", '"' + "x" * 64 + '"', '"' + "x" * 65 + '"',
+                     '"' + "v" * 33 + '"', "1" * 19, "-" + "1" * 18, "12345678901234567890.5",
+                     "0.1e-30", "4.5e22", "4.5e23", "1e400", '"S\\u00e3o"', '"S\u00e3o"',
+                     "[1]", '{"x":1}', '"22.3193"']),
+    st.floats(-200, 200).map(lambda f: f"{f:.6f}"),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+    st.integers(-200, 200).map(str),
+    EXTRA_VALUES,
+)
+
+
+@st.composite
+def segment_ping_value(draw) -> bytes | None:
+    """A ping with the optional fields (good, bad, odd, missing, twice) or any ping_value."""
+    if draw(st.integers(0, 2)) == 0:
+        return draw(ping_value())
+    seconds = draw(st.one_of(st.floats(BASE + 5000, BASE + 5600),
+                             st.floats(BASE - 8000, BASE + 12_000, allow_nan=False)))
+    members = [f'"driver_id":{draw(st.integers(0, 40))}',
+               f'"timestamp":{draw(st.sampled_from([f"{seconds:.3f}", str(int(seconds))]))}',
+               f'"on_duty":{draw(st.sampled_from(["0", "1", "true", "false"]))}']
+    for key in ("city", "vehicle_type", "lat", "lng"):
+        for _ in range(draw(st.sampled_from([1, 1, 1, 1, 1, 0, 2]))):
+            members.append(f'"{key}":{draw(FIELD_VALUES)}')
+    members += draw(st.lists(extra_member(), max_size=2))
+    members = draw(st.permutations(members))
+    return ("{" + ",".join(members) + "}").encode("utf-8", "surrogatepass")
+
+
+def _segment_types(batch: PartitionBatch) -> list:
+    return [[(type(k), [(type(d), type(o), type(v), [type(x) for x in v]) for d, o, v in pings])
+             for k, pings in shard.items()] for shard in batch.segments or []]
+
+
+@built
+@SETTINGS
+@given(SPECS, SEGMENT_TEXTS,
+       st.lists(st.tuples(segment_ping_value(), KAFKA_MS), min_size=1, max_size=40),
+       st.lists(st.integers(0, 40), max_size=3), st.one_of(st.none(), st.integers(0, 3)),
+       st.booleans())
+def test_native_reader_with_segments_is_the_python_reader(spec, text, items, cuts,
+                                                          resume_at, sane) -> None:
+    """With segments the compiled reader gives the same batches (segment lists of
+    ``(driver, on_duty, values)`` per shard and bucket too), unlocated count and snapshot."""
+    spec = dataclasses.replace(spec, segments=parse_segments(text))
+    batches = _batches([v for v, _ in items], _sane([s for _, s in items], sane), cuts)
+    expected = read_all("python", spec, batches, resume_at)
+    got = read_all("native", spec, batches, resume_at)
+    assert got == expected
+    assert [_types(b) for b in got[0]] == [_types(b) for b in expected[0]]
+    assert [_segment_types(b) for b in got[0]] == [_segment_types(b) for b in expected[0]]
+    assert all(b.segments is not None for b in got[0])
+
+
+@built
+def test_segment_pings_stay_on_the_compiled_path(monkeypatch) -> None:
+    """With segments, the simulator's pings (with its field faults) are read in the
+    compiled loop; the batch, segment values and unlocated count are the Python reader's."""
+    import orjson
+
+    from presence.tools.simulate import FIELD_FAULTS
+
+    spec = WindowSpec(shards=4, segments=parse_segments("city;city,vehicle_type;h3:8"))
+    values = []
+    for i in range(60):
+        ping = {"driver_id": i % 9, "timestamp": round(BASE + i + 0.125, 3), "on_duty": i % 2,
+                "city": "Ho Chi Minh City", "vehicle_type": "motorbike",
+                "lat": round(-6.2088 - i / 1e4, 6), "lng": round(106.8456 - i / 1e4, 6)}
+        if i % 3 == 0:
+            FIELD_FAULTS[i // 3 % len(FIELD_FAULTS)][1](ping)
+        values.append(orjson.dumps(ping))
+    values.append(b'{"driver_id":3,"timestamp":%d,"on_duty":1,"city":"S\\u00e3o"}' % BASE)
+    messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
+    reader = PartitionReader("t", 0, 1, spec, NOW, reader="native")
+    assert reader.reader == "native"
+    judged = []
+    original = reader._judge
+    monkeypatch.setattr(reader, "_judge", lambda m, *a: judged.append(m.offset()) or original(m, *a))
+    monkeypatch.setattr(reader, "_fast_segment_ping",
+                        lambda v, t: judged.append(-1) or PartitionReader._fast_segment_ping(v, t))
+    batch = reader.read(messages, NOW)
+    python = PartitionReader("t", 0, 1, spec, NOW, reader="python")
+    assert batch == python.read(messages, NOW)
+    assert judged == [-1]  # only the escaped city, read by the Python fast path
+    assert reader.unlocated == python.unlocated > 0
+    assert sum(len(p) for s in batch.segments for p in s.values()) == 61
+
+
 def test_reader_choice() -> None:
     assert reader_in_use("python") == "python"
     assert reader_in_use("auto") == ("native" if native_reader_built() else "python")
-    assert reader_in_use("auto", WindowSpec(segments=("city",))) == "python"
+    assert reader_in_use("auto", WindowSpec(segments=parse_segments("city"))) == (
+        "native" if native_reader_built() else "python")  # segments or not
     with pytest.raises(ValueError, match="must be auto, python or native"):
         reader_in_use("rust")
 
@@ -353,7 +601,8 @@ def test_the_start_up_line_says_which_reader_runs(monkeypatch) -> None:
     built_here = "native" if native_reader_built() else "python"
     assert load_settings({}).describe().endswith(f" | reader {built_here}")
     assert load_settings({"PRESENCE_READER": "python"}).describe().endswith(" | reader python")
-    assert load_settings({"PRESENCE_SEGMENTS": "city"}).describe().endswith(" | reader python")
+    assert load_settings({"PRESENCE_SEGMENTS": "city"}).describe().endswith(
+        f" | reader {built_here}")
     monkeypatch.setattr(partition_module, "_native", None)
     assert load_settings({}).describe().endswith(" | reader python")
 

@@ -2,10 +2,13 @@
 //! `presence.core.partition.PartitionReader.read`, for a batch of messages.
 //!
 //! It reads a value only when it is sure of it (the strict fast path of
-//! `parse_fast`): an ASCII JSON object with exactly the keys `driver_id`,
-//! `timestamp` and `on_duty`, each once, no escapes, numbers it can read
-//! exactly as msgspec and Python do, and a timestamp within
-//! `[MIN_EVENT_TIME, latest_allowed]`. Every other value is handed back to
+//! `parse_fast`): an ASCII JSON object of at most 64 KiB with the keys
+//! `driver_id`, `timestamp` and `on_duty`, each once, no escapes, numbers it
+//! can read exactly as msgspec and Python do, and a timestamp within
+//! `[MIN_EVENT_TIME, latest_allowed]`; other keys (the SPEC's optional
+//! `city`, `vehicle_type`, `lat`, `lng`, or any other) are skipped when their
+//! value is a plain scalar (`skip_scalar`), which the Python reader ignores
+//! too (without segments). Every other value is handed back to
 //! Python (the `slow` callback, by index, in offset order), which judges it
 //! exactly as the pure-Python reader does. Too-late pings are handed back too
 //! (the `too_late` callback) for their dead letter. So the outcome is the
@@ -20,6 +23,10 @@ use rustc_hash::FxHashMap;
 const EPOCH_MS_THRESHOLD: f64 = 1e11;
 const MIN_EVENT_TIME: f64 = 946_684_800.0;
 const MAX_DRIVER_ID_CHARS: usize = 128;
+/// `presence.core.pings.MAX_VALUE_BYTES`: a larger value is `too_large`.
+const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// The longest number token `skip_scalar` skips (lat/lng need about 20).
+const MAX_SKIPPED_NUMBER: usize = 40;
 /// 2**53: integers below it are exact as doubles.
 const EXACT: u64 = 1 << 53;
 const EXACT_F64: f64 = 9_007_199_254_740_992.0;
@@ -147,6 +154,136 @@ impl<'a> Cursor<'a> {
         }
         self.p = p;
         Some(Number { int: &v[start..int_end], frac, exp, is_int: frac.is_empty() && !has_exp })
+    }
+
+    /// Skips the value of a key the reader ignores, when it is a scalar that
+    /// every Python parser reads (so the Python reader ignores it and judges
+    /// the ping on its three fields alone): a plain string (printable ASCII,
+    /// no escapes), `true`, `false`, `null`, or a number of JSON's grammar of
+    /// at most `MAX_SKIPPED_NUMBER` bytes whose exponent stays within a
+    /// double's range. None (give the value to Python) for anything else:
+    /// arrays, objects, escapes, non-ASCII, odd numbers.
+    #[inline]
+    fn skip_scalar(&mut self) -> Option<()> {
+        let v = self.v;
+        match *v.get(self.p)? {
+            b'"' => self.plain_string().map(|_| ()),
+            b't' | b'f' | b'n' => {
+                let rest = &v[self.p..];
+                let used = if rest.starts_with(b"true") || rest.starts_with(b"null") {
+                    4
+                } else if rest.starts_with(b"false") {
+                    5
+                } else {
+                    return None;
+                };
+                if let Some(&b) = rest.get(used) {
+                    if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'+' {
+                        return None;
+                    }
+                }
+                self.p += used;
+                Some(())
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = self.p;
+                if v[start] == b'-' {
+                    self.p += 1;
+                }
+                let n = match self.number() {
+                    Some(n) => n,
+                    None => {
+                        self.p = start;
+                        return None;
+                    }
+                };
+                if self.p - start > MAX_SKIPPED_NUMBER || !(-300..=300).contains(&n.exp) {
+                    return None;
+                }
+                Some(())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// An optional segment field's value as read on the fast path (with segments),
+/// the Python value msgspec's `_SegmentShape` (typed `Any`) decodes.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    Absent,
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(&'a [u8]),
+}
+
+/// The optional fields (SPEC "Input"), in `ValueExtractor.values`' order.
+const OPTIONAL: [&[u8]; 4] = [b"city", b"vehicle_type", b"lat", b"lng"];
+
+impl<'a> Cursor<'a> {
+    /// An optional field's value when it is sure of its Python value: a plain
+    /// string, `true`, `false`, `null`, an integer of at most 18 digits, or a
+    /// number it reads exactly (`Number::exact_f64`); else None.
+    fn field(&mut self) -> Option<Field<'a>> {
+        let v = self.v;
+        match *v.get(self.p)? {
+            b'"' => self.plain_string().map(Field::Str),
+            b't' | b'f' | b'n' => {
+                let rest = &v[self.p..];
+                let (value, used) = if rest.starts_with(b"true") {
+                    (Field::Bool(true), 4)
+                } else if rest.starts_with(b"false") {
+                    (Field::Bool(false), 5)
+                } else if rest.starts_with(b"null") {
+                    (Field::Null, 4)
+                } else {
+                    return None;
+                };
+                if let Some(&b) = rest.get(used) {
+                    if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'+' {
+                        return None;
+                    }
+                }
+                self.p += used;
+                Some(value)
+            }
+            b'-' | b'0'..=b'9' => {
+                let negative = v[self.p] == b'-';
+                if negative {
+                    self.p += 1;
+                }
+                let n = self.number()?;
+                if n.is_int {
+                    if n.int.len() > 18 {
+                        return None;
+                    }
+                    let mut i: i64 = 0;
+                    for &d in n.int {
+                        i = i * 10 + (d - b'0') as i64;
+                    }
+                    Some(Field::Int(if negative { -i } else { i }))
+                } else {
+                    let f = n.exact_f64()?;
+                    Some(Field::Float(if negative { -f } else { f }))
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+impl<'a> Field<'a> {
+    fn to_py<'py>(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        Ok(match self {
+            Field::Absent | Field::Null => py.None().into_bound(py),
+            Field::Bool(b) => pyo3::types::PyBool::new(py, b).to_owned().into_any(),
+            Field::Int(i) => i.into_pyobject(py)?.into_any(),
+            Field::Float(f) => pyo3::types::PyFloat::new(py, f).into_any(),
+            // ASCII, checked by plain_string
+            Field::Str(s) => PyString::new(py, std::str::from_utf8(s).unwrap_or("")).into_any(),
+        })
     }
 }
 
@@ -284,6 +421,19 @@ pub fn usual_iso_instant(s: &[u8]) -> Option<f64> {
 /// The strict fast path: `(driver id text, event time, on duty)` of a value
 /// it is sure of, exactly as the Python reader would have it; else None.
 pub fn parse_fast(v: &[u8], latest_allowed: f64) -> Option<(&[u8], f64, bool)> {
+    parse_fields(v, latest_allowed, None)
+}
+
+/// `parse_fast`, and with `fields` (segments configured) the optional fields'
+/// values too (each at most once; any it is not sure of: None).
+fn parse_fields<'a>(
+    v: &'a [u8],
+    latest_allowed: f64,
+    mut fields: Option<&mut [Field<'a>; 4]>,
+) -> Option<(&'a [u8], f64, bool)> {
+    if v.len() > MAX_VALUE_BYTES {
+        return None; // too_large, however well formed
+    }
     let mut c = Cursor { v, p: 0 };
     c.ws();
     c.eat(b'{')?;
@@ -371,7 +521,16 @@ pub fn parse_fast(v: &[u8], latest_allowed: f64) -> Option<(&[u8], f64, bool)> {
                 c.p += used;
                 duty = Some(value);
             }
-            _ => return None,
+            // a key Python ignores (without segments): skipped if its value is a plain scalar
+            other => match (fields.as_deref_mut(), OPTIONAL.iter().position(|&o| o == other)) {
+                (Some(f), Some(k)) => {
+                    if !matches!(f[k], Field::Absent) {
+                        return None;
+                    }
+                    f[k] = c.field()?;
+                }
+                _ => c.skip_scalar()?,
+            },
         }
         c.ws();
         match c.peek()? {
@@ -454,9 +613,11 @@ struct Group {
     /// driver index -> on duty at least once in this bucket
     members: FxHashMap<u32, bool>,
     pings: u64,
+    /// with segments: `(driver, on_duty, values)` of each counted ping, in order
+    segments: Vec<Py<PyAny>>,
 }
 
-/// The hot loop of `PartitionReader.read` (without segments).
+/// The hot loop of `PartitionReader.read`.
 ///
 /// `messages`: a list of objects with `value()`. `slow(i)`: the Python
 /// judgement of message `i` (a `(driver, time, on_duty)` tuple, or None for
@@ -465,8 +626,16 @@ struct Group {
 /// `Drivers` (borrowed for the call). Returns
 /// `(grouped, max_event, too_late, late)`, `grouped` as the Python loop
 /// builds it: per shard `{bucket start: [online set, online - on duty, pings]}`.
+///
+/// With segments (`values_of`, `ValueExtractor.values`), the fast path also
+/// reads the optional fields (`Field`), `slow(i)` gives them as a fourth item
+/// (the 4-tuple the Python reader would give `values_of`), and each counted
+/// ping's `(driver, on_duty, values_of(city, vehicle_type, lat, lng))` goes
+/// into `segments` (per shard `{bucket start: [...]}`, as the Python loop
+/// builds them); `unlocated` counts those with a None value when `located`.
+/// Returns `(grouped, max_event, too_late, late, segments or None, unlocated)`.
 #[pyfunction]
-#[pyo3(signature = (messages, latest_allowed, max_event, lateness, horizon, shards, bucket, slow, too_late, drivers))]
+#[pyo3(signature = (messages, latest_allowed, max_event, lateness, horizon, shards, bucket, slow, too_late, drivers, values_of=None, located=false))]
 #[allow(clippy::too_many_arguments)]
 fn read_batch<'py>(
     py: Python<'py>,
@@ -480,7 +649,9 @@ fn read_batch<'py>(
     slow: &Bound<'py, PyAny>,
     too_late: &Bound<'py, PyAny>,
     drivers: &Bound<'py, Drivers>,
-) -> PyResult<(Bound<'py, PyList>, f64, u64, u64)> {
+    values_of: Option<&Bound<'py, PyAny>>,
+    located: bool,
+) -> PyResult<(Bound<'py, PyList>, f64, u64, u64, Option<Bound<'py, PyList>>, u64)> {
     if shards == 0 || bucket <= 0 {
         return Err(PyValueError::new_err("shards and bucket must be positive"));
     }
@@ -494,14 +665,23 @@ fn read_batch<'py>(
     let mut slots: Vec<FxHashMap<i64, usize>> = (0..shards).map(|_| FxHashMap::default()).collect();
     let mut groups: Vec<Vec<Group>> = (0..shards).map(|_| Vec::new()).collect();
     let value_name = intern!(py, "value");
+    let segmented = values_of.is_some();
+    let mut n_unlocated: u64 = 0;
 
     for i in 0..n {
         let message = messages.get_item(i)?;
         let value = message.call_method0(value_name)?;
+        let mut fields = [Field::Absent; 4];
         let fast = match value.cast::<PyBytes>() {
-            Ok(bytes) => parse_fast(bytes.as_bytes(), latest_allowed),
+            Ok(bytes) => parse_fields(
+                bytes.as_bytes(),
+                latest_allowed,
+                if segmented { Some(&mut fields) } else { None },
+            ),
             Err(_) => None,
         };
+        // with segments: the fields as the Python reader reads them (slow: Python's tuple)
+        let mut slow_fields: Option<Bound<'py, PyAny>> = None;
         let (who, time, on_duty) = match fast {
             Some((key, time, on_duty)) => {
                 // ASCII, checked by parse_fast
@@ -515,7 +695,14 @@ fn read_batch<'py>(
                 if judged.is_none() {
                     continue;
                 }
-                let (text, time, on_duty): (Bound<'py, PyString>, f64, bool) = judged.extract()?;
+                let (text, time, on_duty) = if segmented {
+                    let (text, time, on_duty, raw): (Bound<'py, PyString>, f64, bool, Bound<'py, PyAny>) =
+                        judged.extract()?;
+                    slow_fields = Some(raw);
+                    (text, time, on_duty)
+                } else {
+                    judged.extract::<(Bound<'py, PyString>, f64, bool)>()?
+                };
                 let who = cache.who(text.to_str()?.as_bytes(), || text.clone());
                 (who, time, on_duty)
             }
@@ -550,12 +737,34 @@ fn read_batch<'py>(
         let group = &mut groups[shard][slot];
         *group.members.entry(who).or_insert(false) |= on_duty;
         group.pings += 1;
+        if let Some(values_of) = values_of {
+            let values = match slow_fields {
+                Some(raw) => values_of.call1(raw.cast_into::<pyo3::types::PyTuple>()?)?,
+                None => values_of.call1((
+                    fields[0].to_py(py)?,
+                    fields[1].to_py(py)?,
+                    fields[2].to_py(py)?,
+                    fields[3].to_py(py)?,
+                ))?,
+            };
+            if located && values.contains(py.None())? {
+                n_unlocated += 1;
+            }
+            let driver = cache.entries[who as usize].0.bind(py);
+            let item = (driver, on_duty, values).into_pyobject(py)?;
+            group.segments.push(item.into_any().unbind());
+        }
     }
 
     let grouped = PyList::empty(py);
+    let segments = if segmented { Some(PyList::empty(py)) } else { None };
     for shard_groups in groups {
         let dict = PyDict::new(py);
+        let seg_dict = PyDict::new(py);
         for group in shard_groups {
+            if segmented {
+                seg_dict.set_item(group.start, PyList::new(py, &group.segments)?)?;
+            }
             let online =
                 PySet::new(py, group.members.keys().map(|&w| cache.entries[w as usize].0.bind(py)))?;
             let off = PySet::new(
@@ -570,8 +779,11 @@ fn read_batch<'py>(
             dict.set_item(group.start, sets)?;
         }
         grouped.append(dict)?;
+        if let Some(segments) = &segments {
+            segments.append(seg_dict)?;
+        }
     }
-    Ok((grouped, max_event, n_too_late, n_late))
+    Ok((grouped, max_event, n_too_late, n_late, segments, n_unlocated))
 }
 
 /// The fast path alone, for tests: `(driver, time, on_duty)` or None.
@@ -604,7 +816,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_fast_py, m)?)?;
     m.add_function(wrap_pyfunction!(usual_iso_instant_py, m)?)?;
     m.add_function(wrap_pyfunction!(floor_div_py, m)?)?;
-    m.add("ABI", 2)?;
+    m.add("ABI", 4)?;
     Ok(())
 }
 

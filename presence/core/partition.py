@@ -31,7 +31,9 @@ PRESENCE_READER, :func:`reader_in_use`): :meth:`PartitionReader._read_native`
 gives it a batch, and it hands back to this module's code, by index and in
 offset order, every message it is not sure of and every too-late ping, so
 the outcome is :meth:`PartitionReader._read_python`'s
-(``tests/test_native_reader.py``). With segments the Python loop runs.
+(``tests/test_native_reader.py``). With segments it also reads the optional
+fields it is sure of and gives each counted ping's to the same
+:class:`ValueExtractor`, building the same per-shard segment lists.
 
 Pure logic, no I/O: the Kafka shell in :mod:`presence.io.source` feeds it.
 Its :meth:`PartitionReader.snapshot` is the partition's recovery state.
@@ -62,7 +64,7 @@ try:  # the optional compiled reader (native/, built by `make install` when carg
 except ImportError:  # not built: the pure-Python reader
     _native = None
 else:
-    if getattr(_native, "ABI", None) != 2:  # a stale build: not trusted
+    if getattr(_native, "ABI", None) != 4:  # a stale build: not trusted
         _native = None
 
 READERS = ("auto", "python", "native")
@@ -84,16 +86,15 @@ def native_reader_built() -> bool:
 def reader_in_use(setting: str, spec: WindowSpec | None = None) -> str:
     """``native`` or ``python``: which reader ``PRESENCE_READER=setting`` runs.
 
-    With segments (``spec.segments``) the reader is always the Python one (the
-    compiled one does not compute segment values). ``native`` when it is not
-    built raises ``ValueError``.
+    ``spec`` is accepted for the callers' sake: segments or not, both readers
+    give the same outcome. ``native`` when it is not built raises ``ValueError``.
     """
     if setting not in READERS:
         raise ValueError("must be auto, python or native")
     if setting == "native" and _native is None:
         raise ValueError("native: the compiled reader is not built (run `make install` "
                          "with cargo on PATH), use auto or python")
-    if setting == "python" or _native is None or (spec is not None and spec.segments):
+    if setting == "python" or _native is None:
         return "python"
     return "native"
 
@@ -345,16 +346,24 @@ class PartitionReader:
             return self._read_python(messages, now, ended)
         dead: list[DeadLetter] = []
         invalid = 0
+        extractor = self.extractor
 
         def slow(index: int) -> tuple | None:
             nonlocal invalid
             message = messages[index]
             value = message.value()
+            if extractor is not None:
+                fast = self._fast_segment_ping(value, latest_allowed)
+                if fast is not None:
+                    return fast
             ping = self._judge(message, value, latest_allowed, now)
             if type(ping) is not tuple:
                 invalid += 1
                 dead.append(self._rejected(message, value, ping, now))
                 return None
+            if extractor is not None:
+                get = ping_object(value).get
+                return (*ping, (get("city"), get("vehicle_type"), get("lat"), get("lng")))
             return ping
 
         def too_late(index: int, time: float, max_event: float) -> None:
@@ -366,17 +375,50 @@ class PartitionReader:
             drivers = self._native_drivers = _native.Drivers()
         elif len(drivers) > _NATIVE_DRIVERS_MAX:
             drivers.clear()
-        grouped, max_event, too_late_count, late = _native.read_batch(
+        grouped, max_event, too_late_count, late, segments, unlocated = _native.read_batch(
             messages, latest_allowed, self.max_event, spec.lateness_s, spec.horizon_s,
             spec.shards, spec.bucket_s, slow, too_late, drivers,
+            None if extractor is None else extractor.values,
+            extractor is not None and extractor.located,
         )
+        if extractor is not None:
+            self.unlocated += unlocated
         mark = self._count(messages, now, ended, max_event, invalid, too_late_count, late)
-        return PartitionBatch(mark, grouped, dead, None)
+        return PartitionBatch(mark, grouped, dead, segments)
+
+    @staticmethod
+    def _fast_segment_ping(value: bytes | None, latest_allowed: float) -> tuple | None:
+        """With segments, :meth:`_read_python`'s inlined fast path for one value:
+        ``(driver, time, on_duty, (city, vehicle_type, lat, lng))`` as it reads
+        them, or None where that loop judges the value (then its optional
+        fields come from :func:`ping_object`)."""
+        if (
+            value is not None
+            and (len(value) < SHALLOW_BYTES
+                 or (len(value) <= MAX_VALUE_BYTES and not too_deep(value)))
+            and value.isascii()
+        ):
+            try:
+                shape = decode_segment_shape(value)
+                driver = shape.driver_id
+                if type(driver) is int:
+                    driver = str(driver)
+                time = shape.timestamp
+                if type(time) is str:
+                    time = usual_iso_instant(time)
+                elif time >= EPOCH_MS_THRESHOLD:
+                    time = time / 1000.0
+                if MIN_EVENT_TIME <= time <= latest_allowed:
+                    return (driver, time + 0.0, shape.on_duty == 1,
+                            (shape.city, shape.vehicle_type, shape.lat, shape.lng))
+            except Exception:  # noqa: BLE001 - anything unusual: judged
+                pass
+        return None
 
     def _read_python(
         self, messages: Sequence[Message], now: float, ended: bool
     ) -> PartitionBatch:
-        """The pure-Python reader (the reference: with segments, the only one)."""
+        """The pure-Python reader (the reference)."""
         spec = self.spec
         shards = spec.shards
         bucket = spec.bucket_s
