@@ -41,6 +41,37 @@ fn is_ws(b: u8) -> bool {
     b == b' ' || b == b'\t' || b == b'\n' || b == b'\r'
 }
 
+/// True if the byte at `at` (if any) cannot continue a number or literal token:
+/// what may follow one is whitespace, ',' or '}' (checked by the caller).
+#[inline]
+fn token_ends(v: &[u8], at: usize) -> bool {
+    match v.get(at) {
+        Some(&b) => !(b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'+'),
+        None => true,
+    }
+}
+
+/// The value of at most 18 ASCII digits (so no overflow), as Python's `int`; else None.
+#[inline]
+fn small_int(digits: &[u8]) -> Option<i64> {
+    if digits.len() > 18 {
+        return None;
+    }
+    let mut i: i64 = 0;
+    for &d in digits {
+        i = i * 10 + (d - b'0') as i64;
+    }
+    Some(i)
+}
+
+/// JSON's literals.
+#[derive(Clone, Copy, PartialEq)]
+enum Literal {
+    True,
+    False,
+    Null,
+}
+
 struct Cursor<'a> {
     v: &'a [u8],
     p: usize,
@@ -145,15 +176,31 @@ impl<'a> Cursor<'a> {
                 exp = -exp;
             }
         }
-        // what follows a number: whitespace, ',' or '}' (checked by the caller),
-        // never more of a token
-        if let Some(&b) = v.get(p) {
-            if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'+' {
-                return None;
-            }
+        if !token_ends(v, p) {
+            return None;
         }
         self.p = p;
         Some(Number { int: &v[start..int_end], frac, exp, is_int: frac.is_empty() && !has_exp })
+    }
+
+    /// `true`, `false` or `null`, whole (not the start of a longer token).
+    #[inline]
+    fn literal(&mut self) -> Option<Literal> {
+        let rest = &self.v[self.p..];
+        let (literal, used) = if rest.starts_with(b"true") {
+            (Literal::True, 4)
+        } else if rest.starts_with(b"false") {
+            (Literal::False, 5)
+        } else if rest.starts_with(b"null") {
+            (Literal::Null, 4)
+        } else {
+            return None;
+        };
+        if !token_ends(rest, used) {
+            return None;
+        }
+        self.p += used;
+        Some(literal)
     }
 
     /// Skips the value of a key the reader ignores, when it is a scalar that
@@ -168,23 +215,7 @@ impl<'a> Cursor<'a> {
         let v = self.v;
         match *v.get(self.p)? {
             b'"' => self.plain_string().map(|_| ()),
-            b't' | b'f' | b'n' => {
-                let rest = &v[self.p..];
-                let used = if rest.starts_with(b"true") || rest.starts_with(b"null") {
-                    4
-                } else if rest.starts_with(b"false") {
-                    5
-                } else {
-                    return None;
-                };
-                if let Some(&b) = rest.get(used) {
-                    if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'+' {
-                        return None;
-                    }
-                }
-                self.p += used;
-                Some(())
-            }
+            b't' | b'f' | b'n' => self.literal().map(|_| ()),
             b'-' | b'0'..=b'9' => {
                 let start = self.p;
                 if v[start] == b'-' {
@@ -230,25 +261,11 @@ impl<'a> Cursor<'a> {
         let v = self.v;
         match *v.get(self.p)? {
             b'"' => self.plain_string().map(Field::Str),
-            b't' | b'f' | b'n' => {
-                let rest = &v[self.p..];
-                let (value, used) = if rest.starts_with(b"true") {
-                    (Field::Bool(true), 4)
-                } else if rest.starts_with(b"false") {
-                    (Field::Bool(false), 5)
-                } else if rest.starts_with(b"null") {
-                    (Field::Null, 4)
-                } else {
-                    return None;
-                };
-                if let Some(&b) = rest.get(used) {
-                    if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'+' {
-                        return None;
-                    }
-                }
-                self.p += used;
-                Some(value)
-            }
+            b't' | b'f' | b'n' => Some(match self.literal()? {
+                Literal::True => Field::Bool(true),
+                Literal::False => Field::Bool(false),
+                Literal::Null => Field::Null,
+            }),
             b'-' | b'0'..=b'9' => {
                 let negative = v[self.p] == b'-';
                 if negative {
@@ -256,13 +273,7 @@ impl<'a> Cursor<'a> {
                 }
                 let n = self.number()?;
                 if n.is_int {
-                    if n.int.len() > 18 {
-                        return None;
-                    }
-                    let mut i: i64 = 0;
-                    for &d in n.int {
-                        i = i * 10 + (d - b'0') as i64;
-                    }
+                    let i = small_int(n.int)?;
                     Some(Field::Int(if negative { -i } else { i }))
                 } else {
                     let f = n.exact_f64()?;
@@ -475,14 +486,7 @@ fn parse_fields<'a>(
                     let n = c.number()?;
                     let stamp = if n.is_int {
                         // a Python int: exact below 2**53, else rounded as float(int)
-                        if n.int.len() > 18 {
-                            return None;
-                        }
-                        let mut i: i64 = 0;
-                        for &d in n.int {
-                            i = i * 10 + (d - b'0') as i64;
-                        }
-                        i as f64
+                        small_int(n.int)? as f64
                     } else {
                         n.exact_f64()?
                     };
@@ -501,25 +505,14 @@ fn parse_fields<'a>(
                 if duty.is_some() {
                     return None;
                 }
-                let rest = &v[c.p..];
-                let (value, used) = if rest.starts_with(b"true") {
-                    (true, 4)
-                } else if rest.starts_with(b"false") {
-                    (false, 5)
-                } else if rest.starts_with(b"1") {
-                    (true, 1)
-                } else if rest.starts_with(b"0") {
-                    (false, 1)
-                } else {
-                    return None;
-                };
-                if let Some(&b) = rest.get(used) {
-                    if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'+' {
-                        return None;
+                duty = Some(match c.peek()? {
+                    digit @ (b'0' | b'1') if token_ends(v, c.p + 1) => {
+                        c.p += 1;
+                        digit == b'1'
                     }
-                }
-                c.p += used;
-                duty = Some(value);
+                    b't' | b'f' => c.literal()? == Literal::True,
+                    _ => return None,
+                });
             }
             // a key Python ignores (without segments): skipped if its value is a plain scalar
             other => match (fields.as_deref_mut(), OPTIONAL.iter().position(|&o| o == other)) {
