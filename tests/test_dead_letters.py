@@ -101,7 +101,7 @@ def test_row_and_status_writes_retry_write_concern_errors(monkeypatch):
     part = SimpleNamespace(collection=FakeCollection(bulk_error(concern_errors=[WTIMEOUT])))
     waits = []
     monkeypatch.setattr(mongo, "with_retry",
-                        lambda what, action: _retry(action, waits))
+                        lambda what, action, **_: _retry(action, waits))
     mongo._MongoPartition.bulk(part, "writing 1 rows", [UpdateOne({"_id": 1}, {"$set": {}})])
     assert part.collection.calls == 2 and len(waits) == 1
     part = SimpleNamespace(collection=FakeCollection(bulk_error(concern_errors=[UNSATISFIABLE])))
@@ -250,3 +250,21 @@ def test_the_dead_letter_sink_deletes_expired_letters_at_most_every_ten_minutes(
     clock[0] += mongo.PRUNE_EVERY_SECONDS
     mongo._write_dead_letters(part, [letter])
     assert len(deleted) == 2
+
+
+def test_upserts_racing_another_writer_are_run_once_more_as_updates():
+    """One helper writes rows, status and segment rewrites: a duplicate key (an
+    upsert racing another writer of the _id) is run once more; twice is an error."""
+    dup = {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key"}
+    updates = [UpdateOne({"_id": 1}, {"$set": {}}, upsert=True)]
+    coll = FakeCollection(bulk_error(write_errors=[dup]))
+    mongo.upsert_bulk(coll, updates, "writing 1 rows", sleep=lambda s: None)
+    assert coll.calls == 2
+    coll = FakeCollection(bulk_error(write_errors=[dup]), bulk_error(write_errors=[dup]))
+    with pytest.raises(BulkWriteError):
+        mongo.upsert_bulk(coll, updates, "writing 1 rows", sleep=lambda s: None)
+    other = {"index": 0, "code": 121, "errmsg": "document failed validation"}
+    coll = FakeCollection(bulk_error(write_errors=[other]))
+    with pytest.raises(BulkWriteError):
+        mongo.upsert_bulk(coll, updates, "writing 1 rows", sleep=lambda s: None)
+    assert coll.calls == 1

@@ -96,6 +96,30 @@ def raise_for_write_concern(details: dict) -> None:
     raise WriteConcernError(message, code, first)
 
 
+def upsert_bulk(collection, updates: list[UpdateOne], what: str,
+                sleep: Callable[[float], None] = time.sleep) -> None:
+    """``bulk_write`` of upserts with :func:`with_retry`. An upsert racing another
+    writer of the same ``_id`` fails with a duplicate key: the batch is run once
+    more, which applies it as an update. Write-concern errors go to
+    :func:`raise_for_write_concern` (a transient one is retried)."""
+
+    def attempt(again: bool = True) -> None:
+        try:
+            collection.bulk_write(updates, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors") or []
+            if any(e.get("code") != 11000 for e in errors):
+                raise
+            if errors and again:
+                attempt(again=False)
+                return
+            if errors:
+                raise
+            raise_for_write_concern(exc.details)  # not confirmed: not a success
+
+    with_retry(what, attempt, sleep=sleep)
+
+
 def utc(epoch_seconds: float) -> datetime:
     return datetime.fromtimestamp(epoch_seconds, timezone.utc)
 
@@ -442,27 +466,8 @@ class _MongoPartition(StatelessSinkPartition):
             self.write(self, items)
 
     def bulk(self, what: str, updates: list[UpdateOne], collection: Any = None) -> None:
-        if not updates:
-            return
-        target = self.collection if collection is None else collection
-
-        def attempt(again: bool = True) -> None:
-            try:
-                target.bulk_write(updates, ordered=False)
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors") or []
-                if any(e.get("code") != 11000 for e in errors):
-                    raise
-                if errors and again:
-                    # An upsert racing another writer of the same _id: running
-                    # the batch again applies it as an update.
-                    attempt(again=False)
-                    return
-                if errors:
-                    raise
-                raise_for_write_concern(exc.details)  # not confirmed: not a success
-
-        with_retry(what, attempt)
+        if updates:
+            upsert_bulk(self.collection if collection is None else collection, updates, what)
 
     def close(self) -> None:
         CLIENTS.release(self.settings.mongo_uri)
@@ -563,19 +568,7 @@ def _upsert(coll, docs: list[dict], sleep: Callable[[float], None]) -> None:
             upsert=True,
         ))
 
-    def attempt(again: bool = True) -> None:
-        try:
-            coll.bulk_write(updates, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors") or []
-            if any(e.get("code") != 11000 for e in errors) or not again:
-                raise
-            if errors:
-                attempt(again=False)  # an upsert raced an insert: now an update
-                return
-            raise_for_write_concern(exc.details)
-
-    with_retry(f"rewriting {len(docs)} segment rows", attempt, sleep=sleep)
+    upsert_bulk(coll, updates, f"rewriting {len(docs)} segment rows", sleep)
 
 
 def _write_rows(part: _MongoPartition, items: list) -> None:
