@@ -388,10 +388,11 @@ class PartitionReader:
 
     @staticmethod
     def _fast_segment_ping(value: bytes | None, latest_allowed: float) -> tuple | None:
-        """With segments, :meth:`_read_python`'s inlined fast path for one value:
-        ``(driver, time, on_duty, (city, vehicle_type, lat, lng))`` as it reads
-        them, or None where that loop judges the value (then its optional
-        fields come from :func:`ping_object`)."""
+        """With segments, the fast path of both readers for one value:
+        ``(driver, time, on_duty, (city, vehicle_type, lat, lng))``, or None
+        where the value is judged (then its optional fields come from
+        :func:`ping_object`). Pings with the optional fields are often longer
+        than SHALLOW_BYTES: such a value takes it once it is known to be shallow."""
         if (
             value is not None
             and (len(value) < SHALLOW_BYTES
@@ -439,30 +440,27 @@ class PartitionReader:
         if extractor is None:
             values_of = None
             located = False
-            decode = decode_shape
         else:
             values_of = extractor.values
             located = extractor.located
-            decode = decode_segment_shape
+            fast_segment_ping = self._fast_segment_ping
             seg_by_number: list[dict] = [{} for _ in range(shards)]
 
         for message in messages:
             value = message.value()
             # The fast path of presence.core.pings.parse_ping, inlined (the hot loop):
             # short ASCII values of the usual shape, within the batch's future bound.
-            # Pings with the optional segment fields are often longer than
-            # SHALLOW_BYTES: with segments such a value takes the fast path once it
-            # is known to be shallow.
+            # With segments, the same path with the optional fields
+            # (_fast_segment_ping, shared with the compiled reader's hand-backs).
             fast = False
-            if (
-                value is not None
-                and (len(value) < SHALLOW_BYTES
-                     or (values_of is not None and len(value) <= MAX_VALUE_BYTES
-                         and not too_deep(value)))
-                and value.isascii()
-            ):
+            if values_of is not None:
+                usual = fast_segment_ping(value, latest_allowed)
+                if usual is not None:
+                    driver, time, on_duty, fields = usual
+                    fast = True
+            elif value is not None and len(value) < SHALLOW_BYTES and value.isascii():
                 try:
-                    shape = decode(value)
+                    shape = decode_shape(value)
                     driver = shape.driver_id
                     if type(driver) is int:
                         driver = str(driver)
@@ -507,7 +505,7 @@ class PartitionReader:
             sets[2] += 1
             if values_of is not None:
                 if fast:
-                    values = values_of(shape.city, shape.vehicle_type, shape.lat, shape.lng)
+                    values = values_of(*fields)
                 else:
                     get = ping_object(value).get
                     values = values_of(get("city"), get("vehicle_type"), get("lat"), get("lng"))
