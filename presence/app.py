@@ -83,7 +83,8 @@ def kafka_mongo_flow(settings: Settings, fingerprint: Fingerprint | None = None)
         dead_letters=MongoSink(settings, DEAD_LETTERS),
         status=MongoSink(settings, STATUS),
     )
-    return build_flow(spec, source, sinks, progress_seconds=settings.progress_seconds)
+    return build_flow(spec, source, sinks, progress_seconds=settings.progress_seconds,
+                      reader=settings.reader)
 
 
 def dataflow_from_env() -> Dataflow:

@@ -73,8 +73,9 @@ class Sinks:
 class PaneLogic(StatefulBatchLogic):
     """The pane step for one driver shard: a thin shell over :class:`ShardState`."""
 
-    def __init__(self, spec: WindowSpec, resume: dict | None, clock: Callable[[], float]):
-        self.state = ShardState(spec, resume)
+    def __init__(self, spec: WindowSpec, resume: dict | None, clock: Callable[[], float],
+                 reader: str | None = None):
+        self.state = ShardState(spec, resume, reader)
         self.clock = clock
 
     def on_batch(self, parts: list) -> tuple[list[ShardReport], bool]:
@@ -198,7 +199,9 @@ def build_flow(
     clock: Callable[[], float] = time.time,
     progress_seconds: float = 10.0,
     name: str = "presence",
+    reader: str | None = None,
 ) -> Dataflow:
+    """The dataflow; ``reader`` (PRESENCE_READER) also picks the shards' segment store."""
     flow = Dataflow(name)
     batches = op.input("pings", flow, source)
 
@@ -207,7 +210,7 @@ def build_flow(
 
     parts = op.flat_map("split_by_shard", batches, _shard_parts)
     reports = op.stateful_batch(
-        "panes", parts, lambda resume: PaneLogic(spec, resume, clock)
+        "panes", parts, lambda resume: PaneLogic(spec, resume, clock, reader)
     )
     report_items = op.map("reports", reports, _book_items_from_reports)
     mark_items = op.map("marks", batches, _book_items_from_batch)

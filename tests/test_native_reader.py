@@ -14,6 +14,7 @@ module is missing (a broken build must not pass as "skipped").
 from __future__ import annotations
 
 import dataclasses
+from unittest import mock
 import math
 import os
 import shutil
@@ -29,6 +30,7 @@ from presence.core import partition as partition_module
 from presence.core.model import PartitionBatch
 from presence.core.partition import PartitionReader, RawMessage, native_reader_built, reader_in_use
 from presence.core.pings import parse_ping
+from presence.core.segment_records import decode_records, dimension_kinds
 from presence.core.segments import parse_segments
 from presence.core.timestamps import usual_iso_instant
 from presence.core.windows import WindowSpec
@@ -515,6 +517,21 @@ def segment_ping_value(draw) -> bytes | None:
     return ("{" + ",".join(members) + "}").encode("utf-8", "surrogatepass")
 
 
+def _decoded(batches: list[PartitionBatch], spec: WindowSpec) -> list[PartitionBatch]:
+    """The compiled reader's batches with their packed segment records read back
+    into ``(driver, on_duty, values)`` lists, as the Python reader gives them (a
+    batch it hands to the Python loop whole, such as one with odd Kafka
+    timestamps, has the lists already)."""
+    kinds = dimension_kinds(spec.segments)
+    out = []
+    for batch in batches:
+        out.append(dataclasses.replace(batch, segments=[
+            {pane: decode_records(blob, kinds) if type(blob) is bytes else blob
+             for pane, blob in shard.items()}
+            for shard in batch.segments]))
+    return out
+
+
 def _segment_types(batch: PartitionBatch) -> list:
     return [[(type(k), [(type(d), type(o), type(v), [type(x) for x in v]) for d, o, v in pings])
              for k, pings in shard.items()] for shard in batch.segments or []]
@@ -525,19 +542,25 @@ def _segment_types(batch: PartitionBatch) -> list:
 @given(SPECS, SEGMENT_TEXTS,
        st.lists(st.tuples(segment_ping_value(), KAFKA_MS), min_size=1, max_size=40),
        st.lists(st.integers(0, 40), max_size=3), st.one_of(st.none(), st.integers(0, 3)),
-       st.booleans())
+       st.booleans(), st.booleans())
 def test_native_reader_with_segments_is_the_python_reader(spec, text, items, cuts,
-                                                          resume_at, sane) -> None:
+                                                          resume_at, sane, records) -> None:
     """With segments the compiled reader gives the same batches (segment lists of
     ``(driver, on_duty, values)`` per shard and bucket too), unlocated count and snapshot."""
     spec = dataclasses.replace(spec, segments=parse_segments(text))
     batches = _batches([v for v, _ in items], _sane([s for _, s in items], sane), cuts)
     expected = read_all("python", spec, batches, resume_at)
-    got = read_all("native", spec, batches, resume_at)
+    # ``records``: the segment values computed in the compiled loop and sent as
+    # packed records (as when the compiled segment store is built), else Python's
+    with mock.patch.object(partition_module, "native_store_built", lambda: records):
+        got_batches, got_snapshot = read_all("native", spec, batches, resume_at)
+    assert all(type(blob) is (bytes if records else list) for b in got_batches
+               for shard in b.segments for blob in shard.values()) or not sane
+    assert all(b.segments is not None for b in got_batches)
+    got = (_decoded(got_batches, spec), got_snapshot)
     assert got == expected
     assert [_types(b) for b in got[0]] == [_types(b) for b in expected[0]]
     assert [_segment_types(b) for b in got[0]] == [_segment_types(b) for b in expected[0]]
-    assert all(b.segments is not None for b in got[0])
 
 
 @built
@@ -559,6 +582,7 @@ def test_segment_pings_stay_on_the_compiled_path(monkeypatch) -> None:
         values.append(orjson.dumps(ping))
     values.append(b'{"driver_id":3,"timestamp":%d,"on_duty":1,"city":"S\\u00e3o"}' % BASE)
     messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
+    monkeypatch.setattr(partition_module, "native_store_built", lambda: True)
     reader = PartitionReader("t", 0, 1, spec, NOW, reader="native")
     assert reader.reader == "native"
     judged = []
@@ -566,7 +590,7 @@ def test_segment_pings_stay_on_the_compiled_path(monkeypatch) -> None:
     monkeypatch.setattr(reader, "_judge", lambda m, *a: judged.append(m.offset()) or original(m, *a))
     monkeypatch.setattr(reader, "_fast_segment_ping",
                         lambda v, t: judged.append(-1) or PartitionReader._fast_segment_ping(v, t))
-    batch = reader.read(messages, NOW)
+    (batch,) = _decoded([reader.read(messages, NOW)], spec)
     python = PartitionReader("t", 0, 1, spec, NOW, reader="python")
     assert batch == python.read(messages, NOW)
     assert judged == [-1]  # only the escaped city, read by the Python fast path
@@ -712,3 +736,4 @@ def test_bucket_numbers_are_pythons_floor_division(time: float, bucket: int, ulp
     time = math.nextafter(time, 0) if ulps < 0 else time
     time = min(max(time, 946_684_800.0), 1e15 - 1)
     assert partition_module._native.floor_div_py(time, float(bucket)) == time // bucket
+

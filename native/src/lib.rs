@@ -608,6 +608,95 @@ struct Group {
     pings: u64,
     /// with segments: `(driver, on_duty, values)` of each counted ping, in order
     segments: Vec<Py<PyAny>>,
+    /// with segment records: the packed records of each counted ping, in order
+    records: Vec<u8>,
+}
+
+/// One dimension of a segment definition, as `read_batch`'s `record_kinds` gives it:
+/// 0 city, 1 vehicle_type, `H3_KIND + R` an H3 cell at resolution R.
+const CITY_KIND: u8 = 0;
+const VEHICLE_TYPE_KIND: u8 = 1;
+const H3_KIND: u8 = 16;
+const UNKNOWN: &[u8] = b"unknown";
+
+/// A string dimension's value as `ValueExtractor.values` makes it: the text if
+/// it is a non-empty string of at most `most` characters (a plain ASCII string
+/// here: bytes are characters), else `unknown`.
+#[inline]
+fn valid_text<'a>(field: Field<'a>, most: usize) -> &'a [u8] {
+    match field {
+        Field::Str(s) if !s.is_empty() && s.len() <= most => s,
+        _ => UNKNOWN,
+    }
+}
+
+/// A coordinate as `valid_location` takes it: an int or float (not a bool).
+#[inline]
+fn coordinate(field: Field) -> Option<f64> {
+    match field {
+        Field::Int(i) => Some(i as f64),
+        Field::Float(f) => Some(f),
+        _ => None,
+    }
+}
+
+/// The H3 cell of a valid location at `resolution`: h3's own compiled
+/// `latlng_to_cell` (`cell_of`, the function `ValueExtractor` calls), so every
+/// cell is the one the Python reader gives (the h3o crate differs at cell
+/// vertices); None where it raises, as `ValueExtractor` takes it.
+#[inline]
+fn h3_cell(cell_of: &Bound<'_, PyAny>, lat: f64, lng: f64, resolution: u8) -> Option<u64> {
+    match cell_of.call1((lat, lng, resolution)) {
+        Ok(cell) => cell.extract::<u64>().ok(),
+        Err(_) => None,
+    }
+}
+
+/// The segment values of a fast-path ping as packed record bytes (see
+/// `presence/core/segment_records.py`), appended to `out`; true if unlocated
+/// (a definition needs a location the ping does not have).
+fn push_values(
+    out: &mut Vec<u8>,
+    fields: &[Field; 4],
+    kinds: &[Vec<u8>],
+    located: bool,
+    cell_of: &Bound<'_, PyAny>,
+) -> bool {
+    let city = valid_text(fields[0], 64);
+    let vehicle_type = valid_text(fields[1], 32);
+    let location = match (coordinate(fields[2]), coordinate(fields[3])) {
+        (Some(lat), Some(lng)) if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lng) => {
+            Some((lat, lng))
+        }
+        _ => None,
+    };
+    let mut unlocated = false;
+    for dims in kinds {
+        // the cell first: a definition with a location it cannot have has no value
+        let mut cell: Option<u64> = None;
+        if let Some(&kind) = dims.iter().find(|&&k| k >= H3_KIND) {
+            cell = location.and_then(|(lat, lng)| h3_cell(cell_of, lat, lng, kind - H3_KIND));
+            if cell.is_none() {
+                out.push(0);
+                unlocated = true;
+                continue;
+            }
+        }
+        out.push(1);
+        for &kind in dims {
+            let text = match kind {
+                CITY_KIND => city,
+                VEHICLE_TYPE_KIND => vehicle_type,
+                _ => {
+                    out.extend_from_slice(&cell.unwrap_or(0).to_le_bytes());
+                    continue;
+                }
+            };
+            out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+            out.extend_from_slice(text);
+        }
+    }
+    located && unlocated
 }
 
 /// The hot loop of `PartitionReader.read`.
@@ -628,7 +717,7 @@ struct Group {
 /// builds them); `unlocated` counts those with a None value when `located`.
 /// Returns `(grouped, max_event, too_late, late, segments or None, unlocated)`.
 #[pyfunction]
-#[pyo3(signature = (messages, latest_allowed, max_event, lateness, horizon, shards, bucket, slow, too_late, drivers, values_of=None, located=false))]
+#[pyo3(signature = (messages, latest_allowed, max_event, lateness, horizon, shards, bucket, slow, too_late, drivers, values_of=None, located=false, record_kinds=None, record_values=None, cell_of=None))]
 #[allow(clippy::too_many_arguments)]
 fn read_batch<'py>(
     py: Python<'py>,
@@ -644,6 +733,9 @@ fn read_batch<'py>(
     drivers: &Bound<'py, Drivers>,
     values_of: Option<&Bound<'py, PyAny>>,
     located: bool,
+    record_kinds: Option<Vec<Vec<u8>>>,
+    record_values: Option<&Bound<'py, PyAny>>,
+    cell_of: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<(Bound<'py, PyList>, f64, u64, u64, Option<Bound<'py, PyList>>, u64)> {
     if shards == 0 || bucket <= 0 {
         return Err(PyValueError::new_err("shards and bucket must be positive"));
@@ -658,7 +750,12 @@ fn read_batch<'py>(
     let mut slots: Vec<FxHashMap<i64, usize>> = (0..shards).map(|_| FxHashMap::default()).collect();
     let mut groups: Vec<Vec<Group>> = (0..shards).map(|_| Vec::new()).collect();
     let value_name = intern!(py, "value");
-    let segmented = values_of.is_some();
+    let recorded = record_kinds.is_some();
+    if recorded && (values_of.is_some() || record_values.is_none() || cell_of.is_none()) {
+        return Err(PyValueError::new_err("record_kinds takes record_values and cell_of, no values_of"));
+    }
+    let kinds = record_kinds.unwrap_or_default();
+    let segmented = values_of.is_some() || recorded;
     let mut n_unlocated: u64 = 0;
 
     for i in 0..n {
@@ -730,7 +827,29 @@ fn read_batch<'py>(
         let group = &mut groups[shard][slot];
         *group.members.entry(who).or_insert(false) |= on_duty;
         group.pings += 1;
-        if let Some(values_of) = values_of {
+        if let Some(record_values) = record_values {
+            let out = &mut group.records;
+            out.push(on_duty as u8);
+            let entry = &cache.entries[who as usize].0;
+            let text = entry.bind(py).to_str()?.as_bytes();
+            if text.len() > u16::MAX as usize {
+                return Err(PyValueError::new_err("driver id too long for a segment record"));
+            }
+            out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+            out.extend_from_slice(text);
+            let unlocated = match slow_fields {
+                Some(raw) => {
+                    let (bytes, unlocated): (Bound<'py, PyBytes>, bool) =
+                        record_values.call1(raw.cast_into::<pyo3::types::PyTuple>()?)?.extract()?;
+                    out.extend_from_slice(bytes.as_bytes());
+                    unlocated
+                }
+                None => push_values(out, &fields, &kinds, located, cell_of.expect("checked above")),
+            };
+            if unlocated {
+                n_unlocated += 1;
+            }
+        } else if let Some(values_of) = values_of {
             let values = match slow_fields {
                 Some(raw) => values_of.call1(raw.cast_into::<pyo3::types::PyTuple>()?)?,
                 None => values_of.call1((
@@ -755,7 +874,9 @@ fn read_batch<'py>(
         let dict = PyDict::new(py);
         let seg_dict = PyDict::new(py);
         for group in shard_groups {
-            if segmented {
+            if recorded {
+                seg_dict.set_item(group.start, PyBytes::new(py, &group.records))?;
+            } else if segmented {
                 seg_dict.set_item(group.start, PyList::new(py, &group.segments)?)?;
             }
             let online =
@@ -809,7 +930,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_fast_py, m)?)?;
     m.add_function(wrap_pyfunction!(usual_iso_instant_py, m)?)?;
     m.add_function(wrap_pyfunction!(floor_div_py, m)?)?;
-    m.add("ABI", 4)?;
+    m.add("ABI", 5)?;
     Ok(())
 }
 

@@ -56,7 +56,9 @@ from presence.core.pings import (
     decode_segment_shape, decode_shape, format_instant, parse_ping, parse_ping_checked,
     ping_object, raw_text, too_deep,
 )
-from presence.core.segments import ValueExtractor
+from presence.core.segment_records import dimension_kinds, record_values_of
+from presence.core.segments import CITY, VEHICLE_TYPE, ValueExtractor
+from presence.core.segments import _fast_latlng_to_cell as cell_of
 from presence.core.windows import WindowSpec
 
 try:  # the optional compiled reader (native/, built by `make install` when cargo is there)
@@ -64,8 +66,11 @@ try:  # the optional compiled reader (native/, built by `make install` when carg
 except ImportError:  # not built: the pure-Python reader
     _native = None
 else:
-    if getattr(_native, "ABI", None) != 4:  # a stale build: not trusted
+    if getattr(_native, "ABI", None) != 5:  # a stale build: not trusted
         _native = None
+
+_RECORD_DIMENSION = {CITY: 0, VEHICLE_TYPE: 1}
+"""The compiled reader's numbers of the string dimensions (``h3:R`` is 16 + R)."""
 
 READERS = ("auto", "python", "native")
 """PRESENCE_READER: ``auto`` (the compiled reader when built), ``python``, ``native``."""
@@ -81,6 +86,12 @@ _NATIVE_DRIVERS_MAX = 500_000
 def native_reader_built() -> bool:
     """True if the compiled reader (``presence._native``) is importable."""
     return _native is not None
+
+
+def native_store_built() -> bool:
+    """True if the compiled segment store (``_native.SegmentStore``) is built too: then
+    the compiled reader sends segment pings as packed records, which it reads."""
+    return _native is not None and hasattr(_native, "SegmentStore")
 
 
 def reader_in_use(setting: str, spec: WindowSpec | None = None) -> str:
@@ -208,6 +219,18 @@ class PartitionReader:
         """``native`` (the compiled loop, :meth:`_read_native`) or ``python``."""
         self._native_drivers = None
         """The compiled reader's driver texts and CRC-32s (``_native.Drivers``)."""
+        self._record_kinds = None
+        self._record_values = None
+        if self.extractor is not None and self.reader == "native" and native_store_built():
+            # The compiled reader computes the segment values itself and sends
+            # them as packed records (presence.core.segment_records).
+            self._record_kinds = [
+                [_RECORD_DIMENSION[d] if d in _RECORD_DIMENSION else 16 + int(d[3:])
+                 for d in definition.dimensions]
+                for definition in spec.segments
+            ]
+            self._record_values = record_values_of(
+                self.extractor, dimension_kinds(spec.segments))
 
     def snapshot(self) -> dict:
         return {
@@ -347,6 +370,7 @@ class PartitionReader:
         dead: list[DeadLetter] = []
         invalid = 0
         extractor = self.extractor
+        kinds = self._record_kinds
 
         def slow(index: int) -> tuple | None:
             nonlocal invalid
@@ -378,8 +402,9 @@ class PartitionReader:
         grouped, max_event, too_late_count, late, segments, unlocated = _native.read_batch(
             messages, latest_allowed, self.max_event, spec.lateness_s, spec.horizon_s,
             spec.shards, spec.bucket_s, slow, too_late, drivers,
-            None if extractor is None else extractor.values,
+            None if extractor is None or kinds is not None else extractor.values,
             extractor is not None and extractor.located,
+            kinds, self._record_values, cell_of,
         )
         if extractor is not None:
             self.unlocated += unlocated

@@ -38,6 +38,7 @@ from array import array
 from typing import Iterable, Mapping, Sequence
 
 from presence.core.panes import DriverIndex, positions_of
+from presence.core.segment_records import decode_records, dimension_kinds
 from presence.core.segments import OTHER, SegmentDefinition
 from presence.core.windows import WindowSpec
 
@@ -306,6 +307,7 @@ class SegmentPanes:
         """``{row: {(definition number, value)}}`` whose counts may have changed:
         indexed by row, so a report touches only the rows it closes."""
         self._blobs: list[dict[int, bytes]] = [{} for _ in range(count)]
+        self._kinds = dimension_kinds(self.definitions)
 
     # -- input ---------------------------------------------------------------
 
@@ -416,6 +418,11 @@ class SegmentPanes:
             if groups and self._merge_signed(pane, number, groups):
                 changed = True
         return changed
+
+    def add_records(self, pane: int, blob: bytes) -> bool:
+        """:meth:`add_pings` of packed records (:mod:`presence.core.segment_records`,
+        as the compiled reader sends them); true if any set grew."""
+        return self.add_pings(pane, decode_records(blob, self._kinds))
 
     def _merge_signed(self, pane: int, number: int, groups: dict, pings_of: dict | None = None) -> bool:
         """``groups``: ``{value: [position of each ping, ~position when off duty]}``;

@@ -105,6 +105,12 @@ def encode_record(driver: str, on_duty: bool, values: Sequence[tuple | None],
     out = bytearray((ON_DUTY if on_duty else 0,))
     out += _U16.pack(len(data))
     out += data
+    return bytes(out) + encode_values(values, kinds)
+
+
+def encode_values(values: Sequence[tuple | None], kinds: Sequence[tuple[int, ...]]) -> bytes:
+    """The value part of a record (after the driver)."""
+    out = bytearray()
     for value, dims in zip(values, kinds):
         if value is None:
             out.append(NO_VALUE)
@@ -112,6 +118,20 @@ def encode_record(driver: str, on_duty: bool, values: Sequence[tuple | None],
             out.append(HAS_VALUE)
             out += encode_key(value, dims)
     return bytes(out)
+
+
+def record_values_of(extractor, kinds: Sequence[tuple[int, ...]]):
+    """``f(city, vehicle_type, lat, lng) -> (value part, unlocated)`` with
+    ``extractor`` (a :class:`presence.core.segments.ValueExtractor`): what the
+    compiled reader asks of Python for a ping it handed back."""
+    values_of = extractor.values
+    located = extractor.located
+
+    def record_values(city=None, vehicle_type=None, lat=None, lng=None) -> tuple[bytes, bool]:
+        values = values_of(city, vehicle_type, lat, lng)
+        return encode_values(values, kinds), located and None in values
+
+    return record_values
 
 
 def encode_records(pings: Iterable[tuple[str, bool, Sequence]],

@@ -31,7 +31,13 @@ from presence.core.model import (
     LIVE, NO_EVENT, PartitionMark, ShardPart, ShardReport, VersionedState,
 )
 from presence.core.panes import ShardPanes
+from presence.core.partition import native_store_built
 from presence.core.segment_panes import SegmentPanes
+
+try:  # the compiled twin of SegmentPanes (native/, built with the compiled reader)
+    from presence.core.native_segments import NativeSegmentPanes
+except ImportError:
+    NativeSegmentPanes = None
 from presence.core.watermark import dataflow_watermark, flush_watermark, oldest_countable
 from presence.core.windows import WindowSpec
 
@@ -74,12 +80,29 @@ class ShardSnapshot(VersionedState):
         )
 
 
-class ShardState:
-    """State of one driver shard, updated by :class:`ShardPart` items."""
+def segment_store_class(reader: str | None = None) -> type:
+    """The segment pane store a shard keeps: the compiled one
+    (:class:`presence.core.native_segments.NativeSegmentPanes`) when it is built
+    and usable, unless ``reader`` (PRESENCE_READER) is ``python``. Both give the
+    same counts and the same snapshot layout, so either restores the other's state."""
+    if reader == "python" or NativeSegmentPanes is None or not native_store_built():
+        return SegmentPanes
+    return NativeSegmentPanes
 
-    def __init__(self, spec: WindowSpec, resume: ShardSnapshot | dict | None = None) -> None:
+
+class ShardState:
+    """State of one driver shard, updated by :class:`ShardPart` items.
+
+    ``reader`` (PRESENCE_READER) picks the segment store (:func:`segment_store_class`).
+    """
+
+    def __init__(self, spec: WindowSpec, resume: ShardSnapshot | dict | None = None,
+                 reader: str | None = None) -> None:
         self.spec = spec
         self.segments: SegmentPanes | None = None
+        store = segment_store_class(reader) if spec.segments else SegmentPanes
+        if store is not SegmentPanes and type(spec.bucket_s) is not int:
+            store = SegmentPanes
         if resume:
             snap = ShardSnapshot.of(resume)
             self.panes = ShardPanes.restore(spec, snap.panes)
@@ -97,7 +120,7 @@ class ShardState:
                         "shard state was made without segments, not with "
                         f"{';'.join(d.name for d in spec.segments)!r}"
                     )
-                self.segments = SegmentPanes.restore(
+                self.segments = store.restore(
                     spec, spec.segments, snap.segments, spec.max_segment_values
                 )
         else:
@@ -108,7 +131,7 @@ class ShardState:
             self.dirty = set()
             self.not_counted = 0
             if spec.segments:
-                self.segments = SegmentPanes(spec, spec.segments, spec.max_segment_values)
+                self.segments = store(spec, spec.segments, spec.max_segment_values)
         self._last_sent: tuple | None = None
 
     def snapshot(self) -> ShardSnapshot:
@@ -142,7 +165,10 @@ class ShardState:
         if segments is not None and part.segments:
             for pane, pings in part.segments.items():
                 if pane >= countable:  # older: counted in not_counted above
-                    segments.add_pings(pane, pings)
+                    if type(pings) is bytes:  # packed records (the compiled reader)
+                        segments.add_records(pane, pings)
+                    else:
+                        segments.add_pings(pane, pings)
 
     def report(self, now: float, final: bool = False) -> ShardReport | None:
         """Closed changed rows, or every changed row if ``final``; None if nothing new.
