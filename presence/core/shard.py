@@ -31,6 +31,7 @@ from presence.core.model import (
     LIVE, NO_EVENT, PartitionMark, ShardPart, ShardReport, VersionedState,
 )
 from presence.core.panes import ShardPanes
+from presence.core import partition
 from presence.core.partition import native_store_built
 from presence.core.segment_panes import SegmentPanes
 
@@ -84,7 +85,10 @@ def segment_store_class(reader: str | None = None) -> type:
     """The segment pane store a shard keeps: the compiled one
     (:class:`presence.core.native_segments.NativeSegmentPanes`) when it is built
     and usable, unless ``reader`` (PRESENCE_READER) is ``python``. Both give the
-    same counts and the same snapshot layout, so either restores the other's state."""
+    same counts and the same snapshot layout, so either restores the other's state.
+    ``None``: the readers' default (:data:`presence.core.partition.DEFAULT_READER`)."""
+    if reader is None:
+        reader = partition.DEFAULT_READER
     if reader == "python" or NativeSegmentPanes is None or not native_store_built():
         return SegmentPanes
     return NativeSegmentPanes
