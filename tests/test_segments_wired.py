@@ -8,6 +8,7 @@ incremental runs against the brute-force oracle (tests/segment_oracle.py).
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import random
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from presence.core.model import PartitionMark, SegmentRow, ShardReport, segment_doc_id
 from presence.core.partition import PartitionReader, RawMessage
 from presence.core.rows import BOOK_SNAPSHOT_VERSION, BookSnapshot, RowBook
-from presence.core.segment_panes import pack_partial
+from presence.core.segment_panes import pack_partial, unpack_partial
 from presence.core.segments import parse_segments
 from presence.core.shard import SHARD_SNAPSHOT_VERSION, ShardSnapshot, ShardState
 from presence.core.windows import WindowSpec
@@ -247,17 +248,53 @@ def test_unknown_snapshot_versions_are_refused() -> None:
 
 
 def test_book_segment_state_is_compact() -> None:
-    """Per (definition, value) and row: one small tuple of partials, one packed int."""
+    """Per row and shard one dict of packed partials (the shard's report, added
+    whole); per (definition, value) and row one packed int of what was written."""
     book = RowBook(SPEC)
     partials = {T0: {(2, (600000000000000000 + i,)): pack_partial(1, 1, False)
                      for i in range(1000)}}
     for s in range(3):
         book.add_report(f"shard-0{s}", ShardReport(T0 + 500.0, T0, {}, 0, T0 + 500.0,
                                                    partials if s == 0 else {}, (0, 0, 0)))
-    assert all(type(v) is tuple and len(v) == 2 for v in book.segment_parts[T0].values())
+    assert list(book.segment_parts[T0]) == [0]  # shard-00's partials only
+    assert book.segment_parts[T0][0] == partials[T0]
     rows = book.take_segment_rows()
     assert len(rows) == 1000 and all(r.online == 1 for r in rows)
     assert all(type(v) is int for v in book.segment_written[T0].values())
+
+
+def test_book_sums_partials_of_many_shards_and_restores_the_earlier_layout() -> None:
+    """Partials of several shards add up field by field (overflow from any); a later
+    report of a shard replaces its earlier partial; a snapshot of the earlier layout
+    (``(shard number, packed, ...)`` tuples, ``online << 33 | available << 1 |
+    overflow``) restores to the same rows."""
+    key_a, key_b = (0, ("Hong Kong",)), (0, ("Jakarta",))
+    book = RowBook(SPEC)
+    for s in range(SPEC.shards):
+        report = {T0: {key_a: pack_partial(s + 1, s, s == SPEC.shards - 1), key_b: pack_partial(2, 2, False)}}
+        book.add_report(f"shard-{s:02d}", ShardReport(T0 + 500.0, T0, {}, 0, T0 + 500.0,
+                                                      report, (0, 0, 0)))
+    book.add_report("shard-01", ShardReport(T0 + 500.0, T0, {}, 0, T0 + 500.0,
+                                            {T0: {key_a: pack_partial(100, 0, False)}}, (0, 0, 0)))
+    n = SPEC.shards
+    assert n >= 2
+    expected_a = (sum(range(1, n + 1)) - 2 + 100, sum(range(n)) - 1, True)
+    expected = {key_a[1]: expected_a, key_b[1]: (2 * n, 2 * n, False)}
+    rows = book.take_segment_rows(final=True)
+    assert {tuple(r.key.values()): (r.online, r.available, r.overflow) for r in rows} == expected
+
+    old = book.snapshot()
+    old_parts = {T0: {}}
+    for number, parts in book.segment_parts[T0].items():
+        for key, p in parts.items():
+            online, available, overflow = unpack_partial(p)
+            old_parts[T0][key] = old_parts[T0].get(key, ()) + (
+                number, online << 33 | available << 1 | overflow)
+    earlier = dataclasses.replace(old, segment_parts=old_parts, segment_parts_layout=1,
+                                  segment_written={}, segment_pending={T0: (key_a, key_b)})
+    again = RowBook(SPEC, pickle.loads(pickle.dumps(earlier)))
+    rows = again.take_segment_rows(final=True)
+    assert {tuple(r.key.values()): (r.online, r.available, r.overflow) for r in rows} == expected
 
 
 # -- the documents ------------------------------------------------------------------

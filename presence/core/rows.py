@@ -16,8 +16,11 @@ the same rules: summed over the shards' partials, written once every shard's
 watermark passed them, rewritten with ``revision + 1`` when a late ping
 changes them, forgotten with the global rows. With ``h3`` there are tens of
 thousands of them per bucket, so their state is kept per row (so forgetting
-a row is one dict deletion) and compact: per (definition, value) one tuple
-``(shard number, packed partial, ...)`` and one packed int of what was written.
+a row is one dict deletion) and compact: per row and shard, the shard's latest
+packed partial of each (definition, value) it reported (a shard's report is
+added with one ``dict.update``, which reuses the keys' hashes: no Python
+code runs per partial), and per (definition, value) one packed int of what
+was written. A row's counts are summed over its shards when it is taken.
 
 The recovery state is a :class:`BookSnapshot` (plain data, with a
 ``version``); the dict of earlier versions (version 0) still restores.
@@ -26,6 +29,7 @@ The recovery state is a :class:`BookSnapshot` (plain data, with a
 from __future__ import annotations
 
 import zlib
+from itertools import repeat
 
 import h3.api.basic_int as h3int
 from dataclasses import dataclass
@@ -33,6 +37,9 @@ from typing import ClassVar
 
 from presence.core.model import (  # noqa: F401
     NO_EVENT, PartitionMark, Row, SegmentRow, SegmentTotals, ShardReport, Totals, VersionedState,
+)
+from presence.core.segment_panes import (
+    _AVAILABLE_SHIFT, _OVERFLOW_MASK, _PARTIAL_SHIFT, pack_partial,
 )
 from presence.core.windows import WindowSpec
 
@@ -42,6 +49,12 @@ BOOK_SNAPSHOT_VERSION = 1
 
 _COUNT_BITS = 32
 _COUNT_MASK = (1 << _COUNT_BITS) - 1
+
+
+_SEGMENT_PARTS_LAYOUT = 2
+"""``BookSnapshot.segment_parts_layout``: 2 is ``{row: {shard number: {key:
+packed}}}``; 1 (earlier presence) ``{row: {key: (shard number, packed, ...)}}``,
+converted when restored."""
 
 
 def _pack_written(online: int, available: int, revision: int) -> int:
@@ -69,7 +82,8 @@ class BookSnapshot(VersionedState):
     rows_written: int
     row_rewrites: int
     segment_parts: dict | None = None
-    """``{row: {(definition number, value): (shard number, packed partial, ...)}}``."""
+    """``{row: {shard number: {(definition number, value): packed partial}}}``
+    (``segment_parts_layout`` 2)."""
     segment_written: dict | None = None
     """``{row: {(definition number, value): packed (online, available, revision)}}``."""
     segment_pending: dict | None = None
@@ -78,6 +92,8 @@ class BookSnapshot(VersionedState):
     """``{shard: (pings under other, per definition)}`` (cumulative, as reported)."""
     segment_rows_written: tuple = ()
     segment_overflow_rows: tuple = ()
+    segment_parts_layout: int = 1
+    """How ``segment_parts`` is laid out (:data:`_SEGMENT_PARTS_LAYOUT`); 1 when absent."""
 
     VERSION: ClassVar[int] = BOOK_SNAPSHOT_VERSION
     WHAT: ClassVar[str] = "row book state"
@@ -122,9 +138,18 @@ class RowBook:
         # Segment rows, per row: see the module's docstring.
         self.definitions = tuple(spec.segments)
         count = len(self.definitions)
-        self.segment_parts: dict[int, dict[tuple, tuple]] = {
-            row: dict(parts) for row, parts in (snap.segment_parts or {}).items()
-        }
+        self.segment_parts: dict[int, dict[int, dict[tuple, int]]] = {}
+        if snap.segment_parts_layout == _SEGMENT_PARTS_LAYOUT:
+            for row, by_shard in (snap.segment_parts or {}).items():
+                self.segment_parts[row] = {n: dict(p) for n, p in by_shard.items()}
+        else:  # (shard number, packed, ...) per key: earlier presence
+            for row, parts in (snap.segment_parts or {}).items():
+                by_shard = self.segment_parts[row] = {}
+                for key, pairs in parts.items():
+                    for at in range(0, len(pairs), 2):
+                        p = pairs[at + 1]  # online << 33 | available << 1 | overflow
+                        by_shard.setdefault(pairs[at], {})[key] = pack_partial(
+                            p >> 33, (p >> 1) & _COUNT_MASK, bool(p & 1))
         self.segment_written: dict[int, dict[tuple, int]] = {
             row: dict(w) for row, w in (snap.segment_written or {}).items()
         }
@@ -153,7 +178,8 @@ class RowBook:
             marks=dict(self.marks),
             rows_written=self.rows_written,
             row_rewrites=self.row_rewrites,
-            segment_parts={row: dict(p) for row, p in self.segment_parts.items()}
+            segment_parts={row: {n: dict(p) for n, p in by_shard.items()}
+                           for row, by_shard in self.segment_parts.items()}
             if segments else None,
             segment_written={row: dict(w) for row, w in self.segment_written.items()}
             if segments else None,
@@ -162,6 +188,7 @@ class RowBook:
             other_pings=dict(self.other_pings) if segments else None,
             segment_rows_written=tuple(self.segment_rows_written),
             segment_overflow_rows=tuple(self.segment_overflow_rows),
+            segment_parts_layout=_SEGMENT_PARTS_LAYOUT,
         )
 
     def add_report(self, shard: str, report: ShardReport) -> None:
@@ -185,23 +212,14 @@ class RowBook:
         parts_by_row = self.segment_parts
         pending = self.segment_pending
         for row, packed_by_key in partials.items():
-            parts = parts_by_row.get(row)
+            by_shard = parts_by_row.get(row)
+            if by_shard is None:
+                by_shard = parts_by_row[row] = {}
+            parts = by_shard.get(number)
             if parts is None:
-                parts_by_row[row] = {key: (number, p) for key, p in packed_by_key.items()}
+                by_shard[number] = dict(packed_by_key)
             else:
-                get = parts.get
-                for key, packed in packed_by_key.items():
-                    old = get(key)
-                    if old is None or (old[0] == number and len(old) == 2):
-                        parts[key] = (number, packed)
-                        continue
-                    # (shard, packed, shard, packed, ...): usually one or two shards.
-                    for at in range(0, len(old), 2):
-                        if old[at] == number:
-                            parts[key] = old[:at + 1] + (packed,) + old[at + 2:]
-                            break
-                    else:
-                        parts[key] = old + (number, packed)
+                parts.update(packed_by_key)  # a newer partial replaces the shard's older one
             keys = pending.get(row)
             if keys is None:
                 pending[row] = set(packed_by_key)
@@ -263,27 +281,28 @@ class RowBook:
         keys_of = [_key_builder(d) for d in definitions]
         rows_written = self.segment_rows_written
         overflow_rows = self.segment_overflow_rows
-        shift, mask = _COUNT_BITS + 1, _COUNT_MASK
+        shift, available_shift, mask = _PARTIAL_SHIFT, _AVAILABLE_SHIFT, _COUNT_MASK
+        overflow_mask = _OVERFLOW_MASK
         out: list[SegmentRow] = []
         for row in ready:
-            keys = self.segment_pending.pop(row)
-            parts = self.segment_parts.get(row, {})
+            keys = _sorted_keys(self.segment_pending.pop(row))
+            shards = list(self.segment_parts.get(row, {}).values())
+            # Each key's partials summed over the row's shards, in C: packed
+            # partials add up field by field (pack_partial), a missing one is 0.
+            if not shards:
+                totals = repeat(0)
+            elif len(shards) == 1:
+                totals = map(shards[0].get, keys, repeat(0))
+            else:
+                totals = map(sum, zip(*[map(p.get, keys, repeat(0)) for p in shards]))
             written = self.segment_written.get(row)
             if written is None:
                 written = self.segment_written[row] = {}
             start, end = spec.row_start(row), spec.row_end(row)
-            for key in sorted(keys, key=_sort_key):
-                packed = parts.get(key, ())
-                if len(packed) == 2:  # one shard's partial: the usual case
-                    p = packed[1]
-                    online, available, overflow = p >> shift, (p >> 1) & mask, p & 1
-                else:
-                    online = available = overflow = 0
-                    for at in range(1, len(packed), 2):
-                        p = packed[at]
-                        online += p >> shift
-                        available += (p >> 1) & mask
-                        overflow |= p & 1
+            for key, total in zip(keys, totals):
+                online = total >> shift
+                available = (total >> available_shift) & mask
+                overflow = total & overflow_mask
                 if online == 0:
                     continue
                 before = written.get(key)
@@ -384,6 +403,16 @@ def _key_builder(definition):
 
         return h3_key
     return definition.key
+
+
+def _sorted_keys(keys) -> list:
+    """Keys in a fixed order: definition number, then value (cells as numbers,
+    cities as text); :func:`_sort_key`'s text order where values do not compare
+    (a definition's ``other`` beside its H3 cells)."""
+    try:
+        return sorted(keys)
+    except TypeError:
+        return sorted(keys, key=_sort_key)
 
 
 def _sort_key(key: tuple) -> tuple:

@@ -58,17 +58,23 @@ definition in one pane: as :class:`presence.core.partition.BucketSets` per value
 
 _COUNT_BITS = 32
 _COUNT_MASK = (1 << _COUNT_BITS) - 1
-_PARTIAL_SHIFT = _COUNT_BITS + 1
+_AVAILABLE_SHIFT = 8
+_PARTIAL_SHIFT = _AVAILABLE_SHIFT + _COUNT_BITS
+_OVERFLOW_MASK = (1 << _AVAILABLE_SHIFT) - 1
 
 
 def pack_partial(online: int, available: int, overflow: bool) -> int:
-    """One shard's partial of a segment row as one int (small ints are shared)."""
-    return (online << _PARTIAL_SHIFT) | (available << 1) | bool(overflow)
+    """One shard's partial of a segment row as one int (small ints are shared):
+    ``online << 40 | available << 8 | overflow``. The sum of up to 255 of them
+    is the packed sum (each field apart; the low byte counts overflowing shards),
+    so the row book adds a row's partials with ``sum``."""
+    return (online << _PARTIAL_SHIFT) | (available << _AVAILABLE_SHIFT) | bool(overflow)
 
 
 def unpack_partial(packed: int) -> tuple[int, int, bool]:
-    """``(online, available, overflow)`` of a :func:`pack_partial` int."""
-    return packed >> _PARTIAL_SHIFT, (packed >> 1) & _COUNT_MASK, bool(packed & 1)
+    """``(online, available, overflow)`` of a :func:`pack_partial` int (or a sum of them)."""
+    return (packed >> _PARTIAL_SHIFT, (packed >> _AVAILABLE_SHIFT) & _COUNT_MASK,
+            bool(packed & _OVERFLOW_MASK))
 
 
 # --- sets of positions --------------------------------------------------------
@@ -616,7 +622,7 @@ class SegmentPanes:
                     else:
                         online, available = _counts(tables, code)
                         packed_by_key[key] = (
-                            (online << _PARTIAL_SHIFT) | (available << 1) | overflow
+                            (online << _PARTIAL_SHIFT) | (available << _AVAILABLE_SHIFT) | overflow
                         )
         return out
 
