@@ -103,8 +103,9 @@ class BookLogic(StatefulBatchLogic):
         resume: dict | None,
         clock: Callable[[], float],
         progress_seconds: float,
+        reader: str | None = None,
     ):
-        self.book = RowBook(spec, resume)
+        self.book = RowBook(spec, resume, reader)
         self.clock = clock
         self.progress_seconds = progress_seconds
         self.status_seconds = min(STATUS_SECONDS, progress_seconds)
@@ -216,7 +217,7 @@ def build_flow(
     mark_items = op.map("marks", batches, _book_items_from_batch)
     book_items = op.merge("to_book", report_items, mark_items)
     book_out = op.stateful_batch(
-        "rows", book_items, lambda resume: BookLogic(spec, resume, clock, progress_seconds)
+        "rows", book_items, lambda resume: BookLogic(spec, resume, clock, progress_seconds, reader)
     )
     split = op.branch("split_output", op.key_rm("unkey", book_out), _is_row)
     op.output("write_rows", split.trues, sinks.rows)

@@ -21,6 +21,10 @@ from presence.core.model import PartitionMark, SegmentRow, ShardReport, segment_
 from presence.core.partition import PartitionReader, RawMessage
 from presence.core.rows import BOOK_SNAPSHOT_VERSION, BookSnapshot, RowBook
 from presence.core.segment_panes import pack_partial, unpack_partial
+from presence.core.segment_records import dimension_kinds
+from presence.core.segment_tally import (
+    SegmentTally, pack_partials, partial_key, split_partial_key, tally_class,
+)
 from presence.core.segments import parse_segments
 from presence.core.shard import SHARD_SNAPSHOT_VERSION, ShardSnapshot, ShardState
 from presence.core.windows import WindowSpec
@@ -248,53 +252,71 @@ def test_unknown_snapshot_versions_are_refused() -> None:
 
 
 def test_book_segment_state_is_compact() -> None:
-    """Per row and shard one dict of packed partials (the shard's report, added
-    whole); per (definition, value) and row one packed int of what was written."""
+    """Per row and shard the shard's partials (added whole, values named by their
+    partial keys); per value and row what was written."""
+    kinds = dimension_kinds(SPEC.segments)
     book = RowBook(SPEC)
-    partials = {T0: {(2, (600000000000000000 + i,)): pack_partial(1, 1, False)
-                     for i in range(1000)}}
+    keys = [partial_key(2, (600000000000000000 + i,), kinds) for i in range(1000)]
+    partials = {T0: {k: pack_partial(1, 1, False) for k in keys}}
     for s in range(3):
         book.add_report(f"shard-0{s}", ShardReport(T0 + 500.0, T0, {}, 0, T0 + 500.0,
                                                    partials if s == 0 else {}, (0, 0, 0)))
-    assert list(book.segment_parts[T0]) == [0]  # shard-00's partials only
-    assert book.segment_parts[T0][0] == partials[T0]
+    parts, written, pending = book.tally.snapshot()
+    assert list(parts[T0]) == [0] and parts[T0][0] == partials[T0]  # shard-00's only
+    assert set(pending[T0]) == set(keys) and not written
     rows = book.take_segment_rows()
     assert len(rows) == 1000 and all(r.online == 1 for r in rows)
-    assert all(type(v) is int for v in book.segment_written[T0].values())
+    parts, written, pending = book.tally.snapshot()
+    assert written[T0] == {k: (1, 1, 1) for k in keys} and not pending
 
 
-def test_book_sums_partials_of_many_shards_and_restores_the_earlier_layout() -> None:
+@pytest.mark.parametrize("packed", [False, True], ids=["dict", "packed-bytes"])
+def test_book_sums_partials_of_many_shards_and_restores_the_earlier_layout(packed) -> None:
     """Partials of several shards add up field by field (overflow from any); a later
-    report of a shard replaces its earlier partial; a snapshot of the earlier layout
-    (``(shard number, packed, ...)`` tuples, ``online << 33 | available << 1 |
-    overflow``) restores to the same rows."""
-    key_a, key_b = (0, ("Hong Kong",)), (0, ("Jakarta",))
-    book = RowBook(SPEC)
-    for s in range(SPEC.shards):
-        report = {T0: {key_a: pack_partial(s + 1, s, s == SPEC.shards - 1), key_b: pack_partial(2, 2, False)}}
-        book.add_report(f"shard-{s:02d}", ShardReport(T0 + 500.0, T0, {}, 0, T0 + 500.0,
-                                                      report, (0, 0, 0)))
-    book.add_report("shard-01", ShardReport(T0 + 500.0, T0, {}, 0, T0 + 500.0,
-                                            {T0: {key_a: pack_partial(100, 0, False)}}, (0, 0, 0)))
+    report of a shard replaces its earlier partial; reports as dicts or packed bytes
+    count the same; a snapshot of the earlier layout (``(definition number, value)``
+    keys, ``(shard number, packed, ...)`` tuples of ``online << 33 | available << 1
+    | overflow``) restores to the same state."""
+    kinds = dimension_kinds(SPEC.segments)
+    value_a, value_b = ("Hong Kong",), ("Jakarta",)
+    key_a, key_b = partial_key(0, value_a, kinds), partial_key(0, value_b, kinds)
     n = SPEC.shards
     assert n >= 2
-    expected_a = (sum(range(1, n + 1)) - 2 + 100, sum(range(n)) - 1, True)
-    expected = {key_a[1]: expected_a, key_b[1]: (2 * n, 2 * n, False)}
-    rows = book.take_segment_rows(final=True)
-    assert {tuple(r.key.values()): (r.online, r.available, r.overflow) for r in rows} == expected
 
-    old = book.snapshot()
+    def report(partials):
+        blob = pack_partials(partials) if packed else partials
+        return ShardReport(T0 + 500.0, T0, {}, 0, T0 + 500.0, blob, (0, 0, 0))
+
+    book = RowBook(SPEC)
+    for s in range(n):
+        book.add_report(f"shard-{s:02d}", report(
+            {T0: {key_a: pack_partial(s + 1, s, s == n - 1), key_b: pack_partial(2, 2, False)}}))
+    book.add_report("shard-01", report({T0: {key_a: pack_partial(100, 0, False)}}))
+    expected = {value_a: (sum(range(1, n + 1)) - 2 + 100, sum(range(n)) - 1, True),
+                value_b: (2 * n, 2 * n, False)}
+
+    def counts(rows):
+        return {tuple(r.key.values()): (r.online, r.available, r.overflow) for r in rows}
+
+    snap = book.snapshot()
+    assert counts(book.take_segment_rows(final=True)) == expected
+    parts, _, _ = book.tally.snapshot()
     old_parts = {T0: {}}
-    for number, parts in book.segment_parts[T0].items():
-        for key, p in parts.items():
+    for number, by_key in parts[T0].items():
+        for key, p in by_key.items():
             online, available, overflow = unpack_partial(p)
-            old_parts[T0][key] = old_parts[T0].get(key, ()) + (
+            value_key = (0, split_partial_key(key, kinds)[1])
+            old_parts[T0][value_key] = old_parts[T0].get(value_key, ()) + (
                 number, online << 33 | available << 1 | overflow)
-    earlier = dataclasses.replace(old, segment_parts=old_parts, segment_parts_layout=1,
-                                  segment_written={}, segment_pending={T0: (key_a, key_b)})
+    earlier = dataclasses.replace(snap, segment_parts=old_parts, segment_parts_layout=1,
+                                  segment_written={}, segment_pending={T0: ((0, value_a), (0, value_b))})
     again = RowBook(SPEC, pickle.loads(pickle.dumps(earlier)))
-    rows = again.take_segment_rows(final=True)
-    assert {tuple(r.key.values()): (r.online, r.available, r.overflow) for r in rows} == expected
+    assert counts(again.take_segment_rows(final=True)) == expected
+    # and the snapshot of today's layout, through either tally
+    for tally in {SegmentTally, tally_class()}:
+        restored = RowBook(SPEC, pickle.loads(pickle.dumps(snap)))
+        restored.tally = tally.restore(*RowBook(SPEC, snap).tally.snapshot())
+        assert counts(restored.take_segment_rows(final=True)) == expected
 
 
 # -- the documents ------------------------------------------------------------------

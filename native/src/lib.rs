@@ -14,6 +14,7 @@
 //! (the `too_late` callback) for their dead letter. So the outcome is the
 //! pure-Python reader's, proven by `tests/test_native_reader.py`.
 
+mod segment_tally;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -927,6 +928,7 @@ fn usual_iso_instant_py(text: &str) -> Option<f64> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_batch, m)?)?;
     m.add_class::<Drivers>()?;
+    m.add_class::<segment_tally::SegmentTally>()?;
     m.add_function(wrap_pyfunction!(parse_fast_py, m)?)?;
     m.add_function(wrap_pyfunction!(usual_iso_instant_py, m)?)?;
     m.add_function(wrap_pyfunction!(floor_div_py, m)?)?;

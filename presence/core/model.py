@@ -182,11 +182,13 @@ class ShardReport:
     flush: float = NO_EVENT
     """Rows ending at or before it may be written now: ``watermark``, or in a
     quiet live run the wall clock minus the lateness. Never stored."""
-    segment_partials: dict = field(default_factory=dict)
-    """``{row: {(definition number, value): packed}}`` of this shard's drivers,
-    for changed segment rows (as ``partials``); ``packed`` is
+    segment_partials: dict | bytes = field(default_factory=dict)
+    """``{row: {partial key: packed}}`` of this shard's drivers, for changed
+    segment rows (as ``partials``): the value named by its partial key
+    (:func:`presence.core.segment_tally.partial_key`), ``packed`` is
     :func:`presence.core.segment_panes.pack_partial` of ``(online, available,
-    overflow)``: one int per partial, grouped by row as the row book keeps them."""
+    overflow)``; or the same as packed bytes
+    (:func:`presence.core.segment_tally.pack_partials`, from the compiled store)."""
     other_pings: tuple[int, ...] = ()
     """Per definition: pings this shard counted under ``other`` (cumulative)."""
 

@@ -15,12 +15,10 @@ Segment rows (:class:`SegmentRow`, one per definition, value and row) follow
 the same rules: summed over the shards' partials, written once every shard's
 watermark passed them, rewritten with ``revision + 1`` when a late ping
 changes them, forgotten with the global rows. With ``h3`` there are tens of
-thousands of them per bucket, so their state is kept per row (so forgetting
-a row is one dict deletion) and compact: per row and shard, the shard's latest
-packed partial of each (definition, value) it reported (a shard's report is
-added with one ``dict.update``, which reuses the keys' hashes: no Python
-code runs per partial), and per (definition, value) one packed int of what
-was written. A row's counts are summed over its shards when it is taken.
+thousands of them per bucket: their accounting is a
+:class:`presence.core.segment_tally.SegmentTally` (each shard's latest
+partial per row and value, what was written, what is pending; compiled in
+``native/`` when built), values named by their partial keys (bytes).
 
 The recovery state is a :class:`BookSnapshot` (plain data, with a
 ``version``); the dict of earlier versions (version 0) still restores.
@@ -29,7 +27,6 @@ The recovery state is a :class:`BookSnapshot` (plain data, with a
 from __future__ import annotations
 
 import zlib
-from itertools import repeat
 
 import h3.api.basic_int as h3int
 from dataclasses import dataclass
@@ -38,9 +35,9 @@ from typing import ClassVar
 from presence.core.model import (  # noqa: F401
     NO_EVENT, PartitionMark, Row, SegmentRow, SegmentTotals, ShardReport, Totals, VersionedState,
 )
-from presence.core.segment_panes import (
-    _AVAILABLE_SHIFT, _OVERFLOW_MASK, _PARTIAL_SHIFT, pack_partial,
-)
+from presence.core.segment_panes import pack_partial
+from presence.core.segment_records import dimension_kinds
+from presence.core.segment_tally import partial_key, split_partial_key, tally_class
 from presence.core.windows import WindowSpec
 
 BOOK_SNAPSHOT_VERSION = 1
@@ -51,10 +48,11 @@ _COUNT_BITS = 32
 _COUNT_MASK = (1 << _COUNT_BITS) - 1
 
 
-_SEGMENT_PARTS_LAYOUT = 2
-"""``BookSnapshot.segment_parts_layout``: 2 is ``{row: {shard number: {key:
-packed}}}``; 1 (earlier presence) ``{row: {key: (shard number, packed, ...)}}``,
-converted when restored."""
+_SEGMENT_PARTS_LAYOUT = 3
+"""``BookSnapshot.segment_parts_layout``: 3 is the tally's plain data
+(:meth:`SegmentTally.snapshot`: partial keys, ``(online, available, revision)``);
+1 and 2 (earlier presence: ``(definition number, value)`` keys, packed ints;
+1 with ``(shard number, packed, ...)`` tuples) are converted when restored."""
 
 
 def _pack_written(online: int, available: int, revision: int) -> int:
@@ -82,12 +80,11 @@ class BookSnapshot(VersionedState):
     rows_written: int
     row_rewrites: int
     segment_parts: dict | None = None
-    """``{row: {shard number: {(definition number, value): packed partial}}}``
-    (``segment_parts_layout`` 2)."""
+    """``{row: {shard slot: {partial key: packed partial}}}`` (``segment_parts_layout`` 3)."""
     segment_written: dict | None = None
-    """``{row: {(definition number, value): packed (online, available, revision)}}``."""
+    """``{row: {partial key: (online, available, revision)}}``."""
     segment_pending: dict | None = None
-    """``{row: tuple of (definition number, value)}``."""
+    """``{row: tuple of partial keys}``."""
     other_pings: dict | None = None
     """``{shard: (pings under other, per definition)}`` (cumulative, as reported)."""
     segment_rows_written: tuple = ()
@@ -119,7 +116,9 @@ class BookSnapshot(VersionedState):
 class RowBook:
     """Sums of shard partials per row, revisions, and what was written."""
 
-    def __init__(self, spec: WindowSpec, resume: BookSnapshot | dict | None = None) -> None:
+    def __init__(self, spec: WindowSpec, resume: BookSnapshot | dict | None = None,
+                 reader: str | None = None) -> None:
+        """``reader`` (PRESENCE_READER) picks the segment tally (:func:`tally_class`)."""
         self.spec = spec
         snap = BookSnapshot.of(resume) if resume else BookSnapshot.of({})
         self.watermarks: dict[str, float] = dict(snap.watermarks)
@@ -138,24 +137,13 @@ class RowBook:
         # Segment rows, per row: see the module's docstring.
         self.definitions = tuple(spec.segments)
         count = len(self.definitions)
-        self.segment_parts: dict[int, dict[int, dict[tuple, int]]] = {}
+        self._kinds = dimension_kinds(self.definitions)
+        tally = tally_class(reader)
         if snap.segment_parts_layout == _SEGMENT_PARTS_LAYOUT:
-            for row, by_shard in (snap.segment_parts or {}).items():
-                self.segment_parts[row] = {n: dict(p) for n, p in by_shard.items()}
-        else:  # (shard number, packed, ...) per key: earlier presence
-            for row, parts in (snap.segment_parts or {}).items():
-                by_shard = self.segment_parts[row] = {}
-                for key, pairs in parts.items():
-                    for at in range(0, len(pairs), 2):
-                        p = pairs[at + 1]  # online << 33 | available << 1 | overflow
-                        by_shard.setdefault(pairs[at], {})[key] = pack_partial(
-                            p >> 33, (p >> 1) & _COUNT_MASK, bool(p & 1))
-        self.segment_written: dict[int, dict[tuple, int]] = {
-            row: dict(w) for row, w in (snap.segment_written or {}).items()
-        }
-        self.segment_pending: dict[int, set[tuple]] = {
-            row: set(keys) for row, keys in (snap.segment_pending or {}).items()
-        }
+            self.tally = tally.restore(snap.segment_parts or {}, snap.segment_written or {},
+                                       snap.segment_pending or {})
+        else:
+            self.tally = tally.restore(*self._converted(snap))
         self.other_pings: dict[str, tuple[int, ...]] = dict(snap.other_pings or {})
         self.segment_rows_written: list[int] = list(snap.segment_rows_written) or [0] * count
         self.segment_overflow_rows: list[int] = list(snap.segment_overflow_rows) or [0] * count
@@ -165,8 +153,43 @@ class RowBook:
                 f"definitions, not {count}"
             )
 
+    def _converted(self, snap: BookSnapshot) -> tuple[dict, dict, dict]:
+        """The tally's plain data of a snapshot of layout 1 or 2 (keys
+        ``(definition number, value)``, packed written ints)."""
+        kinds = self._kinds
+        keys: dict[tuple, bytes] = {}
+
+        def key_of(key: tuple) -> bytes:
+            out = keys.get(key)
+            if out is None:
+                out = keys[key] = partial_key(key[0], key[1], kinds)
+            return out
+
+        parts: dict = {}
+        for row, by in (snap.segment_parts or {}).items():
+            by_slot = parts[row] = {}
+            if snap.segment_parts_layout == 2:  # {shard number: {key: packed}}
+                for number, packed_by_key in by.items():
+                    by_slot[_slot_of(number)] = {key_of(k): p for k, p in packed_by_key.items()}
+                continue
+            for key, pairs in by.items():  # {key: (shard number, old packed, ...)}
+                for at in range(0, len(pairs), 2):
+                    old = pairs[at + 1]  # online << 33 | available << 1 | overflow
+                    by_slot.setdefault(_slot_of(pairs[at]), {})[key_of(key)] = pack_partial(
+                        old >> 33, (old >> 1) & _COUNT_MASK, bool(old & 1))
+        written = {row: {key_of(k): _unpack_written(w) for k, w in by.items()}
+                   for row, by in (snap.segment_written or {}).items()}
+        pending = {row: tuple(map(key_of, ks)) for row, ks in (snap.segment_pending or {}).items()}
+        return parts, written, pending
+
+    @property
+    def segment_pending(self) -> bool:
+        """True if some segment row has changes not taken yet."""
+        return self.tally.has_pending()
+
     def snapshot(self) -> BookSnapshot:
         segments = bool(self.definitions)
+        parts, written, pending = self.tally.snapshot() if segments else ({}, {}, {})
         return BookSnapshot(
             version=BOOK_SNAPSHOT_VERSION,
             watermarks=dict(self.watermarks),
@@ -178,13 +201,9 @@ class RowBook:
             marks=dict(self.marks),
             rows_written=self.rows_written,
             row_rewrites=self.row_rewrites,
-            segment_parts={row: {n: dict(p) for n, p in by_shard.items()}
-                           for row, by_shard in self.segment_parts.items()}
-            if segments else None,
-            segment_written={row: dict(w) for row, w in self.segment_written.items()}
-            if segments else None,
-            segment_pending={row: tuple(k) for row, k in self.segment_pending.items()}
-            if segments else None,
+            segment_parts=parts if segments else None,
+            segment_written=written if segments else None,
+            segment_pending=pending if segments else None,
             other_pings=dict(self.other_pings) if segments else None,
             segment_rows_written=tuple(self.segment_rows_written),
             segment_overflow_rows=tuple(self.segment_overflow_rows),
@@ -205,26 +224,13 @@ class RowBook:
                 report.other_pings if before is None
                 else tuple(map(max, before, report.other_pings))
             )
-        if report.segment_partials:
-            self._add_segment_partials(_shard_number(shard), report.segment_partials)
-
-    def _add_segment_partials(self, number: int, partials: dict) -> None:
-        parts_by_row = self.segment_parts
-        pending = self.segment_pending
-        for row, packed_by_key in partials.items():
-            by_shard = parts_by_row.get(row)
-            if by_shard is None:
-                by_shard = parts_by_row[row] = {}
-            parts = by_shard.get(number)
-            if parts is None:
-                by_shard[number] = dict(packed_by_key)
+        partials = report.segment_partials
+        if partials:
+            slot = _shard_slot(shard)
+            if type(partials) is bytes:  # packed (presence.core.segment_tally.pack_partials)
+                self.tally.add_packed(slot, partials)
             else:
-                parts.update(packed_by_key)  # a newer partial replaces the shard's older one
-            keys = pending.get(row)
-            if keys is None:
-                pending[row] = set(packed_by_key)
-            else:
-                keys.update(packed_by_key)
+                self.tally.add_dict(slot, partials)
 
     def add_mark(self, mark: PartitionMark) -> None:
         self.marks[mark.key] = mark
@@ -271,57 +277,29 @@ class RowBook:
 
     def take_segment_rows(self, final: bool = False) -> list[SegmentRow]:
         """Segment rows to (re)write now, as :meth:`take_rows` (call it after it)."""
-        if not self.segment_pending:
+        tally = self.tally
+        if not tally.has_pending():
             return []
         spec = self.spec
         watermark = self.flush_watermark
-        ready = sorted(r for r in self.segment_pending if final or spec.row_end(r) <= watermark)
+        ready = sorted(r for r in tally.pending_rows() if final or spec.row_end(r) <= watermark)
         definitions = self.definitions
         names = [d.name for d in definitions]
         keys_of = [_key_builder(d) for d in definitions]
+        kinds = self._kinds
         rows_written = self.segment_rows_written
         overflow_rows = self.segment_overflow_rows
-        shift, available_shift, mask = _PARTIAL_SHIFT, _AVAILABLE_SHIFT, _COUNT_MASK
-        overflow_mask = _OVERFLOW_MASK
+        bucket, window = spec.bucket_s, spec.window_s
         out: list[SegmentRow] = []
-        for row in ready:
-            keys = _sorted_keys(self.segment_pending.pop(row))
-            shards = list(self.segment_parts.get(row, {}).values())
-            # Each key's partials summed over the row's shards, in C: packed
-            # partials add up field by field (pack_partial), a missing one is 0.
-            if not shards:
-                totals = repeat(0)
-            elif len(shards) == 1:
-                totals = map(shards[0].get, keys, repeat(0))
-            else:
-                totals = map(sum, zip(*[map(p.get, keys, repeat(0)) for p in shards]))
-            written = self.segment_written.get(row)
-            if written is None:
-                written = self.segment_written[row] = {}
-            start, end = spec.row_start(row), spec.row_end(row)
-            for key, total in zip(keys, totals):
-                online = total >> shift
-                available = (total >> available_shift) & mask
-                overflow = total & overflow_mask
-                if online == 0:
-                    continue
-                before = written.get(key)
-                if before is not None:
-                    b_online, b_available, b_revision = _unpack_written(before)
-                    if b_online == online and b_available == available:
-                        continue
-                    revision = b_revision + 1
-                else:
-                    revision = 1
-                written[key] = _pack_written(online, available, revision)
-                number, value = key
-                out.append(SegmentRow(
-                    names[number], keys_of[number](value), row, start, end,
-                    online, available, revision, bool(overflow),
-                ))
-                rows_written[number] += 1
-                if overflow:
-                    overflow_rows[number] += 1
+        for row, key, online, available, revision, overflow in tally.take(ready):
+            number, value = split_partial_key(key, kinds)
+            out.append(SegmentRow(
+                names[number], keys_of[number](value), row, row + bucket - window, row + bucket,
+                online, available, revision, overflow,
+            ))
+            rows_written[number] += 1
+            if overflow:
+                overflow_rows[number] += 1
         self._forget_final_rows()
         return out
 
@@ -336,13 +314,8 @@ class RowBook:
         for row in [r for r in self.written if r < cutoff and r not in self.pending]:
             del self.written[row]
             self.partials.pop(row, None)
-        if self.segment_written or self.segment_parts:
-            pending = self.segment_pending
-            for row in [r for r in self.segment_parts if r < cutoff and r not in pending]:
-                del self.segment_parts[row]
-                self.segment_written.pop(row, None)
-            for row in [r for r in self.segment_written if r < cutoff and r not in pending]:
-                del self.segment_written[row]
+        if self.definitions:
+            self.tally.forget_before(cutoff)
 
     def totals(self) -> Totals:
         marks = self.marks.values()
@@ -383,6 +356,17 @@ class RowBook:
         return tuple(out)
 
 
+def _shard_slot(shard: str) -> int:
+    """The tally's slot of a shard: its number for ``shard-NN``, else a stable
+    number from 2**31 up (tests' shard keys), distinct from those."""
+    return _slot_of(_shard_number(shard))
+
+
+def _slot_of(number: int) -> int:
+    """A shard number of :func:`_shard_number` as a tally slot (below 2**32)."""
+    return number if 0 <= number < 2**31 else (number & 0x7FFFFFFF) | 0x80000000
+
+
 def _shard_number(shard: str) -> int:
     """``shard-03`` -> 3 (the book's compact key of a shard)."""
     try:
@@ -403,19 +387,3 @@ def _key_builder(definition):
 
         return h3_key
     return definition.key
-
-
-def _sorted_keys(keys) -> list:
-    """Keys in a fixed order: definition number, then value (cells as numbers,
-    cities as text); :func:`_sort_key`'s text order where values do not compare
-    (a definition's ``other`` beside its H3 cells)."""
-    try:
-        return sorted(keys)
-    except TypeError:
-        return sorted(keys, key=_sort_key)
-
-
-def _sort_key(key: tuple) -> tuple:
-    """Definition number, then the value as text (cells are ints, cities strings)."""
-    number, value = key
-    return number, tuple(map(str, value))

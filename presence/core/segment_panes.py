@@ -38,7 +38,7 @@ from array import array
 from typing import Iterable, Mapping, Sequence
 
 from presence.core.panes import DriverIndex, positions_of
-from presence.core.segment_records import decode_records, dimension_kinds
+from presence.core.segment_records import decode_records, dimension_kinds, encode_key
 from presence.core.segments import OTHER, SegmentDefinition
 from presence.core.windows import WindowSpec
 
@@ -314,6 +314,7 @@ class SegmentPanes:
         indexed by row, so a report touches only the rows it closes."""
         self._blobs: list[dict[int, bytes]] = [{} for _ in range(count)]
         self._kinds = dimension_kinds(self.definitions)
+        self._partial_keys: dict[tuple, bytes] = {}
 
     # -- input ---------------------------------------------------------------
 
@@ -624,6 +625,24 @@ class SegmentPanes:
                         packed_by_key[key] = (
                             (online << _PARTIAL_SHIFT) | (available << _AVAILABLE_SHIFT) | overflow
                         )
+        return out
+
+    def take_keyed_partials(self, watermark: float | None = None) -> dict[int, dict[bytes, int]]:
+        """:meth:`take_row_partials` with each value named by its partial key
+        (:func:`presence.core.segment_tally.partial_key`), as the row book takes them."""
+        keys = self._partial_keys
+        if len(keys) > 200_000:
+            keys.clear()
+        kinds = self._kinds
+        out = {}
+        for row, by_key in self.take_row_partials(watermark).items():
+            keyed = out[row] = {}
+            for key, packed in by_key.items():
+                pkey = keys.get(key)
+                if pkey is None:
+                    number, value = key
+                    pkey = keys[key] = number.to_bytes(2, "little") + encode_key(value, kinds[number])
+                keyed[pkey] = packed
         return out
 
     @property

@@ -196,7 +196,7 @@ class ShardState:
         other: tuple[int, ...] = ()
         if segments is not None:
             # Before any pane is dropped: the rows reported are whole.
-            segment_partials = segments.take_row_partials(None if final else flush)
+            segment_partials = segments.take_keyed_partials(None if final else flush)
             other = tuple(segments.other_pings)
 
         oldest = oldest_countable(marks, spec)

@@ -1,0 +1,192 @@
+"""The row book's segment accounting: each shard's partials per row and value,
+their sums, what was written, what is pending (SPEC "Segments").
+
+Values are named by their *partial key*: :func:`partial_key` (the definition
+number as two bytes, then the value's key bytes of
+:mod:`presence.core.segment_records`). Bytes cache their hash and compare
+with one ``memcmp``, so the book's lookups stay cheap with tens of thousands
+of H3 cells per row.
+
+Per row and partial key the tally keeps each shard's latest packed partial
+(:func:`presence.core.segment_panes.pack_partial`: they add up field by field,
+so a row's counts are one ``sum``), what was written ``(online, available,
+revision)``, and whether it is *pending* (reported since it was last taken).
+A shard reports its partials as packed bytes (:func:`pack_partials`: ``row:i64
+key_len:u16 key packed:u64``, little-endian, one per partial; the compiled
+store makes them with no Python object per partial) or as a dict ``{row:
+{partial key: packed}}``.
+
+:class:`SegmentTally` is the reference; ``native/src/segment_tally.rs`` is its
+compiled twin (``presence._native.SegmentTally``), used when built
+(:func:`tally_class`). Both snapshot to the same plain data, so either
+restores the other's state.
+"""
+
+from __future__ import annotations
+
+import struct
+from itertools import repeat
+from typing import Iterable, Mapping, Sequence
+
+from presence.core.segment_panes import _AVAILABLE_SHIFT, _COUNT_MASK, _OVERFLOW_MASK, _PARTIAL_SHIFT
+from presence.core.segment_records import decode_key, encode_key
+
+_HEAD = struct.Struct("<qH")
+_PACKED = struct.Struct("<Q")
+
+
+def partial_key(number: int, value: tuple, kinds: Sequence[tuple[int, ...]]) -> bytes:
+    """The partial key of definition ``number``'s value."""
+    return number.to_bytes(2, "little") + encode_key(value, kinds[number])
+
+
+def split_partial_key(key: bytes, kinds: Sequence[tuple[int, ...]]) -> tuple[int, tuple]:
+    """``(definition number, value)`` of a partial key."""
+    number = key[0] | key[1] << 8
+    return number, decode_key(key[2:], kinds[number])
+
+
+def pack_partials(partials: Mapping[int, Mapping[bytes, int]]) -> bytes:
+    """``{row: {partial key: packed}}`` as packed bytes."""
+    out = bytearray()
+    for row, by_key in partials.items():
+        for key, packed in by_key.items():
+            out += _HEAD.pack(row, len(key))
+            out += key
+            out += _PACKED.pack(packed)
+    return bytes(out)
+
+
+def unpack_partials(blob: bytes) -> dict[int, dict[bytes, int]]:
+    """:func:`pack_partials`' inverse."""
+    out: dict[int, dict[bytes, int]] = {}
+    at, end = 0, len(blob)
+    while at < end:
+        row, size = _HEAD.unpack_from(blob, at)
+        at += _HEAD.size
+        key = bytes(blob[at:at + size])
+        at += size
+        (packed,) = _PACKED.unpack_from(blob, at)
+        at += _PACKED.size
+        out.setdefault(row, {})[key] = packed
+    return out
+
+
+class SegmentTally:
+    """Segment partials of every shard, per row (pure Python)."""
+
+    def __init__(self) -> None:
+        self.parts: dict[int, dict[int, dict[bytes, int]]] = {}
+        """``{row: {shard slot: {partial key: packed}}}``: each shard's latest partials."""
+        self.written: dict[int, dict[bytes, tuple[int, int, int]]] = {}
+        """``{row: {partial key: (online, available, revision)}}``."""
+        self.pending: dict[int, set[bytes]] = {}
+
+    def add_packed(self, slot: int, blob: bytes) -> None:
+        self.add_dict(slot, unpack_partials(blob))
+
+    def add_dict(self, slot: int, partials: Mapping[int, Mapping[bytes, int]]) -> None:
+        parts_by_row = self.parts
+        pending = self.pending
+        for row, packed_by_key in partials.items():
+            by_slot = parts_by_row.get(row)
+            if by_slot is None:
+                by_slot = parts_by_row[row] = {}
+            parts = by_slot.get(slot)
+            if parts is None:
+                by_slot[slot] = dict(packed_by_key)
+            else:
+                parts.update(packed_by_key)  # a newer partial replaces the shard's older one
+            keys = pending.get(row)
+            if keys is None:
+                pending[row] = set(packed_by_key)
+            else:
+                keys.update(packed_by_key)
+
+    def pending_rows(self) -> list[int]:
+        return list(self.pending)
+
+    def has_pending(self) -> bool:
+        return bool(self.pending)
+
+    def take(self, rows: Iterable[int]) -> list[tuple[int, bytes, int, int, int, bool]]:
+        """Take the pending keys of ``rows`` (in that order; keys in byte order):
+        ``(row, key, online, available, revision, overflow)`` of each whose sum
+        is not zero online and differs from what was written (then recorded as
+        written, with the next revision)."""
+        shift, available_shift, mask = _PARTIAL_SHIFT, _AVAILABLE_SHIFT, _COUNT_MASK
+        out = []
+        for row in rows:
+            keys = self.pending.pop(row, None)
+            if not keys:
+                continue
+            keys = sorted(keys)
+            shards = list(self.parts.get(row, {}).values())
+            # Each key's partials summed over the row's shards, in C: packed
+            # partials add up field by field, a missing one is 0.
+            if not shards:
+                totals: Iterable[int] = repeat(0)
+            elif len(shards) == 1:
+                totals = map(shards[0].get, keys, repeat(0))
+            else:
+                totals = map(sum, zip(*[map(p.get, keys, repeat(0)) for p in shards]))
+            written = self.written.get(row)
+            if written is None:
+                written = self.written[row] = {}
+            for key, total in zip(keys, totals):
+                online = total >> shift
+                if online == 0:
+                    continue
+                available = (total >> available_shift) & mask
+                before = written.get(key)
+                if before is None:
+                    revision = 1
+                elif before[0] == online and before[1] == available:
+                    continue
+                else:
+                    revision = before[2] + 1
+                written[key] = (online, available, revision)
+                out.append((row, key, online, available, revision, bool(total & _OVERFLOW_MASK)))
+        return out
+
+    def forget_before(self, cutoff: int) -> int:
+        """Forget rows before ``cutoff`` that have nothing pending; how many."""
+        pending = self.pending
+        gone = {r for r in (*self.parts, *self.written) if r < cutoff and r not in pending}
+        for row in gone:
+            self.parts.pop(row, None)
+            self.written.pop(row, None)
+        return len(gone)
+
+    def __len__(self) -> int:
+        return len(set(self.parts) | set(self.written) | set(self.pending))
+
+    def snapshot(self) -> tuple[dict, dict, dict]:
+        """``(parts, written, pending)`` as plain dicts (fresh copies)."""
+        return (
+            {row: {slot: dict(p) for slot, p in by_slot.items()}
+             for row, by_slot in self.parts.items()},
+            {row: dict(w) for row, w in self.written.items() if w},
+            {row: tuple(keys) for row, keys in self.pending.items() if keys},
+        )
+
+    @staticmethod
+    def restore(parts: Mapping, written: Mapping, pending: Mapping) -> "SegmentTally":
+        tally = SegmentTally()
+        tally.parts = {row: {slot: dict(p) for slot, p in by_slot.items()}
+                       for row, by_slot in parts.items()}
+        tally.written = {row: dict(w) for row, w in written.items()}
+        tally.pending = {row: set(keys) for row, keys in pending.items() if keys}
+        return tally
+
+
+def tally_class(reader: str | None = None) -> type:
+    """The compiled tally when it is built, unless ``reader`` is ``python``."""
+    from presence.core import partition
+
+    if reader is None:
+        reader = partition.DEFAULT_READER
+    native = partition._native
+    if reader == "python" or native is None or not hasattr(native, "SegmentTally"):
+        return SegmentTally
+    return native.SegmentTally

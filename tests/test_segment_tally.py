@@ -1,0 +1,83 @@
+"""The row book's segment tally: the compiled one (``native/src/segment_tally.rs``)
+is the pure-Python :class:`presence.core.segment_tally.SegmentTally`."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from presence.core import partition
+from presence.core.segment_panes import pack_partial
+from presence.core.segment_tally import SegmentTally, pack_partials, tally_class, unpack_partials
+
+NATIVE = getattr(partition._native, "SegmentTally", None)
+built = pytest.mark.skipif(NATIVE is None, reason="compiled tally not built")
+
+ROWS = st.sampled_from([0, 60, 120, 180, 240])
+KEYS = st.sampled_from([b"\x00\x00\x05\x00other", b"\x00\x00\x02\x00HK", b"\x02\x00" + bytes(8),
+                        b"\x02\x00" + b"\xff" * 8, b"\x01\x00\x02\x00HK\x03\x00van"])
+PACKED = st.builds(pack_partial, st.integers(0, 40), st.integers(0, 40), st.booleans())
+PARTIALS = st.dictionaries(ROWS, st.dictionaries(KEYS, PACKED, max_size=5), max_size=3)
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 3), PARTIALS, st.booleans()),
+    st.tuples(st.just("take"), st.lists(ROWS, unique=True)),
+    st.tuples(st.just("forget"), ROWS),
+    st.tuples(st.just("restore"), st.booleans()),
+), max_size=25)
+
+
+def _plain(tally) -> tuple:
+    parts, written, pending = tally.snapshot()
+    return parts, written, {row: sorted(keys) for row, keys in pending.items()}
+
+
+@built
+@settings(max_examples=300, deadline=None)
+@given(OPS)
+def test_compiled_tally_is_the_python_tally(ops) -> None:
+    """The same reports (as dicts or packed), takes, clean-ups and restores (across
+    the two kinds) give the same rows, pending rows and state."""
+    python, native = SegmentTally(), NATIVE()
+    for op in ops:
+        if op[0] == "add":
+            _, slot, partials, packed = op
+            partials = {r: p for r, p in partials.items() if p}
+            for tally in (python, native):
+                if packed:
+                    tally.add_packed(slot, pack_partials(partials))
+                else:
+                    tally.add_dict(slot, partials)
+        elif op[0] == "take":
+            assert python.take(op[1]) == native.take(op[1])
+        elif op[0] == "forget":
+            assert python.forget_before(op[1]) == native.forget_before(op[1])
+        else:  # each restores the other's snapshot (through pickle)
+            a = pickle.loads(pickle.dumps(native.snapshot()))
+            b = pickle.loads(pickle.dumps(python.snapshot()))
+            python, native = SegmentTally.restore(*a), NATIVE.restore(*b)
+            if op[1]:
+                python, native = SegmentTally.restore(*b), NATIVE.restore(*a)
+        assert sorted(python.pending_rows()) == sorted(native.pending_rows())
+        assert python.has_pending() == native.has_pending()
+        assert _plain(python) == _plain(native)
+    assert python.take([0, 60, 120, 180, 240]) == native.take([0, 60, 120, 180, 240])
+
+
+def test_packed_partials_round_trip() -> None:
+    partials = {60: {b"\x00\x00\x02\x00HK": pack_partial(3, 2, True)}, -120: {b"\x02\x00": 7}}
+    assert unpack_partials(pack_partials(partials)) == partials
+
+
+@built
+def test_truncated_packed_partials_are_an_error_not_a_crash() -> None:
+    blob = pack_partials({60: {b"\x00\x00\x02\x00HK": 5}})
+    for cut in range(1, len(blob)):
+        with pytest.raises(ValueError, match="truncated"):
+            NATIVE().add_packed(0, blob[:cut])
+
+
+def test_the_python_reader_setting_keeps_the_python_tally() -> None:
+    assert tally_class("python") is SegmentTally
+    assert tally_class("auto") is (NATIVE or SegmentTally)
