@@ -23,7 +23,7 @@ from presence.core.rows import BOOK_SNAPSHOT_VERSION, BookSnapshot, RowBook
 from presence.core.segment_panes import pack_partial, unpack_partial
 from presence.core.segment_records import dimension_kinds
 from presence.core.segment_tally import (
-    SegmentTally, pack_partials, partial_key, split_partial_key, tally_class,
+    SegmentTally, key_fields, pack_partials, partial_key, split_partial_key, tally_class,
 )
 from presence.core.segments import parse_segments
 from presence.core.shard import SHARD_SNAPSHOT_VERSION, ShardSnapshot, ShardState
@@ -315,7 +315,7 @@ def test_book_sums_partials_of_many_shards_and_restores_the_earlier_layout(packe
     # and the snapshot of today's layout, through either tally
     for tally in {SegmentTally, tally_class()}:
         restored = RowBook(SPEC, pickle.loads(pickle.dumps(snap)))
-        restored.tally = tally.restore(*RowBook(SPEC, snap).tally.snapshot())
+        restored.tally = tally.restore(key_fields(SPEC.segments), *RowBook(SPEC, snap).tally.snapshot())
         assert counts(restored.take_segment_rows(final=True)) == expected
 
 

@@ -11,7 +11,7 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use rustc_hash::FxHashMap;
 
 const ONLINE_SHIFT: u32 = 40;
@@ -55,6 +55,55 @@ impl RowTally {
 #[pyclass(module = "presence._native")]
 pub struct SegmentTally {
     rows: FxHashMap<i64, RowTally>,
+    /// per definition: its key fields `(name, kind)`, kind 0 a string, 1 an H3 cell
+    fields: Vec<Vec<(Py<PyString>, u8)>>,
+}
+
+const OTHER: &str = "other";
+const OTHER_KEY: &[u8] = b"\x05\x00other";
+
+/// The `key` document of a partial key (`SegmentDefinition.key` of its value):
+/// `(definition number, {field: text})`.
+fn key_document<'py>(
+    py: Python<'py>,
+    fields: &[Vec<(Py<PyString>, u8)>],
+    key: &[u8],
+) -> PyResult<(usize, Bound<'py, PyDict>)> {
+    let bad = || PyValueError::new_err("malformed segment partial key");
+    let number = read_u16(key, 0)? as usize;
+    let dims = fields.get(number).ok_or_else(bad)?;
+    let doc = PyDict::new(py);
+    let value = &key[2..];
+    if value == OTHER_KEY {
+        for (name, _) in dims {
+            doc.set_item(name.bind(py), OTHER)?;
+        }
+        return Ok((number, doc));
+    }
+    let mut at = 0;
+    for (name, kind) in dims {
+        if *kind == 1 {
+            let cell = read_u64(value, at)?;
+            doc.set_item(name.bind(py), format!("{cell:x}"))?;
+            at += 8;
+        } else {
+            let size = read_u16(value, at)? as usize;
+            let text = value.get(at + 2..at + 2 + size).ok_or_else(bad)?;
+            match std::str::from_utf8(text) {
+                Ok(text) => doc.set_item(name.bind(py), text)?,
+                // lone surrogates (JSON escapes), encoded as Python's "surrogatepass"
+                Err(_) => doc.set_item(
+                    name.bind(py),
+                    PyBytes::new(py, text).call_method1("decode", ("utf-8", "surrogatepass"))?,
+                )?,
+            }
+            at += 2 + size;
+        }
+    }
+    if at != value.len() {
+        return Err(bad());
+    }
+    Ok((number, doc))
 }
 
 fn truncated() -> PyErr {
@@ -73,9 +122,15 @@ fn read_u64(blob: &[u8], at: usize) -> PyResult<u64> {
 
 #[pymethods]
 impl SegmentTally {
+    /// `fields`: per definition, its key fields `(name, kind)` (kind 0 a
+    /// string, 1 an H3 cell), as `presence.core.segment_tally.key_fields` gives them.
     #[new]
-    fn new() -> Self {
-        SegmentTally { rows: FxHashMap::default() }
+    fn new(py: Python<'_>, fields: Vec<Vec<(String, u8)>>) -> Self {
+        let fields = fields
+            .into_iter()
+            .map(|dims| dims.into_iter().map(|(n, k)| (PyString::new(py, &n).unbind(), k)).collect())
+            .collect();
+        SegmentTally { rows: FxHashMap::default(), fields }
     }
 
     /// A shard's partials as packed bytes (`row:i64 key_len:u16 key packed:u64`).
@@ -116,9 +171,9 @@ impl SegmentTally {
     }
 
     /// Take the pending keys of `rows` (in that order; keys in byte order):
-    /// `[(row, key, online, available, revision, overflow)]` of each whose sum
-    /// is not zero online and differs from what was written (then recorded as
-    /// written with the next revision).
+    /// `[(row, definition number, key document, online, available, revision,
+    /// overflow)]` of each whose sum is not zero online and differs from what
+    /// was written (then recorded as written with the next revision).
     fn take<'py>(&mut self, py: Python<'py>, rows: Vec<i64>) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
         for row in rows {
@@ -141,11 +196,13 @@ impl SegmentTally {
                 }
                 let revision = w_revision + 1;
                 entry.written = (online, available, revision);
+                let (number, doc) = key_document(py, &self.fields, &key)?;
                 let item = PyTuple::new(
                     py,
                     [
                         row.into_pyobject(py)?.into_any(),
-                        PyBytes::new(py, &key).into_any(),
+                        number.into_pyobject(py)?.into_any(),
+                        doc.into_any(),
                         online.into_pyobject(py)?.into_any(),
                         available.into_pyobject(py)?.into_any(),
                         revision.into_pyobject(py)?.into_any(),
@@ -212,11 +269,13 @@ impl SegmentTally {
     /// The tally of a :meth:`snapshot`'s three dicts.
     #[staticmethod]
     fn restore(
+        py: Python<'_>,
+        fields: Vec<Vec<(String, u8)>>,
         parts: &Bound<'_, PyDict>,
         written: &Bound<'_, PyDict>,
         pending: &Bound<'_, PyDict>,
     ) -> PyResult<Self> {
-        let mut tally = SegmentTally::new();
+        let mut tally = SegmentTally::new(py, fields);
         for (row, slots) in parts.iter() {
             let row: i64 = row.extract()?;
             let entry = tally.rows.entry(row).or_default();

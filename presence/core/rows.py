@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import zlib
 
-import h3.api.basic_int as h3int
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -37,7 +36,7 @@ from presence.core.model import (  # noqa: F401
 )
 from presence.core.segment_panes import pack_partial
 from presence.core.segment_records import dimension_kinds
-from presence.core.segment_tally import partial_key, split_partial_key, tally_class
+from presence.core.segment_tally import key_fields, partial_key, tally_class
 from presence.core.windows import WindowSpec
 
 BOOK_SNAPSHOT_VERSION = 1
@@ -139,11 +138,12 @@ class RowBook:
         count = len(self.definitions)
         self._kinds = dimension_kinds(self.definitions)
         tally = tally_class(reader)
+        fields = key_fields(self.definitions)
         if snap.segment_parts_layout == _SEGMENT_PARTS_LAYOUT:
-            self.tally = tally.restore(snap.segment_parts or {}, snap.segment_written or {},
-                                       snap.segment_pending or {})
+            self.tally = tally.restore(fields, snap.segment_parts or {},
+                                       snap.segment_written or {}, snap.segment_pending or {})
         else:
-            self.tally = tally.restore(*self._converted(snap))
+            self.tally = tally.restore(fields, *self._converted(snap))
         self.other_pings: dict[str, tuple[int, ...]] = dict(snap.other_pings or {})
         self.segment_rows_written: list[int] = list(snap.segment_rows_written) or [0] * count
         self.segment_overflow_rows: list[int] = list(snap.segment_overflow_rows) or [0] * count
@@ -283,18 +283,14 @@ class RowBook:
         spec = self.spec
         watermark = self.flush_watermark
         ready = sorted(r for r in tally.pending_rows() if final or spec.row_end(r) <= watermark)
-        definitions = self.definitions
-        names = [d.name for d in definitions]
-        keys_of = [_key_builder(d) for d in definitions]
-        kinds = self._kinds
+        names = [d.name for d in self.definitions]
         rows_written = self.segment_rows_written
         overflow_rows = self.segment_overflow_rows
         bucket, window = spec.bucket_s, spec.window_s
         out: list[SegmentRow] = []
-        for row, key, online, available, revision, overflow in tally.take(ready):
-            number, value = split_partial_key(key, kinds)
+        for row, number, key, online, available, revision, overflow in tally.take(ready):
             out.append(SegmentRow(
-                names[number], keys_of[number](value), row, row + bucket - window, row + bucket,
+                names[number], key, row, row + bucket - window, row + bucket,
                 online, available, revision, overflow,
             ))
             rows_written[number] += 1
@@ -373,17 +369,3 @@ def _shard_number(shard: str) -> int:
         return int(shard.rsplit("-", 1)[-1])
     except ValueError:  # not a shard key of presence.flow (tests): still stable and distinct
         return zlib.crc32(shard.encode()) + (1 << 32)
-
-
-def _key_builder(definition):
-    """``definition.key`` with its field names computed once."""
-    fields = definition.fields
-    if fields == ("h3",):
-        int_to_str = h3int.int_to_str
-
-        def h3_key(value: tuple) -> dict:
-            cell = value[0]
-            return {"h3": int_to_str(cell) if type(cell) is int else cell}
-
-        return h3_key
-    return definition.key

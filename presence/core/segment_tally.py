@@ -29,7 +29,8 @@ from itertools import repeat
 from typing import Iterable, Mapping, Sequence
 
 from presence.core.segment_panes import _AVAILABLE_SHIFT, _COUNT_MASK, _OVERFLOW_MASK, _PARTIAL_SHIFT
-from presence.core.segment_records import decode_key, encode_key
+from presence.core.segment_records import OTHER_KEY, decode_key, dimension_kinds, encode_key
+from presence.core.segments import OTHER
 
 _HEAD = struct.Struct("<qH")
 _PACKED = struct.Struct("<Q")
@@ -44,6 +45,23 @@ def split_partial_key(key: bytes, kinds: Sequence[tuple[int, ...]]) -> tuple[int
     """``(definition number, value)`` of a partial key."""
     number = key[0] | key[1] << 8
     return number, decode_key(key[2:], kinds[number])
+
+
+def key_fields(definitions) -> list[list[tuple[str, int]]]:
+    """Per definition, its key fields ``(name, kind)``: what a tally needs to
+    make ``key`` documents (``SegmentDefinition.key``) from partial keys."""
+    return [list(zip(d.fields, kinds)) for d, kinds in zip(definitions, dimension_kinds(definitions))]
+
+
+def key_document(key: bytes, fields: Sequence[Sequence[tuple[str, int]]]) -> tuple[int, dict]:
+    """``(definition number, key document)`` of a partial key (H3 cells in hex)."""
+    number = key[0] | key[1] << 8
+    dims = fields[number]
+    if key[2:] == OTHER_KEY:
+        return number, {name: OTHER[0] for name, _ in dims}
+    value = decode_key(key[2:], tuple(kind for _, kind in dims))
+    return number, {name: (format(part, "x") if kind else part)
+                    for (name, kind), part in zip(dims, value)}
 
 
 def pack_partials(partials: Mapping[int, Mapping[bytes, int]]) -> bytes:
@@ -73,9 +91,11 @@ def unpack_partials(blob: bytes) -> dict[int, dict[bytes, int]]:
 
 
 class SegmentTally:
-    """Segment partials of every shard, per row (pure Python)."""
+    """Segment partials of every shard, per row (pure Python); ``fields`` as
+    :func:`key_fields` gives them."""
 
-    def __init__(self) -> None:
+    def __init__(self, fields: Sequence[Sequence[tuple[str, int]]]) -> None:
+        self.fields = [list(dims) for dims in fields]
         self.parts: dict[int, dict[int, dict[bytes, int]]] = {}
         """``{row: {shard slot: {partial key: packed}}}``: each shard's latest partials."""
         self.written: dict[int, dict[bytes, tuple[int, int, int]]] = {}
@@ -109,11 +129,12 @@ class SegmentTally:
     def has_pending(self) -> bool:
         return bool(self.pending)
 
-    def take(self, rows: Iterable[int]) -> list[tuple[int, bytes, int, int, int, bool]]:
+    def take(self, rows: Iterable[int]) -> list[tuple[int, int, dict, int, int, int, bool]]:
         """Take the pending keys of ``rows`` (in that order; keys in byte order):
-        ``(row, key, online, available, revision, overflow)`` of each whose sum
-        is not zero online and differs from what was written (then recorded as
-        written, with the next revision)."""
+        ``(row, definition number, key document, online, available, revision,
+        overflow)`` of each whose sum is not zero online and differs from what
+        was written (then recorded as written, with the next revision)."""
+        fields = self.fields
         shift, available_shift, mask = _PARTIAL_SHIFT, _AVAILABLE_SHIFT, _COUNT_MASK
         out = []
         for row in rows:
@@ -146,7 +167,9 @@ class SegmentTally:
                 else:
                     revision = before[2] + 1
                 written[key] = (online, available, revision)
-                out.append((row, key, online, available, revision, bool(total & _OVERFLOW_MASK)))
+                number, document = key_document(key, fields)
+                out.append((row, number, document, online, available, revision,
+                            bool(total & _OVERFLOW_MASK)))
         return out
 
     def forget_before(self, cutoff: int) -> int:
@@ -171,8 +194,9 @@ class SegmentTally:
         )
 
     @staticmethod
-    def restore(parts: Mapping, written: Mapping, pending: Mapping) -> "SegmentTally":
-        tally = SegmentTally()
+    def restore(fields: Sequence, parts: Mapping, written: Mapping,
+                pending: Mapping) -> "SegmentTally":
+        tally = SegmentTally(fields)
         tally.parts = {row: {slot: dict(p) for slot, p in by_slot.items()}
                        for row, by_slot in parts.items()}
         tally.written = {row: dict(w) for row, w in written.items()}
