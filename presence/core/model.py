@@ -227,9 +227,13 @@ _BUCKET_TEXT: dict[int, str] = {}
 """``format_instant`` of recent segment row buckets."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SegmentRow:
-    """One ``segment_summary`` document (one segment value in one row)."""
+    """One ``segment_summary`` document (one segment value in one row).
+
+    Not frozen (nothing changes one once made): a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, about three
+    times the cost, and tens of thousands of these are made per bucket."""
 
     segment: str
     """The definition's name (``city,vehicle_type``)."""
