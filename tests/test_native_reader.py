@@ -737,3 +737,56 @@ def test_bucket_numbers_are_pythons_floor_division(time: float, bucket: int, ulp
     time = min(max(time, 946_684_800.0), 1e15 - 1)
     assert partition_module._native.floor_div_py(time, float(bucket)) == time // bucket
 
+
+
+# --- H3 in the compiled reader: h3-py's own C function, through its capsule -----------
+
+EDGE_DEGREES = [0.0, -0.0, 90.0, -90.0, 180.0, -180.0, 89.999999, -179.999999, 1e-300, -1e-300,
+                45.0, 22.3193, 114.1694, -6.2088, 106.8456, 51.5074, -0.1278]
+
+
+@built
+def test_the_compiled_reader_calls_h3s_c_function() -> None:
+    """The capsule of h3-py's latlng_to_cell is found and used (not the Python call)."""
+    assert type(partition_module.native_cell_of()).__name__ == "PyCapsule"
+
+
+@built
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(st.floats(-90, 90), st.sampled_from([d for d in EDGE_DEGREES if abs(d) <= 90])),
+       st.one_of(st.floats(-180, 180), st.sampled_from(EDGE_DEGREES)),
+       st.integers(0, 15))
+def test_compiled_h3_cells_are_h3s(lat, lng, resolution) -> None:
+    """The compiled reader's H3 cell of a valid location is h3-py's (every
+    resolution, the poles, the antimeridian, signed zeros, subnormals)."""
+    import h3.api.basic_int as h3int
+
+    cell = partition_module._native.h3_cell_py(partition_module.native_cell_of(), lat, lng,
+                                               resolution)
+    assert cell == h3int.latlng_to_cell(lat, lng, resolution)
+
+
+@built
+@settings(max_examples=200, deadline=None)
+@given(st.floats(-60, 60), st.floats(-179, 179), st.integers(0, 15))
+def test_compiled_h3_cells_at_cell_vertices(lat, lng, resolution) -> None:
+    """Points at and a hair from a cell's vertices fall in h3-py's cell too."""
+    import h3.api.basic_int as h3int
+
+    native, capsule = partition_module._native, partition_module.native_cell_of()
+    for vlat, vlng in h3int.cell_to_boundary(h3int.latlng_to_cell(lat, lng, resolution)):
+        for dlat in (-1e-12, 0.0, 1e-12):
+            for dlng in (-1e-12, 0.0, 1e-12):
+                p, q = vlat + dlat, vlng + dlng
+                if -90 <= p <= 90 and -180 <= q <= 180:
+                    assert native.h3_cell_py(capsule, p, q, resolution) == \
+                        h3int.latlng_to_cell(p, q, resolution)
+
+
+@built
+def test_compiled_h3_errors_are_no_cell() -> None:
+    """Where h3 raises (a resolution beyond 15), the compiled call gives no cell
+    and leaves no exception behind, as ValueExtractor takes it."""
+    capsule = partition_module.native_cell_of()
+    assert partition_module._native.h3_cell_py(capsule, 22.3, 114.17, 16) is None
+    assert partition_module._native.h3_cell_py(capsule, 22.3, 114.17, 8) is not None

@@ -18,7 +18,8 @@ mod segment_tally;
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PySet, PyString};
+use pyo3::types::{PyBytes, PyCapsule, PyDict, PyList, PySet, PyString};
+use std::ffi::c_int;
 use rustc_hash::FxHashMap;
 
 const EPOCH_MS_THRESHOLD: f64 = 1e11;
@@ -641,15 +642,53 @@ fn coordinate(field: Field) -> Option<f64> {
     }
 }
 
-/// The H3 cell of a valid location at `resolution`: h3's own compiled
-/// `latlng_to_cell` (`cell_of`, the function `ValueExtractor` calls), so every
-/// cell is the one the Python reader gives (the h3o crate differs at cell
-/// vertices); None where it raises, as `ValueExtractor` takes it.
-#[inline]
-fn h3_cell(cell_of: &Bound<'_, PyAny>, lat: f64, lng: f64, resolution: u8) -> Option<u64> {
-    match cell_of.call1((lat, lng, resolution)) {
-        Ok(cell) => cell.extract::<u64>().ok(),
-        Err(_) => None,
+/// h3's own `latlng_to_cell`, as `read_batch`'s `cell_of` gives it: the C
+/// function of h3-py's Cython module (`h3._cy.latlng.__pyx_capi__`, the very
+/// code `ValueExtractor` runs, without a Python call), or a Python callable.
+enum CellOf<'a, 'py> {
+    /// `H3Index latlng_to_cell(double, double, int, int skip_dispatch) except 1`
+    C(unsafe extern "C" fn(f64, f64, c_int, c_int) -> u64),
+    Py(&'a Bound<'py, PyAny>),
+}
+
+/// The capsule name Cython gives `latlng_to_cell` in `__pyx_capi__`.
+const CELL_CAPSULE: &std::ffi::CStr = c"H3Index (double, double, int, int __pyx_skip_dispatch)";
+
+impl<'a, 'py> CellOf<'a, 'py> {
+    fn of(cell_of: &'a Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(capsule) = cell_of.cast::<PyCapsule>() {
+            // SAFETY: the name is checked by PyCapsule_GetPointer; the pointer is
+            // the Cython function of that signature, alive while h3 is imported
+            // (the capsule holds its module).
+            let pointer = unsafe { pyo3::ffi::PyCapsule_GetPointer(capsule.as_ptr(), CELL_CAPSULE.as_ptr()) };
+            if pointer.is_null() {
+                return Err(PyErr::take(cell_of.py())
+                    .unwrap_or_else(|| PyValueError::new_err("not h3's latlng_to_cell capsule")));
+            }
+            // SAFETY: as above.
+            return Ok(CellOf::C(unsafe { std::mem::transmute::<*mut std::ffi::c_void, unsafe extern "C" fn(f64, f64, c_int, c_int) -> u64>(pointer) }));
+        }
+        Ok(CellOf::Py(cell_of))
+    }
+
+    /// The H3 cell of a valid location at `resolution`, or None where h3
+    /// raises (as `ValueExtractor` takes it).
+    #[inline]
+    fn cell(&self, py: Python<'_>, lat: f64, lng: f64, resolution: u8) -> Option<u64> {
+        match self {
+            CellOf::C(f) => {
+                // SAFETY: the GIL is held; `except 1` sets an exception with 1.
+                let cell = unsafe { f(lat, lng, resolution as c_int, 1) };
+                if cell == 1 && PyErr::take(py).is_some() {
+                    return None;
+                }
+                Some(cell)
+            }
+            CellOf::Py(f) => match f.call1((lat, lng, resolution)) {
+                Ok(cell) => cell.extract::<u64>().ok(),
+                Err(_) => None,
+            },
+        }
     }
 }
 
@@ -661,7 +700,8 @@ fn push_values(
     fields: &[Field; 4],
     kinds: &[Vec<u8>],
     located: bool,
-    cell_of: &Bound<'_, PyAny>,
+    cell_of: &CellOf,
+    py: Python<'_>,
 ) -> bool {
     let city = valid_text(fields[0], 64);
     let vehicle_type = valid_text(fields[1], 32);
@@ -676,7 +716,7 @@ fn push_values(
         // the cell first: a definition with a location it cannot have has no value
         let mut cell: Option<u64> = None;
         if let Some(&kind) = dims.iter().find(|&&k| k >= H3_KIND) {
-            cell = location.and_then(|(lat, lng)| h3_cell(cell_of, lat, lng, kind - H3_KIND));
+            cell = location.and_then(|(lat, lng)| cell_of.cell(py, lat, lng, kind - H3_KIND));
             if cell.is_none() {
                 out.push(0);
                 unlocated = true;
@@ -756,6 +796,10 @@ fn read_batch<'py>(
         return Err(PyValueError::new_err("record_kinds takes record_values and cell_of, no values_of"));
     }
     let kinds = record_kinds.unwrap_or_default();
+    let cell_of = match cell_of {
+        Some(f) => Some(CellOf::of(f)?),
+        None => None,
+    };
     let segmented = values_of.is_some() || recorded;
     let mut n_unlocated: u64 = 0;
 
@@ -845,7 +889,7 @@ fn read_batch<'py>(
                     out.extend_from_slice(bytes.as_bytes());
                     unlocated
                 }
-                None => push_values(out, &fields, &kinds, located, cell_of.expect("checked above")),
+                None => push_values(out, &fields, &kinds, located, cell_of.as_ref().expect("checked above"), py),
             };
             if unlocated {
                 n_unlocated += 1;
@@ -918,6 +962,12 @@ fn floor_div_py(time: f64, bucket: f64) -> f64 {
     floor_div(time, bucket)
 }
 
+/// The compiled reader's H3 cell (`cell_of` as `read_batch` takes it), for tests.
+#[pyfunction]
+fn h3_cell_py(py: Python<'_>, cell_of: &Bound<'_, PyAny>, lat: f64, lng: f64, resolution: u8) -> PyResult<Option<u64>> {
+    Ok(CellOf::of(cell_of)?.cell(py, lat, lng, resolution))
+}
+
 /// `usual_iso_instant` alone, for tests.
 #[pyfunction]
 fn usual_iso_instant_py(text: &str) -> Option<f64> {
@@ -932,6 +982,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_fast_py, m)?)?;
     m.add_function(wrap_pyfunction!(usual_iso_instant_py, m)?)?;
     m.add_function(wrap_pyfunction!(floor_div_py, m)?)?;
+    m.add_function(wrap_pyfunction!(h3_cell_py, m)?)?;
     m.add("ABI", 5)?;
     Ok(())
 }

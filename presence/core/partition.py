@@ -88,6 +88,28 @@ def native_reader_built() -> bool:
     return _native is not None
 
 
+_CELL_OF: list = []
+
+
+def native_cell_of():
+    """What the compiled reader calls for H3 cells: the C function behind h3-py's
+    ``latlng_to_cell`` (its Cython capsule: the same code, no Python call) when
+    it is there and agrees with the Python call, else that Python function."""
+    if not _CELL_OF:
+        chosen = cell_of
+        try:
+            from h3._cy import latlng
+
+            capsule = latlng.__pyx_capi__["latlng_to_cell"]
+            if all(_native.h3_cell_py(capsule, lat, lng, r) == cell_of(lat, lng, r)
+                   for lat, lng, r in ((22.3, 114.17, 8), (-33.9, 151.2, 15), (0.0, 0.0, 0))):
+                chosen = capsule
+        except Exception:  # noqa: BLE001 - another h3 layout: the Python function
+            pass
+        _CELL_OF.append(chosen)
+    return _CELL_OF[0]
+
+
 def native_store_built() -> bool:
     """True if the compiled segment store (``_native.SegmentStore``) is built too: then
     the compiled reader sends segment pings as packed records, which it reads."""
@@ -404,7 +426,7 @@ class PartitionReader:
             spec.shards, spec.bucket_s, slow, too_late, drivers,
             None if extractor is None or kinds is not None else extractor.values,
             extractor is not None and extractor.located,
-            kinds, self._record_values, cell_of,
+            kinds, self._record_values, None if kinds is None else native_cell_of(),
         )
         if extractor is not None:
             self.unlocated += unlocated
