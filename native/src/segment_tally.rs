@@ -28,15 +28,23 @@ struct KeyTally {
     pending: bool,
 }
 
+/// A row's part of a snapshot: (parts by slot, written, pending keys), each None when empty.
+type RowSnapshot = (Option<Py<PyDict>>, Option<Py<PyDict>>, Option<Py<PyTuple>>);
+
 #[derive(Default)]
 struct RowTally {
     keys: FxHashMap<Box<[u8]>, KeyTally>,
     pending: Vec<Box<[u8]>>,
+    /// the row's part of the last snapshot, until the row changes: a snapshot
+    /// every epoch rebuilds only the rows that changed (the latest few, and
+    /// those a late ping corrected), not the whole correction horizon's
+    snap: Option<RowSnapshot>,
 }
 
 impl RowTally {
     #[inline]
     fn add(&mut self, slot: u32, key: &[u8], packed: u64) {
+        self.snap = None;
         let entry = match self.keys.get_mut(key) {
             Some(entry) => entry,
             None => self.keys.entry(key.into()).or_default(),
@@ -120,6 +128,40 @@ fn read_u64(blob: &[u8], at: usize) -> PyResult<u64> {
         .ok_or_else(truncated)
 }
 
+/// One row's part of a snapshot (shared by later snapshots until the row
+/// changes: nothing mutates these dicts once made).
+fn row_snapshot(py: Python<'_>, tally: &RowTally) -> PyResult<RowSnapshot> {
+    let mut by_slot: FxHashMap<u32, Bound<'_, PyDict>> = FxHashMap::default();
+    let row_written = PyDict::new(py);
+    for (key, entry) in &tally.keys {
+        let key_py = PyBytes::new(py, key);
+        for &(slot, packed) in &entry.parts {
+            let d = by_slot.entry(slot).or_insert_with(|| PyDict::new(py));
+            d.set_item(&key_py, packed)?;
+        }
+        if entry.written.2 != 0 {
+            row_written.set_item(&key_py, entry.written)?;
+        }
+    }
+    let parts = if by_slot.is_empty() {
+        None
+    } else {
+        let slots = PyDict::new(py);
+        for (slot, d) in by_slot {
+            slots.set_item(slot, d)?;
+        }
+        Some(slots.unbind())
+    };
+    let written = if row_written.is_empty() { None } else { Some(row_written.unbind()) };
+    let pending = if tally.pending.is_empty() {
+        None
+    } else {
+        let keys: Vec<Bound<'_, PyBytes>> = tally.pending.iter().map(|k| PyBytes::new(py, k)).collect();
+        Some(PyTuple::new(py, keys)?.unbind())
+    };
+    Ok((parts, written, pending))
+}
+
 #[pymethods]
 impl SegmentTally {
     /// `fields`: per definition, its key fields `(name, kind)` (kind 0 a
@@ -178,6 +220,10 @@ impl SegmentTally {
         let out = PyList::empty(py);
         for row in rows {
             let Some(tally) = self.rows.get_mut(&row) else { continue };
+            if tally.pending.is_empty() {
+                continue;
+            }
+            tally.snap = None;
             let mut pending = std::mem::take(&mut tally.pending);
             pending.sort_unstable();
             for key in pending {
@@ -229,38 +275,23 @@ impl SegmentTally {
     /// `(parts, written, pending)` as the Python tally keeps them:
     /// `{row: {slot: {key: packed}}}`, `{row: {key: (online, available, revision)}}`,
     /// `{row: tuple of keys}`.
-    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+    fn snapshot<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         let parts = PyDict::new(py);
         let written = PyDict::new(py);
         let pending = PyDict::new(py);
-        for (&row, tally) in &self.rows {
-            let by_slot: FxHashMap<u32, Bound<'py, PyDict>> = FxHashMap::default();
-            let mut by_slot = by_slot;
-            let row_written = PyDict::new(py);
-            for (key, entry) in &tally.keys {
-                let key_py = PyBytes::new(py, key);
-                for &(slot, packed) in &entry.parts {
-                    let d = by_slot.entry(slot).or_insert_with(|| PyDict::new(py));
-                    d.set_item(&key_py, packed)?;
-                }
-                if entry.written.2 != 0 {
-                    row_written.set_item(&key_py, entry.written)?;
-                }
+        for (&row, tally) in self.rows.iter_mut() {
+            if tally.snap.is_none() {
+                tally.snap = Some(row_snapshot(py, tally)?);
             }
-            if !by_slot.is_empty() {
-                let slots = PyDict::new(py);
-                for (slot, d) in by_slot {
-                    slots.set_item(slot, d)?;
-                }
-                parts.set_item(row, slots)?;
+            let (row_parts, row_written, row_pending) = tally.snap.as_ref().expect("just made");
+            if let Some(d) = row_parts {
+                parts.set_item(row, d.bind(py))?;
             }
-            if !row_written.is_empty() {
-                written.set_item(row, row_written)?;
+            if let Some(d) = row_written {
+                written.set_item(row, d.bind(py))?;
             }
-            if !tally.pending.is_empty() {
-                let keys: Vec<Bound<'py, PyBytes>> =
-                    tally.pending.iter().map(|k| PyBytes::new(py, k)).collect();
-                pending.set_item(row, PyTuple::new(py, keys)?)?;
+            if let Some(t) = row_pending {
+                pending.set_item(row, t.bind(py))?;
             }
         }
         PyTuple::new(py, [parts.into_any(), written.into_any(), pending.into_any()])
