@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from presence.core import partition
 from presence.core.segment_panes import pack_partial
 from presence.core.segment_tally import (
-    SegmentTally, key_fields, pack_partials, tally_class, unpack_partials,
+    SegmentTally, decode_row, key_fields, pack_partials, tally_class, unpack_partials,
 )
 from presence.core.segments import parse_segments
 
@@ -35,9 +35,8 @@ OPS = st.lists(st.one_of(
 ), max_size=25)
 
 
-def _plain(tally) -> tuple:
-    parts, written, pending = tally.snapshot()
-    return parts, written, {row: sorted(keys) for row, keys in pending.items()}
+def _plain(tally) -> dict:
+    return {row: decode_row(blob) for row, blob in tally.snapshot().items()}
 
 
 @built
@@ -63,13 +62,22 @@ def test_compiled_tally_is_the_python_tally(ops) -> None:
         else:  # each restores the other's snapshot (through pickle)
             a = pickle.loads(pickle.dumps(native.snapshot()))
             b = pickle.loads(pickle.dumps(python.snapshot()))
-            python, native = SegmentTally.restore(FIELDS, *a), NATIVE.restore(FIELDS, *b)
+            assert a == b  # the very same bytes
+            python, native = SegmentTally.restore(FIELDS, a), NATIVE.restore(FIELDS, b)
             if op[1]:
-                python, native = SegmentTally.restore(FIELDS, *b), NATIVE.restore(FIELDS, *a)
+                python, native = SegmentTally.restore(FIELDS, b), NATIVE.restore(FIELDS, a)
         assert sorted(python.pending_rows()) == sorted(native.pending_rows())
         assert python.has_pending() == native.has_pending()
         assert _plain(python) == _plain(native)
     assert python.take([0, 60, 120, 180, 240]) == native.take([0, 60, 120, 180, 240])
+
+
+def test_snapshot_rows_round_trip() -> None:
+    from presence.core.segment_tally import encode_row
+
+    entries = [(b"\x00\x00\x02\x00HK", (3, 2, 7), True, ((0, 5), (3, 9))),
+               (b"\x02\x00" + bytes(8), None, False, ((2**31 + 5, 2**62),))]
+    assert decode_row(encode_row(entries)) == sorted(entries)
 
 
 def test_packed_partials_round_trip() -> None:

@@ -23,7 +23,7 @@ from presence.core.rows import BOOK_SNAPSHOT_VERSION, BookSnapshot, RowBook
 from presence.core.segment_panes import pack_partial, unpack_partial
 from presence.core.segment_records import dimension_kinds
 from presence.core.segment_tally import (
-    SegmentTally, key_fields, pack_partials, partial_key, split_partial_key, tally_class,
+    SegmentTally, decode_row, key_fields, pack_partials, partial_key, split_partial_key, tally_class,
 )
 from presence.core.segments import parse_segments
 from presence.core.shard import SHARD_SNAPSHOT_VERSION, ShardSnapshot, ShardState
@@ -261,13 +261,12 @@ def test_book_segment_state_is_compact() -> None:
     for s in range(3):
         book.add_report(f"shard-0{s}", ShardReport(T0 + 500.0, T0, {}, 0, T0 + 500.0,
                                                    partials if s == 0 else {}, (0, 0, 0)))
-    parts, written, pending = book.tally.snapshot()
-    assert list(parts[T0]) == [0] and parts[T0][0] == partials[T0]  # shard-00's only
-    assert set(pending[T0]) == set(keys) and not written
+    assert decode_row(book.tally.snapshot()[T0]) == sorted(
+        (k, None, True, ((0, pack_partial(1, 1, False)),)) for k in keys)  # shard-00's only
     rows = book.take_segment_rows()
     assert len(rows) == 1000 and all(r.online == 1 for r in rows)
-    parts, written, pending = book.tally.snapshot()
-    assert written[T0] == {k: (1, 1, 1) for k in keys} and not pending
+    assert decode_row(book.tally.snapshot()[T0]) == sorted(
+        (k, (1, 1, 1), False, ((0, pack_partial(1, 1, False)),)) for k in keys)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["dict", "packed-bytes"])
@@ -300,14 +299,13 @@ def test_book_sums_partials_of_many_shards_and_restores_the_earlier_layout(packe
 
     snap = book.snapshot()
     assert counts(book.take_segment_rows(final=True)) == expected
-    parts, _, _ = book.tally.snapshot()
     old_parts = {T0: {}}
-    for number, by_key in parts[T0].items():
-        for key, p in by_key.items():
+    for key, _, _, parts in decode_row(snap.segment_parts[T0]):
+        for slot, p in parts:
             online, available, overflow = unpack_partial(p)
             value_key = (0, split_partial_key(key, kinds)[1])
             old_parts[T0][value_key] = old_parts[T0].get(value_key, ()) + (
-                number, online << 33 | available << 1 | overflow)
+                slot, online << 33 | available << 1 | overflow)
     earlier = dataclasses.replace(snap, segment_parts=old_parts, segment_parts_layout=1,
                                   segment_written={}, segment_pending={T0: ((0, value_a), (0, value_b))})
     again = RowBook(SPEC, pickle.loads(pickle.dumps(earlier)))
@@ -315,7 +313,7 @@ def test_book_sums_partials_of_many_shards_and_restores_the_earlier_layout(packe
     # and the snapshot of today's layout, through either tally
     for tally in {SegmentTally, tally_class()}:
         restored = RowBook(SPEC, pickle.loads(pickle.dumps(snap)))
-        restored.tally = tally.restore(key_fields(SPEC.segments), *RowBook(SPEC, snap).tally.snapshot())
+        restored.tally = tally.restore(key_fields(SPEC.segments), RowBook(SPEC, snap).tally.snapshot())
         assert counts(restored.take_segment_rows(final=True)) == expected
 
 

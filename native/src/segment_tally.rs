@@ -28,9 +28,6 @@ struct KeyTally {
     pending: bool,
 }
 
-/// A row's part of a snapshot: (parts by slot, written, pending keys), each None when empty.
-type RowSnapshot = (Option<Py<PyDict>>, Option<Py<PyDict>>, Option<Py<PyTuple>>);
-
 #[derive(Default)]
 struct RowTally {
     keys: FxHashMap<Box<[u8]>, KeyTally>,
@@ -38,7 +35,7 @@ struct RowTally {
     /// the row's part of the last snapshot, until the row changes: a snapshot
     /// every epoch rebuilds only the rows that changed (the latest few, and
     /// those a late ping corrected), not the whole correction horizon's
-    snap: Option<RowSnapshot>,
+    snap: Option<Py<PyBytes>>,
 }
 
 impl RowTally {
@@ -128,38 +125,37 @@ fn read_u64(blob: &[u8], at: usize) -> PyResult<u64> {
         .ok_or_else(truncated)
 }
 
-/// One row's part of a snapshot (shared by later snapshots until the row
-/// changes: nothing mutates these dicts once made).
-fn row_snapshot(py: Python<'_>, tally: &RowTally) -> PyResult<RowSnapshot> {
-    let mut by_slot: FxHashMap<u32, Bound<'_, PyDict>> = FxHashMap::default();
-    let row_written = PyDict::new(py);
-    for (key, entry) in &tally.keys {
-        let key_py = PyBytes::new(py, key);
-        for &(slot, packed) in &entry.parts {
-            let d = by_slot.entry(slot).or_insert_with(|| PyDict::new(py));
-            d.set_item(&key_py, packed)?;
-        }
-        if entry.written.2 != 0 {
-            row_written.set_item(&key_py, entry.written)?;
+/// One row as snapshot bytes (`presence.core.segment_tally.encode_row`'s layout,
+/// little-endian, per key: `key_len:u16 key online:u32 available:u32
+/// revision:u32 pending:u8 parts:u16` then per part `slot:u32 packed:u64`;
+/// revision 0: never written), keys in byte order.
+fn row_snapshot<'py>(py: Python<'py>, tally: &RowTally) -> Bound<'py, PyBytes> {
+    let mut keys: Vec<&Box<[u8]>> = tally.keys.keys().collect();
+    keys.sort_unstable();
+    let mut out: Vec<u8> = Vec::new();
+    for key in keys {
+        let entry = &tally.keys[key];
+        out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(&(entry.written.0 as u32).to_le_bytes());
+        out.extend_from_slice(&(entry.written.1 as u32).to_le_bytes());
+        out.extend_from_slice(&(entry.written.2 as u32).to_le_bytes());
+        out.push(entry.pending as u8);
+        let mut parts = entry.parts.clone();
+        parts.sort_unstable();
+        out.extend_from_slice(&(parts.len() as u16).to_le_bytes());
+        for (slot, packed) in parts {
+            out.extend_from_slice(&slot.to_le_bytes());
+            out.extend_from_slice(&packed.to_le_bytes());
         }
     }
-    let parts = if by_slot.is_empty() {
-        None
-    } else {
-        let slots = PyDict::new(py);
-        for (slot, d) in by_slot {
-            slots.set_item(slot, d)?;
-        }
-        Some(slots.unbind())
-    };
-    let written = if row_written.is_empty() { None } else { Some(row_written.unbind()) };
-    let pending = if tally.pending.is_empty() {
-        None
-    } else {
-        let keys: Vec<Bound<'_, PyBytes>> = tally.pending.iter().map(|k| PyBytes::new(py, k)).collect();
-        Some(PyTuple::new(py, keys)?.unbind())
-    };
-    Ok((parts, written, pending))
+    PyBytes::new(py, &out)
+}
+
+fn read_u32(blob: &[u8], at: usize) -> PyResult<u32> {
+    blob.get(at..at + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")))
+        .ok_or_else(truncated)
 }
 
 #[pymethods]
@@ -275,69 +271,55 @@ impl SegmentTally {
     /// `(parts, written, pending)` as the Python tally keeps them:
     /// `{row: {slot: {key: packed}}}`, `{row: {key: (online, available, revision)}}`,
     /// `{row: tuple of keys}`.
-    fn snapshot<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let parts = PyDict::new(py);
-        let written = PyDict::new(py);
-        let pending = PyDict::new(py);
+    fn snapshot<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
         for (&row, tally) in self.rows.iter_mut() {
-            if tally.snap.is_none() {
-                tally.snap = Some(row_snapshot(py, tally)?);
+            if tally.keys.is_empty() {
+                continue;
             }
-            let (row_parts, row_written, row_pending) = tally.snap.as_ref().expect("just made");
-            if let Some(d) = row_parts {
-                parts.set_item(row, d.bind(py))?;
-            }
-            if let Some(d) = row_written {
-                written.set_item(row, d.bind(py))?;
-            }
-            if let Some(t) = row_pending {
-                pending.set_item(row, t.bind(py))?;
-            }
+            let blob = match &tally.snap {
+                Some(blob) => blob.bind(py).clone(),
+                None => {
+                    let blob = row_snapshot(py, tally);
+                    tally.snap = Some(blob.clone().unbind());
+                    blob
+                }
+            };
+            out.set_item(row, blob)?;
         }
-        PyTuple::new(py, [parts.into_any(), written.into_any(), pending.into_any()])
+        Ok(out)
     }
 
-    /// The tally of a :meth:`snapshot`'s three dicts.
+    /// The tally of a :meth:`snapshot` (`{row: bytes}`).
     #[staticmethod]
-    fn restore(
-        py: Python<'_>,
-        fields: Vec<Vec<(String, u8)>>,
-        parts: &Bound<'_, PyDict>,
-        written: &Bound<'_, PyDict>,
-        pending: &Bound<'_, PyDict>,
-    ) -> PyResult<Self> {
+    fn restore(py: Python<'_>, fields: Vec<Vec<(String, u8)>>, rows: &Bound<'_, PyDict>) -> PyResult<Self> {
         let mut tally = SegmentTally::new(py, fields);
-        for (row, slots) in parts.iter() {
+        for (row, blob) in rows.iter() {
             let row: i64 = row.extract()?;
+            let blob = blob.cast::<PyBytes>()?.as_bytes();
             let entry = tally.rows.entry(row).or_default();
-            for (slot, by_key) in slots.cast::<PyDict>()?.iter() {
-                let slot: u32 = slot.extract()?;
-                for (key, packed) in by_key.cast::<PyDict>()?.iter() {
-                    let key: Box<[u8]> = key.cast::<PyBytes>()?.as_bytes().into();
-                    let packed: u64 = packed.extract()?;
-                    entry.keys.entry(key).or_default().parts.push((slot, packed));
+            let mut at = 0;
+            while at < blob.len() {
+                let size = read_u16(blob, at)? as usize;
+                let key: Box<[u8]> = blob.get(at + 2..at + 2 + size).ok_or_else(truncated)?.into();
+                at += 2 + size;
+                let written = (
+                    read_u32(blob, at)? as u64,
+                    read_u32(blob, at + 4)? as u64,
+                    read_u32(blob, at + 8)? as u64,
+                );
+                let pending = *blob.get(at + 12).ok_or_else(truncated)? != 0;
+                let count = read_u16(blob, at + 13)? as usize;
+                at += 15;
+                let mut parts = Vec::with_capacity(count);
+                for _ in 0..count {
+                    parts.push((read_u32(blob, at)?, read_u64(blob, at + 4)?));
+                    at += 12;
                 }
-            }
-        }
-        for (row, by_key) in written.iter() {
-            let row: i64 = row.extract()?;
-            let entry = tally.rows.entry(row).or_default();
-            for (key, counts) in by_key.cast::<PyDict>()?.iter() {
-                let key: Box<[u8]> = key.cast::<PyBytes>()?.as_bytes().into();
-                entry.keys.entry(key).or_default().written = counts.extract()?;
-            }
-        }
-        for (row, keys) in pending.iter() {
-            let row: i64 = row.extract()?;
-            let entry = tally.rows.entry(row).or_default();
-            for key in keys.try_iter()? {
-                let key = key?;
-                let key = key.cast::<PyBytes>()?.as_bytes();
-                let k = entry.keys.entry(key.into()).or_default();
-                if !k.pending {
-                    k.pending = true;
-                    entry.pending.push(key.into());
+                if pending {
+                    entry.pending.push(key.clone());
                 }
+                entry.keys.insert(key, KeyTally { parts, written, pending });
             }
         }
         Ok(tally)

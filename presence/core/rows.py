@@ -36,7 +36,7 @@ from presence.core.model import (  # noqa: F401
 )
 from presence.core.segment_panes import pack_partial
 from presence.core.segment_records import dimension_kinds
-from presence.core.segment_tally import key_fields, partial_key, tally_class
+from presence.core.segment_tally import encode_row, key_fields, partial_key, tally_class
 from presence.core.windows import WindowSpec
 
 BOOK_SNAPSHOT_VERSION = 1
@@ -48,10 +48,12 @@ _COUNT_MASK = (1 << _COUNT_BITS) - 1
 
 
 _SEGMENT_PARTS_LAYOUT = 3
-"""``BookSnapshot.segment_parts_layout``: 3 is the tally's plain data
-(:meth:`SegmentTally.snapshot`: partial keys, ``(online, available, revision)``);
-1 and 2 (earlier presence: ``(definition number, value)`` keys, packed ints;
-1 with ``(shard number, packed, ...)`` tuples) are converted when restored."""
+"""``BookSnapshot.segment_parts_layout``: 3 is the tally's snapshot,
+``{row: bytes}`` (:func:`presence.core.segment_tally.encode_row`: partial keys,
+each shard's partial, what was written, pending); 1 and 2 (earlier presence:
+dicts keyed by ``(definition number, value)``, with ``segment_written`` and
+``segment_pending``; 1 with ``(shard number, packed, ...)`` tuples) are
+converted when restored."""
 
 
 def _pack_written(online: int, available: int, revision: int) -> int:
@@ -79,11 +81,11 @@ class BookSnapshot(VersionedState):
     rows_written: int
     row_rewrites: int
     segment_parts: dict | None = None
-    """``{row: {shard slot: {partial key: packed partial}}}`` (``segment_parts_layout`` 3)."""
+    """``{row: bytes}``: the segment tally's snapshot (``segment_parts_layout`` 3)."""
     segment_written: dict | None = None
-    """``{row: {partial key: (online, available, revision)}}``."""
+    """Layouts 1 and 2 only: ``{row: {(definition number, value): packed written}}``."""
     segment_pending: dict | None = None
-    """``{row: tuple of partial keys}``."""
+    """Layouts 1 and 2 only: ``{row: tuple of (definition number, value)}``."""
     other_pings: dict | None = None
     """``{shard: (pings under other, per definition)}`` (cumulative, as reported)."""
     segment_rows_written: tuple = ()
@@ -140,10 +142,9 @@ class RowBook:
         tally = tally_class(reader)
         fields = key_fields(self.definitions)
         if snap.segment_parts_layout == _SEGMENT_PARTS_LAYOUT:
-            self.tally = tally.restore(fields, snap.segment_parts or {},
-                                       snap.segment_written or {}, snap.segment_pending or {})
+            self.tally = tally.restore(fields, snap.segment_parts or {})
         else:
-            self.tally = tally.restore(fields, *self._converted(snap))
+            self.tally = tally.restore(fields, self._converted(snap))
         self.other_pings: dict[str, tuple[int, ...]] = dict(snap.other_pings or {})
         self.segment_rows_written: list[int] = list(snap.segment_rows_written) or [0] * count
         self.segment_overflow_rows: list[int] = list(snap.segment_overflow_rows) or [0] * count
@@ -153,8 +154,8 @@ class RowBook:
                 f"definitions, not {count}"
             )
 
-    def _converted(self, snap: BookSnapshot) -> tuple[dict, dict, dict]:
-        """The tally's plain data of a snapshot of layout 1 or 2 (keys
+    def _converted(self, snap: BookSnapshot) -> dict[int, bytes]:
+        """The tally's snapshot of a book snapshot of layout 1 or 2 (keys
         ``(definition number, value)``, packed written ints)."""
         kinds = self._kinds
         keys: dict[tuple, bytes] = {}
@@ -165,22 +166,30 @@ class RowBook:
                 out = keys[key] = partial_key(key[0], key[1], kinds)
             return out
 
-        parts: dict = {}
+        rows: dict[int, dict[bytes, list]] = {}  # {row: {key: [written, pending, parts]}}
+
+        def entry(row: int, key: tuple) -> list:
+            return rows.setdefault(row, {}).setdefault(key_of(key), [None, False, []])
+
         for row, by in (snap.segment_parts or {}).items():
-            by_slot = parts[row] = {}
             if snap.segment_parts_layout == 2:  # {shard number: {key: packed}}
                 for number, packed_by_key in by.items():
-                    by_slot[_slot_of(number)] = {key_of(k): p for k, p in packed_by_key.items()}
+                    for key, packed in packed_by_key.items():
+                        entry(row, key)[2].append((_slot_of(number), packed))
                 continue
             for key, pairs in by.items():  # {key: (shard number, old packed, ...)}
                 for at in range(0, len(pairs), 2):
                     old = pairs[at + 1]  # online << 33 | available << 1 | overflow
-                    by_slot.setdefault(_slot_of(pairs[at]), {})[key_of(key)] = pack_partial(
-                        old >> 33, (old >> 1) & _COUNT_MASK, bool(old & 1))
-        written = {row: {key_of(k): _unpack_written(w) for k, w in by.items()}
-                   for row, by in (snap.segment_written or {}).items()}
-        pending = {row: tuple(map(key_of, ks)) for row, ks in (snap.segment_pending or {}).items()}
-        return parts, written, pending
+                    entry(row, key)[2].append((_slot_of(pairs[at]), pack_partial(
+                        old >> 33, (old >> 1) & _COUNT_MASK, bool(old & 1))))
+        for row, by in (snap.segment_written or {}).items():
+            for key, packed in by.items():
+                entry(row, key)[0] = _unpack_written(packed)
+        for row, ks in (snap.segment_pending or {}).items():
+            for key in ks:
+                entry(row, key)[1] = True
+        return {row: encode_row((k, w, p, tuple(parts)) for k, (w, p, parts) in by.items())
+                for row, by in rows.items()}
 
     @property
     def segment_pending(self) -> bool:
@@ -189,7 +198,7 @@ class RowBook:
 
     def snapshot(self) -> BookSnapshot:
         segments = bool(self.definitions)
-        parts, written, pending = self.tally.snapshot() if segments else ({}, {}, {})
+        tally = self.tally.snapshot() if segments else {}
         return BookSnapshot(
             version=BOOK_SNAPSHOT_VERSION,
             watermarks=dict(self.watermarks),
@@ -201,9 +210,7 @@ class RowBook:
             marks=dict(self.marks),
             rows_written=self.rows_written,
             row_rewrites=self.row_rewrites,
-            segment_parts=parts if segments else None,
-            segment_written=written if segments else None,
-            segment_pending=pending if segments else None,
+            segment_parts=tally if segments else None,
             other_pings=dict(self.other_pings) if segments else None,
             segment_rows_written=tuple(self.segment_rows_written),
             segment_overflow_rows=tuple(self.segment_overflow_rows),

@@ -34,6 +34,47 @@ from presence.core.segments import OTHER
 
 _HEAD = struct.Struct("<qH")
 _PACKED = struct.Struct("<Q")
+_KEY_LEN = struct.Struct("<H")
+_KEY_STATE = struct.Struct("<IIIBH")
+_PART = struct.Struct("<IQ")
+
+Entry = tuple
+"""One value of a row in a snapshot: ``(key, written (online, available, revision)
+or None, pending, ((slot, packed), ...))``."""
+
+
+def encode_row(entries: Iterable[Entry]) -> bytes:
+    """A row of a tally's snapshot as bytes (little-endian, keys in byte order;
+    per key ``key_len:u16 key online:u32 available:u32 revision:u32 pending:u8
+    parts:u16``, then per part ``slot:u32 packed:u64``; revision 0: never
+    written). Bytes pickle as one copy, so the snapshot of a whole correction
+    horizon costs little to write each epoch."""
+    out = bytearray()
+    for key, written, pending, parts in sorted(entries, key=lambda e: e[0]):
+        online, available, revision = written or (0, 0, 0)
+        out += _KEY_LEN.pack(len(key))
+        out += key
+        out += _KEY_STATE.pack(online, available, revision, bool(pending), len(parts))
+        for slot, packed in sorted(parts):
+            out += _PART.pack(slot, packed)
+    return bytes(out)
+
+
+def decode_row(blob: bytes) -> list[Entry]:
+    """:func:`encode_row`'s inverse."""
+    out = []
+    at, end = 0, len(blob)
+    while at < end:
+        (size,) = _KEY_LEN.unpack_from(blob, at)
+        key = bytes(blob[at + 2:at + 2 + size])
+        at += 2 + size
+        online, available, revision, pending, count = _KEY_STATE.unpack_from(blob, at)
+        at += _KEY_STATE.size
+        parts = tuple(_PART.unpack_from(blob, at + i * _PART.size) for i in range(count))
+        at += count * _PART.size
+        out.append((key, (online, available, revision) if revision else None, bool(pending),
+                    parts))
+    return out
 
 
 def partial_key(number: int, value: tuple, kinds: Sequence[tuple[int, ...]]) -> bytes:
@@ -101,6 +142,8 @@ class SegmentTally:
         self.written: dict[int, dict[bytes, tuple[int, int, int]]] = {}
         """``{row: {partial key: (online, available, revision)}}``."""
         self.pending: dict[int, set[bytes]] = {}
+        self._blobs: dict[int, bytes] = {}
+        """Each row's snapshot bytes, until the row changes."""
 
     def add_packed(self, slot: int, blob: bytes) -> None:
         self.add_dict(slot, unpack_partials(blob))
@@ -108,7 +151,9 @@ class SegmentTally:
     def add_dict(self, slot: int, partials: Mapping[int, Mapping[bytes, int]]) -> None:
         parts_by_row = self.parts
         pending = self.pending
+        blobs = self._blobs
         for row, packed_by_key in partials.items():
+            blobs.pop(row, None)
             by_slot = parts_by_row.get(row)
             if by_slot is None:
                 by_slot = parts_by_row[row] = {}
@@ -141,6 +186,7 @@ class SegmentTally:
             keys = self.pending.pop(row, None)
             if not keys:
                 continue
+            self._blobs.pop(row, None)
             keys = sorted(keys)
             shards = list(self.parts.get(row, {}).values())
             # Each key's partials summed over the row's shards, in C: packed
@@ -179,28 +225,48 @@ class SegmentTally:
         for row in gone:
             self.parts.pop(row, None)
             self.written.pop(row, None)
+            self._blobs.pop(row, None)
         return len(gone)
 
     def __len__(self) -> int:
         return len(set(self.parts) | set(self.written) | set(self.pending))
 
-    def snapshot(self) -> tuple[dict, dict, dict]:
-        """``(parts, written, pending)`` as plain dicts (fresh copies)."""
-        return (
-            {row: {slot: dict(p) for slot, p in by_slot.items()}
-             for row, by_slot in self.parts.items()},
-            {row: dict(w) for row, w in self.written.items() if w},
-            {row: tuple(keys) for row, keys in self.pending.items() if keys},
-        )
+    def _row_entries(self, row: int) -> list[Entry]:
+        slots: dict[bytes, list] = {}
+        for slot, by_key in self.parts.get(row, {}).items():
+            for key, packed in by_key.items():
+                slots.setdefault(key, []).append((slot, packed))
+        written = self.written.get(row, {})
+        pending = self.pending.get(row, set())
+        keys = set(slots) | set(written) | pending
+        return [(k, written.get(k), k in pending, tuple(slots.get(k, ()))) for k in keys]
+
+    def snapshot(self) -> dict[int, bytes]:
+        """``{row: bytes}`` (:func:`encode_row`); a row unchanged since the last
+        snapshot keeps its bytes."""
+        blobs = self._blobs
+        out = {}
+        for row in set(self.parts) | set(self.written) | set(self.pending):
+            blob = blobs.get(row)
+            if blob is None:
+                entries = self._row_entries(row)
+                if not entries:
+                    continue
+                blob = blobs[row] = encode_row(entries)
+            out[row] = blob
+        return out
 
     @staticmethod
-    def restore(fields: Sequence, parts: Mapping, written: Mapping,
-                pending: Mapping) -> "SegmentTally":
+    def restore(fields: Sequence, rows: Mapping[int, bytes]) -> "SegmentTally":
         tally = SegmentTally(fields)
-        tally.parts = {row: {slot: dict(p) for slot, p in by_slot.items()}
-                       for row, by_slot in parts.items()}
-        tally.written = {row: dict(w) for row, w in written.items()}
-        tally.pending = {row: set(keys) for row, keys in pending.items() if keys}
+        for row, blob in rows.items():
+            for key, written, pending, parts in decode_row(blob):
+                for slot, packed in parts:
+                    tally.parts.setdefault(row, {}).setdefault(slot, {})[key] = packed
+                if written is not None:
+                    tally.written.setdefault(row, {})[key] = written
+                if pending:
+                    tally.pending.setdefault(row, set()).add(key)
         return tally
 
 
