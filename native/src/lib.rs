@@ -20,6 +20,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PySet, PyString};
 use rustc_hash::FxHashMap;
 
+mod segment_store;
+
 const EPOCH_MS_THRESHOLD: f64 = 1e11;
 const MIN_EVENT_TIME: f64 = 946_684_800.0;
 const MAX_DRIVER_ID_CHARS: usize = 128;
@@ -806,6 +808,7 @@ fn usual_iso_instant_py(text: &str) -> Option<f64> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_batch, m)?)?;
     m.add_class::<Drivers>()?;
+    m.add_class::<segment_store::SegmentStore>()?;
     m.add_function(wrap_pyfunction!(parse_fast_py, m)?)?;
     m.add_function(wrap_pyfunction!(usual_iso_instant_py, m)?)?;
     m.add_function(wrap_pyfunction!(floor_div_py, m)?)?;
