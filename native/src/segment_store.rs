@@ -127,6 +127,10 @@ impl Set {
                 *self = Set::from_sorted(merged);
                 true
             }
+            Set::Sparse(v) if v.is_empty() => {
+                *self = if add.len() == 1 { Set::One(add[0]) } else { Set::from_sorted(add.to_vec()) };
+                true
+            }
             Set::Sparse(v) => {
                 let merged = merge_sorted(v, add);
                 if merged.len() == v.len() {
@@ -473,6 +477,36 @@ fn decode_positions(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     Ok(out)
 }
 
+/// (online, available): sizes of the unions of one code's sets over these panes' tables.
+fn counts_in(tables: &[&FxHashMap<u32, Entry>], code: u32, words: &mut Vec<u64>, list: &mut Vec<u32>) -> (u32, u32) {
+    let mut first: Option<&Entry> = None;
+    let mut more: Vec<&Entry> = Vec::new();
+    for t in tables {
+        if let Some(e) = t.get(&code) {
+            match first {
+                None => first = Some(e),
+                Some(f) => {
+                    if more.is_empty() {
+                        more.push(f);
+                    }
+                    more.push(e);
+                }
+            }
+        }
+    }
+    let Some(first) = first else { return (0, 0) };
+    if more.is_empty() {
+        return (first.on.len() as u32, first.available().len() as u32);
+    }
+    let on: Vec<&Set> = more.iter().map(|e| &e.on).collect();
+    let online = union_len(&on, words, list);
+    if more.iter().all(|e| e.av.is_none()) {
+        return (online, online);
+    }
+    let av: Vec<&Set> = more.iter().map(|e| e.available()).collect();
+    (online, union_len(&av, words, list))
+}
+
 // --- the store ------------------------------------------------------------------
 
 /// Segment pane state of one driver shard, for every definition (see the module doc).
@@ -519,30 +553,28 @@ impl SegmentStore {
         (pane..pane + self.window).step_by(self.bucket as usize)
     }
 
-    /// One row's (online, available) of a code in one definition.
-    fn counts(&mut self, number: usize, code: u32, row: i64) -> (u32, u32) {
+    /// The value tables of the panes of row `row` that exist, in one definition.
+    fn row_tables(&self, number: usize, row: i64) -> Vec<&FxHashMap<u32, Entry>> {
         let def = &self.defs[number];
-        let mut on: Vec<&Set> = Vec::new();
-        let mut av: Vec<&Set> = Vec::new();
-        let mut bare = true;
+        let mut out = Vec::new();
         let mut pane = row + self.bucket - self.window;
         while pane < row + self.bucket {
             if let Some(p) = def.panes.get(&pane) {
-                if let Some(e) = p.table.get(&code) {
-                    on.push(&e.on);
-                    if e.av.is_some() {
-                        bare = false;
-                    }
-                    av.push(e.available());
-                }
+                out.push(&p.table);
             }
             pane += self.bucket;
         }
-        let online = union_len(&on, &mut self.scratch_words, &mut self.scratch_list);
-        if bare {
-            return (online, online);
-        }
-        (online, union_len(&av, &mut self.scratch_words, &mut self.scratch_list))
+        out
+    }
+
+    /// One row's (online, available) of a code in one definition.
+    fn counts(&mut self, number: usize, code: u32, row: i64) -> (u32, u32) {
+        let mut words = std::mem::take(&mut self.scratch_words);
+        let mut list = std::mem::take(&mut self.scratch_list);
+        let out = counts_in(&self.row_tables(number, row), code, &mut words, &mut list);
+        self.scratch_words = words;
+        self.scratch_list = list;
+        out
     }
 
     fn row_overflow(&self, number: usize, row: i64) -> bool {
@@ -725,25 +757,34 @@ impl SegmentStore {
         };
         let out = PyDict::new(py);
         let mut keys: Vec<u64> = Vec::new();
+        let mut packed: Vec<u64> = Vec::new();
+        let mut words: Vec<u64> = Vec::new();
+        let mut list: Vec<u32> = Vec::new();
         for row in closed {
             let set = self.dirty.remove(&row).unwrap();
             keys.clear();
             keys.extend(set);
             keys.sort_unstable();
             let by_key = PyDict::new(py);
-            let mut current = usize::MAX;
-            let mut overflow = 0u64;
-            for &k in &keys {
-                let number = (k >> 32) as usize;
-                let code = k as u32;
-                if number != current {
-                    current = number;
-                    overflow = self.row_overflow(number, row) as u64;
+            let mut at = 0;
+            while at < keys.len() {
+                let number = (keys[at] >> 32) as usize;
+                let end = at + keys[at..].iter().take_while(|&&k| (k >> 32) as usize == number).count();
+                let overflow = self.row_overflow(number, row) as u64;
+                packed.clear();
+                {
+                    let tables = self.row_tables(number, row);
+                    for &k in &keys[at..end] {
+                        let (online, available) = counts_in(&tables, k as u32, &mut words, &mut list);
+                        packed.push(((online as u64) << PARTIAL_SHIFT) | ((available as u64) << 1) | overflow);
+                    }
                 }
-                let (online, available) = self.counts(number, code, row);
-                let (_, pair) = self.defs[number].tuples_of(py, number, code)?;
-                let packed = ((online as u64) << PARTIAL_SHIFT) | ((available as u64) << 1) | overflow;
-                by_key.set_item(pair, packed)?;
+                let def = &mut self.defs[number];
+                for (&k, &p) in keys[at..end].iter().zip(packed.iter()) {
+                    let (_, pair) = def.tuples_of(py, number, k as u32)?;
+                    by_key.set_item(pair, p)?;
+                }
+                at = end;
             }
             out.set_item(row, by_key)?;
         }
@@ -819,8 +860,17 @@ impl SegmentStore {
         total
     }
 
-    fn entries(&self) -> usize {
-        self.defs.iter().map(|d| d.panes.values().map(|p| p.table.len()).sum::<usize>()).sum()
+    /// `(entries, memberships)`: (value, pane) entries and (driver, pane, value) online memberships held.
+    fn sizes(&self) -> (usize, usize) {
+        let mut entries = 0;
+        let mut members = 0;
+        for def in &self.defs {
+            for pane in def.panes.values() {
+                entries += pane.table.len();
+                members += pane.table.values().map(|e| e.on.len()).sum::<usize>();
+            }
+        }
+        (entries, members)
     }
 
     /// The parts of `SegmentPanes.snapshot()`: `(ids, last_pane, values,
