@@ -233,3 +233,20 @@ def test_snapshot_reuses_unchanged_panes_and_value_tuples() -> None:
 def test_a_non_integer_bucket_is_refused() -> None:
     with pytest.raises(ValueError, match="whole-second"):
         NativeSegmentPanes(WindowSpec(bucket_s=0.5, window_s=1.0), parse_segments("city"))
+
+
+@built
+def test_a_bad_ping_raises_and_changes_nothing() -> None:
+    definitions = parse_segments("city;h3:8")
+    spec = WindowSpec(bucket_s=60, window_s=300)
+    native = NativeSegmentPanes(spec, definitions)
+    native.add_pings(BASE, [("a", True, (("SG",), (CELL,)))])
+    before = native.snapshot()
+    for bad in [[("b", True, (("SG",), (CELL,))), (7, True, (("SG",), None))],
+                [("b", True, (("SG",), ("not a cell",)))],
+                [("b", True, (("SG",), (-1,)))],
+                [("b", True, (("SG",),))],
+                [("b", True)]]:
+        with pytest.raises((TypeError, ValueError, OverflowError)):
+            native.add_pings(BASE + 60, bad)
+        assert native.snapshot() == before

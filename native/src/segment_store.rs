@@ -392,6 +392,48 @@ fn text_of<'py>(py: Python<'py>, bytes: &[u8]) -> PyResult<Bound<'py, PyString>>
     }
 }
 
+/// A driver id or a text dimension as utf-8 (lone surrogates as "surrogatepass").
+fn text_bytes<'a>(text: &'a Bound<'_, PyString>) -> PyResult<std::borrow::Cow<'a, [u8]>> {
+    match text.to_str() {
+        Ok(s) => Ok(std::borrow::Cow::Borrowed(s.as_bytes())),
+        Err(_) => {
+            let b = text.call_method1("encode", ("utf-8", "surrogatepass"))?;
+            Ok(std::borrow::Cow::Owned(b.cast::<PyBytes>()?.as_bytes().to_vec()))
+        }
+    }
+}
+
+fn push_text(buf: &mut Vec<u8>, text: &Bound<'_, PyString>) -> PyResult<()> {
+    let b = text_bytes(text)?;
+    if b.len() > u16::MAX as usize {
+        return Err(PyValueError::new_err("a segment text is longer than 65535 bytes"));
+    }
+    buf.extend_from_slice(&(b.len() as u16).to_le_bytes());
+    buf.extend_from_slice(&b);
+    Ok(())
+}
+
+/// `segment_records.encode_key`: OTHER's key in every definition, else each dimension's.
+fn push_key(buf: &mut Vec<u8>, value: &Bound<'_, PyTuple>, kinds: &[u8]) -> PyResult<()> {
+    if value.len() == 1 {
+        let only = value.get_borrowed_item(0)?;
+        if let Ok(text) = only.cast::<PyString>() {
+            if text.to_str().map(|t| t == "other").unwrap_or(false) {
+                buf.extend_from_slice(OTHER_KEY);
+                return Ok(());
+            }
+        }
+    }
+    for (part, &kind) in value.iter().zip(kinds) {
+        if kind == CELL {
+            buf.extend_from_slice(&part.extract::<u64>()?.to_le_bytes());
+        } else {
+            push_text(buf, part.cast::<PyString>()?)?;
+        }
+    }
+    Ok(())
+}
+
 /// `segment_records.decode_key`.
 fn value_of<'py>(py: Python<'py>, key: &[u8], kinds: &[u8]) -> PyResult<Bound<'py, PyTuple>> {
     if key == OTHER_KEY {
@@ -526,7 +568,8 @@ pub struct SegmentStore {
     dirty: BTreeMap<i64, FxHashSet<u64>>,
     /// per definition: `code << 33 | position << 1 | on duty` of one call's pings
     stage: Vec<u64>,
-    offsets: Vec<u32>,
+    /// per (ping, definition) of one call: its key's `(start, length)`, or `(NONE, 0)`
+    offsets: Vec<(u32, u32)>,
     scratch_words: Vec<u64>,
     scratch_list: Vec<u32>,
 }
@@ -592,76 +635,12 @@ impl SegmentStore {
         false
     }
 
-    /// Parse a records blob: per ping `(driver range, on duty)` and per (ping, definition) the key offset (or NONE).
-    fn parse(&mut self, data: &[u8]) -> PyResult<Vec<(u32, u32, bool)>> {
-        let bad = |at: usize| PyValueError::new_err(format!("segment records are malformed at byte {at}"));
-        let ndef = self.defs.len();
-        let mut pings = Vec::new();
-        self.offsets.clear();
-        let mut at = 0;
-        while at < data.len() {
-            let head = data.get(at..at + 3).ok_or_else(|| bad(at))?;
-            let on = head[0] & 1 == 1;
-            let size = u16::from_le_bytes([head[1], head[2]]) as usize;
-            let start = at + 3;
-            at = start + size;
-            if at > data.len() {
-                return Err(bad(start));
-            }
-            pings.push((start as u32, size as u32, on));
-            for number in 0..ndef {
-                match data.get(at) {
-                    Some(0) => {
-                        self.offsets.push(NONE);
-                        at += 1;
-                    }
-                    Some(1) => {
-                        at += 1;
-                        let n = self.defs[number].key_len(data, at).ok_or_else(|| bad(at))?;
-                        self.offsets.push(at as u32);
-                        at += n;
-                    }
-                    _ => return Err(bad(at)),
-                }
-            }
-        }
-        Ok(pings)
-    }
-}
-
-#[pymethods]
-impl SegmentStore {
-    /// `SegmentStore(bucket_s, window_s, max_values, kinds)`; `kinds`: per
-    /// definition, per dimension, `segment_records.STRING` or `CELL`.
-    #[new]
-    fn new(bucket: i64, window: i64, max_values: usize, kinds: Vec<Vec<u8>>) -> PyResult<Self> {
-        if bucket <= 0 || window <= 0 || window % bucket != 0 {
-            return Err(PyValueError::new_err("window must be a positive whole multiple of bucket"));
-        }
-        Ok(SegmentStore {
-            bucket,
-            window,
-            max_values,
-            defs: kinds.into_iter().map(Def::new).collect(),
-            index: FxHashMap::default(),
-            ids: Vec::new(),
-            id_texts: Vec::new(),
-            last_pane: Vec::new(),
-            dirty: BTreeMap::new(),
-            stage: Vec::new(),
-            offsets: Vec::new(),
-            scratch_words: Vec::new(),
-            scratch_list: Vec::new(),
-        })
-    }
-
-    /// Add one pane's pings as packed records; true if any set grew.
-    /// A malformed blob raises ValueError and changes nothing.
-    fn add_records(&mut self, pane: i64, blob: &[u8]) -> PyResult<bool> {
-        let pings = self.parse(blob)?;
+    /// Add one pane's parsed pings: `pings` `(driver start, length, on duty)` in
+    /// `blob`, keys at `self.offsets`; true if any set grew.
+    fn add_parsed(&mut self, pane: i64, blob: &[u8], pings: &[(u32, u32, bool)]) -> bool {
         let ndef = self.defs.len();
         let mut positions = Vec::with_capacity(pings.len());
-        for &(start, size, _) in &pings {
+        for &(start, size, _) in pings {
             let driver = &blob[start as usize..(start + size) as usize];
             positions.push(self.position(driver, pane));
         }
@@ -669,20 +648,18 @@ impl SegmentStore {
         let max_values = self.max_values;
         let rows: Vec<i64> = self.rows_of_pane(pane).collect();
         for number in 0..ndef {
-            if !(0..pings.len()).any(|i| self.offsets[i * ndef + number] != NONE) {
+            if !(0..pings.len()).any(|i| self.offsets[i * ndef + number].0 != NONE) {
                 continue;
             }
             let def = &mut self.defs[number];
             let mut table = def.panes.remove(&pane).unwrap_or_else(Pane::new);
             self.stage.clear();
             for (i, &(_, _, on)) in pings.iter().enumerate() {
-                let off = self.offsets[i * ndef + number];
+                let (off, n) = self.offsets[i * ndef + number];
                 if off == NONE {
                     continue;
                 }
-                let off = off as usize;
-                let n = def.key_len(blob, off).unwrap();
-                let mut key = &blob[off..off + n];
+                let mut key = &blob[off as usize..(off + n) as usize];
                 let mut code = def.codes.get(key).copied();
                 let fits = match code {
                     Some(c) => table.table.contains_key(&c) || table.table.len() < max_values,
@@ -742,9 +719,120 @@ impl SegmentStore {
             }
             def.panes.insert(pane, table);
         }
-        Ok(changed_any)
+        changed_any
     }
 
+
+    /// Parse a records blob: per ping `(driver range, on duty)` and per (ping, definition) the key offset (or NONE).
+    fn parse(&mut self, data: &[u8]) -> PyResult<Vec<(u32, u32, bool)>> {
+        let bad = |at: usize| PyValueError::new_err(format!("segment records are malformed at byte {at}"));
+        let ndef = self.defs.len();
+        let mut pings = Vec::new();
+        self.offsets.clear();
+        let mut at = 0;
+        while at < data.len() {
+            let head = data.get(at..at + 3).ok_or_else(|| bad(at))?;
+            let on = head[0] & 1 == 1;
+            let size = u16::from_le_bytes([head[1], head[2]]) as usize;
+            let start = at + 3;
+            at = start + size;
+            if at > data.len() {
+                return Err(bad(start));
+            }
+            pings.push((start as u32, size as u32, on));
+            for number in 0..ndef {
+                match data.get(at) {
+                    Some(0) => {
+                        self.offsets.push((NONE, 0));
+                        at += 1;
+                    }
+                    Some(1) => {
+                        at += 1;
+                        let n = self.defs[number].key_len(data, at).ok_or_else(|| bad(at))?;
+                        self.offsets.push((at as u32, n as u32));
+                        at += n;
+                    }
+                    _ => return Err(bad(at)),
+                }
+            }
+        }
+        Ok(pings)
+    }
+}
+
+#[pymethods]
+impl SegmentStore {
+    /// `SegmentStore(bucket_s, window_s, max_values, kinds)`; `kinds`: per
+    /// definition, per dimension, `segment_records.STRING` or `CELL`.
+    #[new]
+    fn new(bucket: i64, window: i64, max_values: usize, kinds: Vec<Vec<u8>>) -> PyResult<Self> {
+        if bucket <= 0 || window <= 0 || window % bucket != 0 {
+            return Err(PyValueError::new_err("window must be a positive whole multiple of bucket"));
+        }
+        Ok(SegmentStore {
+            bucket,
+            window,
+            max_values,
+            defs: kinds.into_iter().map(Def::new).collect(),
+            index: FxHashMap::default(),
+            ids: Vec::new(),
+            id_texts: Vec::new(),
+            last_pane: Vec::new(),
+            dirty: BTreeMap::new(),
+            stage: Vec::new(),
+            offsets: Vec::new(),
+            scratch_words: Vec::new(),
+            scratch_list: Vec::new(),
+        })
+    }
+
+    /// Add one pane's pings as packed records; true if any set grew.
+    /// A malformed blob raises ValueError and changes nothing.
+    fn add_records(&mut self, pane: i64, blob: &[u8]) -> PyResult<bool> {
+        let pings = self.parse(blob)?;
+        Ok(self.add_parsed(pane, blob, &pings))
+    }
+
+    /// Add one pane's pings as `(driver, on_duty, values)` tuples (as
+    /// `SegmentPanes.add_pings` takes them); true if any set grew. A bad
+    /// ping raises (TypeError or ValueError) and changes nothing.
+    fn add_pings(&mut self, pane: i64, pings: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let ndef = self.defs.len();
+        let mut buf: Vec<u8> = Vec::new();
+        let mut parsed = Vec::new();
+        self.offsets.clear();
+        for item in pings.try_iter()? {
+            let item = item?;
+            let ping = item.cast::<PyTuple>()?;
+            if ping.len() != 3 {
+                return Err(PyValueError::new_err("a segment ping is (driver, on_duty, values)"));
+            }
+            let start = buf.len();
+            let driver = ping.get_borrowed_item(0)?;
+            let driver = driver.cast::<PyString>()?;
+            push_text(&mut buf, &driver)?;
+            let on = ping.get_borrowed_item(1)?.is_truthy()?;
+            // the driver's bytes, after their length
+            parsed.push((start as u32 + 2, (buf.len() - start - 2) as u32, on));
+            let values = ping.get_borrowed_item(2)?;
+            let values = values.cast::<PyTuple>()?;
+            if values.len() < ndef {
+                return Err(PyValueError::new_err("a segment ping has a value (or None) per definition"));
+            }
+            for number in 0..ndef {
+                let value = values.get_borrowed_item(number)?;
+                if value.is_none() {
+                    self.offsets.push((NONE, 0));
+                    continue;
+                }
+                let start = buf.len();
+                let value = value.cast::<PyTuple>()?;
+                push_key(&mut buf, &value, &self.defs[number].kinds)?;
+                self.offsets.push((start as u32, (buf.len() - start) as u32));
+            }
+        }
+        Ok(self.add_parsed(pane, &buf, &parsed))
+    }
     /// `SegmentPanes.take_row_partials`: `{row: {(number, value): packed}}`.
     #[pyo3(signature = (watermark=None))]
     fn take_row_partials<'py>(&mut self, py: Python<'py>, watermark: Option<f64>) -> PyResult<Bound<'py, PyDict>> {

@@ -62,7 +62,7 @@ class NativeSegmentPanes:
 
     def add_pings(self, pane: int, pings: Iterable[tuple[str, bool, tuple]]) -> bool:
         """Add the pings of one pane, as ``(driver, on_duty, values)``; true if any set grew."""
-        return self._store.add_records(pane, encode_records(pings, self.kinds))
+        return self._store.add_pings(pane, pings)
 
     # -- output --------------------------------------------------------------
 
