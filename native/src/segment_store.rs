@@ -506,7 +506,7 @@ fn decode_positions(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
         return Ok(out);
     }
     let bits: usize = obj.call_method0("bit_length")?.extract()?;
-    let data = obj.call_method1("to_bytes", ((bits + 7) / 8, "little"))?;
+    let data = obj.call_method1("to_bytes", (bits.div_ceil(8), "little"))?;
     let data = data.cast::<PyBytes>()?.as_bytes();
     let mut out = Vec::new();
     for (i, &byte) in data.iter().enumerate() {
@@ -665,13 +665,12 @@ impl SegmentStore {
                     Some(c) => table.table.contains_key(&c) || table.table.len() < max_values,
                     None => table.table.len() < max_values,
                 };
-                if !fits {
-                    if key != OTHER_KEY {
-                        def.overflow.insert(pane);
-                        def.other_pings += 1;
-                        key = OTHER_KEY;
-                        code = def.codes.get(key).copied();
-                    }
+                // a new value in a full pane goes to OTHER (unless it is OTHER)
+                if !fits && key != OTHER_KEY {
+                    def.overflow.insert(pane);
+                    def.other_pings += 1;
+                    key = OTHER_KEY;
+                    code = def.codes.get(key).copied();
                 }
                 let code = match code {
                     Some(c) => c,
@@ -1059,7 +1058,7 @@ impl SegmentStore {
     /// driver ids as (utf-8 surrogatepass bytes, str); `values`: per
     /// definition, per code, `(key bytes, value)` or None; `dirty`:
     /// `[(row, number, key bytes, value)]`.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
     fn restore_parts<'py>(
         &mut self,
         py: Python<'py>,
