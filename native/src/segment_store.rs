@@ -226,6 +226,29 @@ fn union_len(sets: &[&Set], words: &mut Vec<u64>, list: &mut Vec<u32>) -> u32 {
     list.len() as u32
 }
 
+/// The changed `number << 32 | code` keys of one row: appended, sorted and
+/// made distinct when read (or when they double), so marking is no hashing.
+#[derive(Default)]
+struct Dirty {
+    keys: Vec<u64>,
+    settled: usize,
+}
+
+impl Dirty {
+    fn extend(&mut self, keys: &[u64]) {
+        self.keys.extend_from_slice(keys);
+        if self.keys.len() > 2 * self.settled + 1024 {
+            self.settle();
+        }
+    }
+
+    fn settle(&mut self) {
+        self.keys.sort_unstable();
+        self.keys.dedup();
+        self.settled = self.keys.len();
+    }
+}
+
 /// One value in one pane: the drivers online, and those available when not all of them.
 #[derive(Clone)]
 struct Entry {
@@ -565,7 +588,7 @@ pub struct SegmentStore {
     /// per position: the latest pane it is in
     last_pane: Vec<i64>,
     /// `{row: {number << 32 | code}}` whose counts may have changed
-    dirty: BTreeMap<i64, FxHashSet<u64>>,
+    dirty: BTreeMap<i64, Dirty>,
     /// per definition: `code << 33 | position << 1 | on duty` of one call's pings
     stage: Vec<u64>,
     /// per (ping, definition) of one call: its key's `(start, length)`, or `(NONE, 0)`
@@ -647,6 +670,7 @@ impl SegmentStore {
         let mut changed_any = false;
         let max_values = self.max_values;
         let rows: Vec<i64> = self.rows_of_pane(pane).collect();
+        let mut changed_keys: Vec<u64> = Vec::new();
         for number in 0..ndef {
             if !(0..pings.len()).any(|i| self.offsets[i * ndef + number].0 != NONE) {
                 continue;
@@ -684,7 +708,6 @@ impl SegmentStore {
                 self.stage.push(((code as u64) << 33) | ((positions[i] as u64) << 1) | on as u64);
             }
             self.stage.sort_unstable();
-            let mut changed = false;
             let mut on_add: Vec<u32> = Vec::new();
             let mut av_add: Vec<u32> = Vec::new();
             let mut i = 0;
@@ -705,14 +728,15 @@ impl SegmentStore {
                 }
                 let entry = table.table.get_mut(&code).unwrap();
                 if entry.add(&on_add, &av_add) {
-                    changed = true;
-                    let key = ((number as u64) << 32) | code as u64;
-                    for &row in &rows {
-                        self.dirty.entry(row).or_default().insert(key);
-                    }
+                    changed_keys.push(((number as u64) << 32) | code as u64);
                 }
             }
+            let changed = !changed_keys.is_empty();
             if changed {
+                for &row in &rows {
+                    self.dirty.entry(row).or_default().extend(&changed_keys);
+                }
+                changed_keys.clear();
                 table.blob = None;
                 changed_any = true;
             }
@@ -848,10 +872,10 @@ impl SegmentStore {
         let mut words: Vec<u64> = Vec::new();
         let mut list: Vec<u32> = Vec::new();
         for row in closed {
-            let set = self.dirty.remove(&row).unwrap();
+            let mut dirty = self.dirty.remove(&row).unwrap();
+            dirty.settle();
             keys.clear();
-            keys.extend(set);
-            keys.sort_unstable();
+            keys.extend(dirty.keys);
             let by_key = PyDict::new(py);
             let mut at = 0;
             while at < keys.len() {
@@ -891,13 +915,14 @@ impl SegmentStore {
     }
 
     fn first_dirty_row(&self) -> Option<i64> {
-        self.dirty.iter().find(|(_, keys)| !keys.is_empty()).map(|(r, _)| *r)
+        self.dirty.iter().find(|(_, d)| !d.keys.is_empty()).map(|(r, _)| *r)
     }
 
     /// `[(number, value, row)]` whose counts may have changed.
     fn dirty_keys<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let mut out = Vec::new();
-        let all: Vec<(i64, u64)> = self.dirty.iter().flat_map(|(r, ks)| ks.iter().map(move |k| (*r, *k))).collect();
+        self.dirty.values_mut().for_each(Dirty::settle);
+        let all: Vec<(i64, u64)> = self.dirty.iter().flat_map(|(r, d)| d.keys.iter().map(move |k| (*r, *k))).collect();
         for (row, k) in all {
             let number = (k >> 32) as usize;
             let (value, _) = self.defs[number].tuples_of(py, number, k as u32)?;
@@ -1030,7 +1055,8 @@ impl SegmentStore {
             other.append(def.other_pings)?;
         }
         let dirty = PyDict::new(py);
-        let rows: Vec<(i64, Vec<u64>)> = self.dirty.iter().map(|(r, ks)| (*r, ks.iter().copied().collect())).collect();
+        self.dirty.values_mut().for_each(Dirty::settle);
+        let rows: Vec<(i64, Vec<u64>)> = self.dirty.iter().map(|(r, d)| (*r, d.keys.clone())).collect();
         for (row, ks) in rows {
             let mut keys = Vec::with_capacity(ks.len());
             for k in ks {
@@ -1153,7 +1179,7 @@ impl SegmentStore {
                     c
                 }
             };
-            self.dirty.entry(row).or_default().insert(((number as u64) << 32) | code as u64);
+            self.dirty.entry(row).or_default().extend(&[((number as u64) << 32) | code as u64]);
         }
         Ok(())
     }
