@@ -16,6 +16,7 @@ store's memory per (driver, bucket, value) at its peak.
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from collections import defaultdict
 
@@ -104,6 +105,8 @@ def main() -> None:
     records = {i: encode_records(a[1], kinds) for i, (_, name, a) in enumerate(log) if name == "add_pings"}
     pairs = sum(1 for _, name, a in log if name == "add_pings" for p in a[1] for v in p[2] if v is not None)
     pings = sum(len(a[1]) for _, name, a in log if name == "add_pings")
+    gc.collect()
+    gc.freeze()  # the recorded calls' millions of objects: not traversed by every collection
     py_answers, py_spent, _ = replay(SegmentPanes, spec, log)
     nat_answers, nat_spent, peak = replay(NativeSegmentPanes, spec, log, records)
     tup_answers, tup_spent, _ = replay(NativeSegmentPanes, spec, log)

@@ -250,3 +250,20 @@ def test_a_bad_ping_raises_and_changes_nothing() -> None:
         with pytest.raises((TypeError, ValueError, OverflowError)):
             native.add_pings(BASE + 60, bad)
         assert native.snapshot() == before
+
+
+@built
+def test_restored_dirty_key_of_a_value_no_pane_holds() -> None:
+    """A dirty key whose value has no code (``SegmentPanes`` reports it as 0, 0)."""
+    definitions = parse_segments("city;h3:8")
+    spec = WindowSpec(bucket_s=60, window_s=180)
+    ref = SegmentPanes(spec, definitions, 1)
+    ref.add_pings(BASE, [("a", True, (("SG",), (CELL,))), ("b", True, (("HK",), (CELL,)))])
+    snap = ref.snapshot()
+    snap["dirty_by_row"] = {row: keys + ((0, ("Nowhere",)),) for row, keys in snap["dirty_by_row"].items()}
+    ref, native = (cls.restore(spec, definitions, snap) for cls in (SegmentPanes, NativeSegmentPanes))
+    assert native.dirty == ref.dirty
+    assert native.take_row_partials(BASE + 120) == ref.take_row_partials(BASE + 120)
+    assert native.drop_before(BASE + 60) == ref.drop_before(BASE + 60)
+    assert native.take_row_partials() == ref.take_row_partials()
+    assert native.snapshot()["values"] == ref.snapshot()["values"]
