@@ -685,10 +685,8 @@ impl SegmentStore {
                 }
                 let mut key = &blob[off as usize..(off + n) as usize];
                 let mut code = def.codes.get(key).copied();
-                let fits = match code {
-                    Some(c) => table.table.contains_key(&c) || table.table.len() < max_values,
-                    None => table.table.len() < max_values,
-                };
+                let present = code.is_some_and(|c| table.table.contains_key(&c));
+                let fits = present || table.table.len() < max_values;
                 // a new value in a full pane goes to OTHER (unless it is OTHER)
                 if !fits && key != OTHER_KEY {
                     def.overflow.insert(pane);
@@ -704,7 +702,9 @@ impl SegmentStore {
                 if *last < pane {
                     *last = pane;
                 }
-                table.table.entry(code).or_insert_with(|| Entry { on: Set::empty(), av: None });
+                if !present {
+                    table.table.entry(code).or_insert_with(|| Entry { on: Set::empty(), av: None });
+                }
                 self.stage.push(((code as u64) << 33) | ((positions[i] as u64) << 1) | on as u64);
             }
             self.stage.sort_unstable();
