@@ -111,7 +111,7 @@ def test_same_results_as_segment_panes(data) -> None:
     ref = SegmentPanes(spec, definitions, max_values)
     native = NativeSegmentPanes(spec, definitions, max_values)
     for _ in range(data.draw(st.integers(1, 25))):
-        action = data.draw(st.sampled_from(["pings"] * 6 + ["take", "drop", "snapshot", "freeze"]))
+        action = data.draw(st.sampled_from(["pings"] * 6 + ["take", "drop", "snapshot", "freeze", "freeze"]))
         if action == "pings":
             pane = BASE + data.draw(st.integers(0, 9)) * bucket
             pings = data.draw(batches(definitions, other=True))
@@ -131,8 +131,8 @@ def test_same_results_as_segment_panes(data) -> None:
             oldest = BASE + data.draw(st.integers(0, 10)) * bucket + data.draw(st.sampled_from([0, 0.5]))
             assert native.drop_before(oldest) == ref.drop_before(oldest)
         elif action == "freeze":
-            ref.freeze_closed(BASE + data.draw(st.integers(0, 14)) * bucket)
-            assert native.freeze_closed(BASE + 14 * bucket) == 0
+            watermark = BASE + data.draw(st.integers(0, 14)) * bucket + data.draw(st.sampled_from([0, 0.5]))
+            assert native.freeze_closed(watermark) == ref.freeze_closed(watermark)
         else:  # a restart: each restored from either store's snapshot
             ref_snap, native_snap = ref.snapshot(), native.snapshot()
             assert native_snap.keys() == ref_snap.keys()
@@ -188,6 +188,7 @@ def test_driver_index_compaction_keeps_the_counts() -> None:
         pings = [ping(i, k) for i in drivers]
         assert native.add_pings(pane, pings) == ref.add_pings(pane, pings)
         assert native.take_row_partials(pane + 60) == ref.take_row_partials(pane + 60)
+        assert native.freeze_closed(pane + 60) == ref.freeze_closed(pane + 60)
     before = len(native.snapshot()["ids"])
     assert native.drop_before(BASE + 3 * 60) == ref.drop_before(BASE + 3 * 60)
     after = native.snapshot()["ids"]

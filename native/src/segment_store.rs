@@ -291,14 +291,80 @@ impl Entry {
 
 struct Pane {
     table: FxHashMap<u32, Entry>,
-    /// the pickle of the settled table, until the pane changes
+    /// the pickle of the settled table (`SegmentPanes`' snapshot form), until the pane changes
     blob: Option<Py<PyBytes>>,
+    /// true: `table` is empty and `blob` holds the pane (see `freeze_closed`)
+    frozen: bool,
+    /// online memberships of a frozen pane (for `sizes`; 0 when restored frozen)
+    frozen_members: usize,
 }
 
 impl Pane {
     fn new() -> Pane {
-        Pane { table: FxHashMap::default(), blob: None }
+        Pane { table: FxHashMap::default(), blob: None, frozen: false, frozen_members: 0 }
     }
+
+    /// The pane's blob, made if the pane changed since the last.
+    fn blob<'py>(&mut self, py: Python<'py>) -> PyResult<&Py<PyBytes>> {
+        if self.blob.is_none() {
+            self.blob = Some(encode_table(py, &self.table)?.unbind());
+        }
+        Ok(self.blob.as_ref().unwrap())
+    }
+
+    /// Its table back from its blob, if it is frozen.
+    fn thaw(&mut self, py: Python<'_>) -> PyResult<()> {
+        if self.frozen {
+            self.table = decode_table(py, self.blob.as_ref().unwrap().bind(py))?;
+            self.frozen = false;
+        }
+        Ok(())
+    }
+}
+
+/// `pickle.dumps(settled(table), 5)` of `SegmentPanes`: `{code: entry}`.
+fn encode_table<'py>(py: Python<'py>, table: &FxHashMap<u32, Entry>) -> PyResult<Bound<'py, PyBytes>> {
+    let from_bytes = py.get_type::<pyo3::types::PyInt>().getattr("from_bytes")?;
+    let out = PyDict::new(py);
+    let mut codes: Vec<&u32> = table.keys().collect();
+    codes.sort_unstable();
+    for &code in codes {
+        let e = &table[&code];
+        let on = encode_positions(py, &from_bytes, &e.on.positions())?;
+        let entry = match &e.av {
+            None => on,
+            Some(av) if av.len() == 0 => PyTuple::new(py, [on, py.None().into_bound(py)])?.into_any(),
+            Some(av) => {
+                let av = encode_positions(py, &from_bytes, &av.positions())?;
+                PyTuple::new(py, [on, av])?.into_any()
+            }
+        };
+        out.set_item(code, entry)?;
+    }
+    py.import("pickle")?.getattr("dumps")?.call1((out, 5))?.cast_into::<PyBytes>().map_err(Into::into)
+}
+
+/// `encode_table`'s inverse (any table `SegmentPanes` pickles).
+fn decode_table(py: Python<'_>, blob: &Bound<'_, PyBytes>) -> PyResult<FxHashMap<u32, Entry>> {
+    let table = py.import("pickle")?.getattr("loads")?.call1((blob,))?.cast_into::<PyDict>()?;
+    let mut out = FxHashMap::default();
+    for (code, entry) in table.iter() {
+        let code: u32 = code.extract()?;
+        let e = if let Ok(pair) = entry.cast::<PyTuple>() {
+            let on = Set::from_sorted(decode_positions(&pair.get_item(0)?)?);
+            let av_obj = pair.get_item(1)?;
+            let av = if av_obj.is_none() { Set::empty() } else { Set::from_sorted(decode_positions(&av_obj)?) };
+            if av.len() == on.len() {
+                Entry { on, av: None }
+            } else {
+                Entry { on, av: Some(av) }
+            }
+        } else {
+            Entry { on: Set::from_sorted(decode_positions(&entry)?), av: None }
+        };
+        out.insert(code, e);
+    }
+    Ok(out)
 }
 
 /// One definition's values and panes.
@@ -589,6 +655,8 @@ pub struct SegmentStore {
     last_pane: Vec<i64>,
     /// `{row: {number << 32 | code}}` whose counts may have changed
     dirty: BTreeMap<i64, Dirty>,
+    /// (definition number, pane) changed since the last `freeze_closed`
+    touched: FxHashSet<(usize, i64)>,
     /// per definition: `code << 33 | position << 1 | on duty` of one call's pings
     stage: Vec<u64>,
     /// per (ping, definition) of one call: its key's `(start, length)`, or `(NONE, 0)`
@@ -633,7 +701,20 @@ impl SegmentStore {
         out
     }
 
-    /// One row's (online, available) of a code in one definition.
+    /// Thaw the frozen panes of row `row` in one definition.
+    fn thaw_row(&mut self, py: Python<'_>, number: usize, row: i64) -> PyResult<()> {
+        let def = &mut self.defs[number];
+        let mut pane = row + self.bucket - self.window;
+        while pane < row + self.bucket {
+            if let Some(p) = def.panes.get_mut(&pane) {
+                p.thaw(py)?;
+            }
+            pane += self.bucket;
+        }
+        Ok(())
+    }
+
+    /// One row's (online, available) of a code in one definition (its panes thawed).
     fn counts(&mut self, number: usize, code: u32, row: i64) -> (u32, u32) {
         let mut words = std::mem::take(&mut self.scratch_words);
         let mut list = std::mem::take(&mut self.scratch_list);
@@ -660,8 +741,15 @@ impl SegmentStore {
 
     /// Add one pane's parsed pings: `pings` `(driver start, length, on duty)` in
     /// `blob`, keys at `self.offsets`; true if any set grew.
-    fn add_parsed(&mut self, pane: i64, blob: &[u8], pings: &[(u32, u32, bool)]) -> bool {
+    fn add_parsed(&mut self, py: Python<'_>, pane: i64, blob: &[u8], pings: &[(u32, u32, bool)]) -> PyResult<bool> {
         let ndef = self.defs.len();
+        for number in 0..ndef {
+            if (0..pings.len()).any(|i| self.offsets[i * ndef + number].0 != NONE) {
+                if let Some(p) = self.defs[number].panes.get_mut(&pane) {
+                    p.thaw(py)?;
+                }
+            }
+        }
         let mut positions = Vec::with_capacity(pings.len());
         for &(start, size, _) in pings {
             let driver = &blob[start as usize..(start + size) as usize];
@@ -733,6 +821,7 @@ impl SegmentStore {
             }
             let changed = !changed_keys.is_empty();
             if changed {
+                self.touched.insert((number, pane));
                 for &row in &rows {
                     self.dirty.entry(row).or_default().extend(&changed_keys);
                 }
@@ -742,7 +831,7 @@ impl SegmentStore {
             }
             def.panes.insert(pane, table);
         }
-        changed_any
+        Ok(changed_any)
     }
 
 
@@ -802,6 +891,7 @@ impl SegmentStore {
             id_texts: Vec::new(),
             last_pane: Vec::new(),
             dirty: BTreeMap::new(),
+            touched: FxHashSet::default(),
             stage: Vec::new(),
             offsets: Vec::new(),
             scratch_words: Vec::new(),
@@ -811,9 +901,9 @@ impl SegmentStore {
 
     /// Add one pane's pings as packed records; true if any set grew.
     /// A malformed blob raises ValueError and changes nothing.
-    fn add_records(&mut self, pane: i64, blob: &[u8]) -> PyResult<bool> {
-        let pings = self.parse(blob)?;
-        Ok(self.add_parsed(pane, blob, &pings))
+    fn add_records(&mut self, pane: i64, blob: &Bound<'_, PyBytes>) -> PyResult<bool> {
+        let pings = self.parse(blob.as_bytes())?;
+        self.add_parsed(blob.py(), pane, blob.as_bytes(), &pings)
     }
 
     /// Add one pane's pings as `(driver, on_duty, values)` tuples (as
@@ -854,7 +944,7 @@ impl SegmentStore {
                 self.offsets.push((start as u32, (buf.len() - start) as u32));
             }
         }
-        Ok(self.add_parsed(pane, &buf, &parsed))
+        self.add_parsed(pings.py(), pane, &buf, &parsed)
     }
     /// `SegmentPanes.take_row_partials`: `{row: {(number, value): packed}}`.
     #[pyo3(signature = (watermark=None))]
@@ -882,6 +972,7 @@ impl SegmentStore {
                 let number = (keys[at] >> 32) as usize;
                 let end = at + keys[at..].iter().take_while(|&&k| (k >> 32) as usize == number).count();
                 let overflow = self.row_overflow(number, row) as u64;
+                self.thaw_row(py, number, row)?;
                 packed.clear();
                 {
                     let tables = self.row_tables(number, row);
@@ -903,11 +994,36 @@ impl SegmentStore {
     }
 
     /// (online, available) of a value (by its key) in a row.
-    fn row_counts(&mut self, number: usize, key: &[u8], row: i64) -> (u32, u32) {
+    fn row_counts(&mut self, py: Python<'_>, number: usize, key: &[u8], row: i64) -> PyResult<(u32, u32)> {
         match self.defs[number].codes.get(key).copied() {
-            None => (0, 0),
-            Some(code) => self.counts(number, code, row),
+            None => Ok((0, 0)),
+            Some(code) => {
+                self.thaw_row(py, number, row)?;
+                Ok(self.counts(number, code, row))
+            }
         }
+    }
+
+    /// `SegmentPanes.freeze_closed`: keep the panes no open row holds (all
+    /// their rows ended before `watermark`) and not changed since the last
+    /// call as their snapshot pickle only; returns how many. A late ping or a
+    /// report of one of their rows thaws them again.
+    fn freeze_closed(&mut self, py: Python<'_>, watermark: f64) -> PyResult<usize> {
+        let mut frozen = 0;
+        for (number, def) in self.defs.iter_mut().enumerate() {
+            for (&pane, p) in def.panes.iter_mut() {
+                if p.frozen || ((pane + self.window) as f64) > watermark || self.touched.contains(&(number, pane)) {
+                    continue;
+                }
+                p.blob(py)?;
+                p.frozen_members = p.table.values().map(|e| e.on.len()).sum();
+                p.table = FxHashMap::default();
+                p.frozen = true;
+                frozen += 1;
+            }
+        }
+        self.touched.clear();
+        Ok(frozen)
     }
 
     fn row_overflow_of(&self, number: usize, row: i64) -> bool {
@@ -936,7 +1052,7 @@ impl SegmentStore {
     }
 
     /// `SegmentPanes.drop_before`.
-    fn drop_before(&mut self, oldest: f64) -> usize {
+    fn drop_before(&mut self, py: Python<'_>, oldest: f64) -> PyResult<usize> {
         let mut dropped = 0;
         for def in &mut self.defs {
             let old: Vec<i64> = def.panes.keys().copied().filter(|&p| (p as f64) < oldest).collect();
@@ -952,17 +1068,20 @@ impl SegmentStore {
         if dropped > 0 {
             let shift = self.bucket - self.window;
             self.dirty.retain(|&r, _| ((r + shift) as f64) >= oldest);
-            self.compact_index(oldest);
+            self.compact_index(py, oldest)?;
         }
-        dropped
+        Ok(dropped)
     }
 
     /// Bytes held by the sets and tables (an estimate, for the docs and benchmarks).
-    fn memory(&self) -> usize {
+    fn memory(&self, py: Python<'_>) -> usize {
         let entry = std::mem::size_of::<(u32, Entry)>() + 1;
         let mut total = 0;
         for def in &self.defs {
             for pane in def.panes.values() {
+                if pane.frozen {
+                    total += pane.blob.as_ref().map_or(0, |b| b.bind(py).as_bytes().len());
+                }
                 total += pane.table.capacity() * entry;
                 for e in pane.table.values() {
                     total += e.on.heap_bytes() + e.av.as_ref().map_or(0, |s| s.heap_bytes());
@@ -980,6 +1099,9 @@ impl SegmentStore {
             for pane in def.panes.values() {
                 entries += pane.table.len();
                 members += pane.table.values().map(|e| e.on.len()).sum::<usize>();
+                if pane.frozen {
+                    members += pane.frozen_members;
+                }
             }
         }
         (entries, members)
@@ -999,8 +1121,6 @@ impl SegmentStore {
             last.extend_from_slice(&p.to_ne_bytes());
         }
         let last = PyBytes::new(py, &last);
-        let dumps = py.import("pickle")?.getattr("dumps")?;
-        let from_bytes = py.get_type::<pyo3::types::PyInt>().getattr("from_bytes")?;
         let values = PyList::empty(py);
         let code_last = PyList::empty(py);
         let panes = PyList::empty(py);
@@ -1026,27 +1146,7 @@ impl SegmentStore {
             code_last.append(cl)?;
             let out = PyDict::new(py);
             for (&pane, p) in def.panes.iter_mut() {
-                if p.blob.is_none() {
-                    let table = PyDict::new(py);
-                    let mut codes: Vec<&u32> = p.table.keys().collect();
-                    codes.sort_unstable();
-                    for &code in codes {
-                        let e = &p.table[&code];
-                        let on = encode_positions(py, &from_bytes, &e.on.positions())?;
-                        let entry = match &e.av {
-                            None => on,
-                            Some(av) if av.len() == 0 => PyTuple::new(py, [on, py.None().into_bound(py)])?.into_any(),
-                            Some(av) => {
-                                let av = encode_positions(py, &from_bytes, &av.positions())?;
-                                PyTuple::new(py, [on, av])?.into_any()
-                            }
-                        };
-                        table.set_item(code, entry)?;
-                    }
-                    let blob = dumps.call1((table, 5))?.cast_into::<PyBytes>()?;
-                    p.blob = Some(blob.unbind());
-                }
-                out.set_item(pane, p.blob.as_ref().unwrap().bind(py))?;
+                out.set_item(pane, p.blob(py)?.bind(py))?;
             }
             panes.append(out)?;
             let mut ovf: Vec<i64> = def.overflow.iter().copied().collect();
@@ -1111,7 +1211,6 @@ impl SegmentStore {
             self.id_texts.push(text.unbind());
         }
         self.last_pane = last_pane.chunks_exact(8).map(|c| i64::from_ne_bytes(c.try_into().unwrap())).collect();
-        let loads = py.import("pickle")?.getattr("loads")?;
         for (number, vals) in values.into_iter().enumerate() {
             let def = &mut self.defs[number];
             for (code, v) in vals.into_iter().enumerate() {
@@ -1138,25 +1237,8 @@ impl SegmentStore {
                 }
             }
             for (pane, blob) in &panes[number] {
-                let table = loads.call1((blob,))?.cast_into::<PyDict>()?;
-                let mut p = Pane::new();
-                for (code, entry) in table.iter() {
-                    let code: u32 = code.extract()?;
-                    let e = if let Ok(pair) = entry.cast::<PyTuple>() {
-                        let on = Set::from_sorted(decode_positions(&pair.get_item(0)?)?);
-                        let av_obj = pair.get_item(1)?;
-                        let av = if av_obj.is_none() { Set::empty() } else { Set::from_sorted(decode_positions(&av_obj)?) };
-                        if av.len() == on.len() {
-                            Entry { on, av: None }
-                        } else {
-                            Entry { on, av: Some(av) }
-                        }
-                    } else {
-                        Entry { on: Set::from_sorted(decode_positions(&entry)?), av: None }
-                    };
-                    p.table.insert(code, e);
-                }
-                p.blob = Some(blob.clone().unbind());
+                // frozen: thawed when first needed, as SegmentPanes does
+                let p = Pane { table: FxHashMap::default(), blob: Some(blob.clone().unbind()), frozen: true, frozen_members: 0 };
                 def.panes.insert(*pane, p);
             }
             def.overflow = overflow[number].iter().copied().collect();
@@ -1187,14 +1269,19 @@ impl SegmentStore {
 
 impl SegmentStore {
     /// `SegmentPanes._compact_index`: renumber drivers when most positions are in no kept pane.
-    fn compact_index(&mut self, oldest: f64) {
+    fn compact_index(&mut self, py: Python<'_>, oldest: f64) -> PyResult<()> {
         let size = self.ids.len();
         if size < COMPACT_MIN {
-            return;
+            return Ok(());
         }
         let kept: Vec<usize> = (0..size).filter(|&p| (self.last_pane[p] as f64) >= oldest).collect();
         if kept.len() * 2 > size {
-            return;
+            return Ok(());
+        }
+        for def in &mut self.defs {
+            for pane in def.panes.values_mut() {
+                pane.thaw(py)?;
+            }
         }
         let mut renumber = vec![u32::MAX; size];
         for (new, &old) in kept.iter().enumerate() {
@@ -1222,5 +1309,6 @@ impl SegmentStore {
                 pane.blob = None;
             }
         }
+        Ok(())
     }
 }
