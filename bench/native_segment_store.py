@@ -10,7 +10,9 @@ calls on fresh ``SegmentPanes`` and on fresh ``NativeSegmentPanes`` (pings as
 packed records, encoded before the clock starts, as the compiled reader hands
 them over), checks that every answer is the same, and prints the time per
 (ping, definition) of adding, per partial of reporting, and the compiled
-store's memory per (driver, bucket, value) at its peak.
+store's memory per (driver, bucket, value) at its peak and at the end, once
+``freeze_closed`` has turned every pane into its snapshot bytes (the state
+of the panes kept for the correction horizon once their rows closed).
 """
 
 from __future__ import annotations
@@ -86,6 +88,12 @@ def replay(cls, spec, log, records=None):
             memory = sum(s._store.memory() for s in stores.values())
             if memory > peak[0]:
                 peak = (memory, sum(e for e, _ in sizes), sum(m for _, m in sizes))
+    if records is not None:  # then every pane closed and frozen
+        for s in stores.values():
+            s.freeze_closed(float("inf"))
+            s.freeze_closed(float("inf"))  # the panes changed before the first call too
+        sizes = [s._store.sizes() for s in stores.values()]
+        peak = peak + (sum(s._store.memory() for s in stores.values()), sum(m for _, m in sizes))
     return answers, spent, peak
 
 
@@ -122,11 +130,14 @@ def main() -> None:
               f"take_row_partials {spent['take_row_partials'] / max(partials, 1) * 1e6:.3f} us/partial, "
               f"drop_before {spent['drop_before'] * 1e3:.1f} ms, "
               f"freeze_closed {spent['freeze_closed'] * 1e3:.1f} ms in all")
-    memory, entries, members = peak
+    memory, entries, members, end_memory, end_members = peak
     if members:
         print(f"  compiled store at its peak: {memory / 1e6:.1f} MB for {entries:,} (value, bucket) "
               f"entries, {members:,} (driver, bucket, value) memberships: "
               f"{memory / members:.1f} bytes each")
+    if end_members:
+        print(f"  at the end, every pane frozen: {end_memory / 1e6:.1f} MB for {end_members:,} "
+              f"memberships: {end_memory / end_members:.1f} bytes each")
 
 
 if __name__ == "__main__":
