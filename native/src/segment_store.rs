@@ -13,7 +13,9 @@
 //! `Vec<u32>` (an H3 cell: one or two drivers), or a bitset once that is
 //! smaller (a city: thousands). Row counts are the sizes of unions over the
 //! row's panes. The snapshot is `SegmentPanes.snapshot()`'s plain data; each
-//! pane's pickle is kept until the pane changes.
+//! pane's pickle is kept until the pane changes, and `freeze_closed` keeps a
+//! closed pane as that pickle alone (about 4 bytes per driver, bucket and
+//! value instead of about 26) until a late ping or a report thaws it.
 
 use std::collections::BTreeMap;
 
