@@ -21,7 +21,7 @@ from presence.core.model import PartitionMark, SegmentRow, ShardReport, segment_
 from presence.core.partition import PartitionReader, RawMessage
 from presence.core.rows import BOOK_SNAPSHOT_VERSION, BookSnapshot, RowBook
 from presence.core.segment_panes import pack_partial, unpack_partial
-from presence.core.segment_records import dimension_kinds
+from presence.core.segment_records import decode_records, dimension_kinds
 from presence.core.segment_tally import (
     SegmentTally, decode_row, key_fields, pack_partials, partial_key, split_partial_key, tally_class,
 )
@@ -47,7 +47,11 @@ def _msg(offset: int, obj: object) -> RawMessage:
 
 
 def _values(batch) -> list:
-    return [v for shard in batch.segments for pings in shard.values() for (_, _, v) in pings]
+    """Each counted ping's values, whichever form the reader sent them in
+    (``(driver, on_duty, values)`` lists, or the compiled reader's packed records)."""
+    kinds = dimension_kinds(DEFS)
+    return [v for shard in batch.segments for pings in shard.values()
+            for (_, _, v) in (decode_records(pings, kinds) if type(pings) is bytes else pings)]
 
 
 def test_reader_takes_optional_fields_on_both_paths() -> None:
@@ -387,5 +391,8 @@ def test_segments_change_no_judgement_of_adversarial_input(data) -> None:
                 for sets, segs in zip(b.shards, b.segments):
                     assert sets.keys() == segs.keys()
                     for pane, (online, _, pings) in sets.items():
-                        assert len(segs[pane]) == pings and {p[0] for p in segs[pane]} == online
+                        listed = segs[pane]
+                        if type(listed) is bytes:  # the compiled reader's packed records
+                            listed = decode_records(listed, dimension_kinds(DEFS))
+                        assert len(listed) == pings and {p[0] for p in listed} == online
     assert outcomes[0] == outcomes[1]

@@ -22,6 +22,8 @@ use pyo3::types::{PyBytes, PyCapsule, PyDict, PyList, PySet, PyString};
 use std::ffi::c_int;
 use rustc_hash::FxHashMap;
 
+mod segment_store;
+
 const EPOCH_MS_THRESHOLD: f64 = 1e11;
 const MIN_EVENT_TIME: f64 = 946_684_800.0;
 const MAX_DRIVER_ID_CHARS: usize = 128;
@@ -979,6 +981,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_batch, m)?)?;
     m.add_class::<Drivers>()?;
     m.add_class::<segment_tally::SegmentTally>()?;
+    m.add_class::<segment_store::SegmentStore>()?;
     m.add_function(wrap_pyfunction!(parse_fast_py, m)?)?;
     m.add_function(wrap_pyfunction!(usual_iso_instant_py, m)?)?;
     m.add_function(wrap_pyfunction!(floor_div_py, m)?)?;

@@ -105,8 +105,8 @@ class ShardState:
         self.spec = spec
         self.segments: SegmentPanes | None = None
         store = segment_store_class(reader) if spec.segments else SegmentPanes
-        if store is not SegmentPanes and type(spec.bucket_s) is not int:
-            store = SegmentPanes
+        if store is not SegmentPanes and not (type(spec.bucket_s) is type(spec.window_s) is int):
+            store = SegmentPanes  # the compiled store takes whole seconds
         if resume:
             snap = ShardSnapshot.of(resume)
             self.panes = ShardPanes.restore(spec, snap.panes)
