@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from functools import partial
@@ -87,6 +88,28 @@ def kafka_mongo_flow(settings: Settings, fingerprint: Fingerprint | None = None)
                       reader=settings.reader)
 
 
+GC_THRESHOLDS = (50_000, 20, 20)
+"""The cyclic garbage collector's thresholds in the dataflow process (CPython's
+default is ``(700, 10, 10)``)."""
+
+
+def tune_gc() -> None:
+    """Make CPython's cyclic garbage collector run far less often in the dataflow.
+
+    Presence's state lives in few Python objects (bitmaps, bytes, the compiled
+    segment store) and creates no reference cycles per ping, but each batch
+    makes many short-lived containers (sets of ids, rows, documents), and with
+    the default thresholds a collection every 700 of them traverses the young
+    objects and, every 100, everything: measured at 7 % of the CPU of a run with
+    segments (py-spy, `gc_collect_main`). Everything alive at start-up (modules,
+    settings, clients) is moved out of the collector's sight (``gc.freeze``) and
+    the thresholds raised (:data:`GC_THRESHOLDS`): cycles are still collected,
+    in fewer, larger passes (at most 50,000 objects wait for one).
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def dataflow_from_env() -> Dataflow:
     """The job as configured by ``PRESENCE_*``; exits with one line on a bad setting."""
     configure_logging()
@@ -113,7 +136,9 @@ def dataflow_from_env() -> Dataflow:
         partitions = partition_count(settings)  # Kafka first: its failure is the one reported
         check_mongo(settings)
         fingerprint = bind_input(settings, partitions, state)
-        return kafka_mongo_flow(settings, fingerprint)
+        flow = kafka_mongo_flow(settings, fingerprint)
+        tune_gc()
+        return flow
     except KafkaConfigError as exc:
         raise fail(f"bad setting: {exc}", 2) from None
     except (RecoveryDirError, InputMismatch) as exc:

@@ -147,3 +147,31 @@ def test_resume_with_more_workers(tmp_path) -> None:
     run_flow(topic, SPEC, out, workers=3, recovery=recovery)
     check(out, partitions)
     assert len(out.dead) == len(out.dead_ids())
+
+
+def test_the_dataflow_process_tunes_the_garbage_collector() -> None:
+    """tune_gc (called by dataflow_from_env once the flow is built) freezes what
+    start-up made and raises the collector's thresholds; cycles are still collected."""
+    import gc
+
+    from presence.app import GC_THRESHOLDS, tune_gc
+
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS and gc.get_freeze_count() > 0
+
+        class Node:
+            pass
+
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+        import weakref
+
+        gone = weakref.ref(a)
+        del a, b
+        gc.collect()
+        assert gone() is None  # a cycle made later is still collected
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
