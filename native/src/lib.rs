@@ -819,6 +819,7 @@ fn read_batch<'py>(
         };
         // with segments: the fields as the Python reader reads them (slow: Python's tuple)
         let mut slow_fields: Option<Bound<'py, PyAny>> = None;
+        let mut slow_text: Option<Bound<'py, PyString>> = None;
         let (who, time, on_duty) = match fast {
             Some((key, time, on_duty)) => {
                 // ASCII, checked by parse_fast
@@ -841,6 +842,7 @@ fn read_batch<'py>(
                     judged.extract::<(Bound<'py, PyString>, f64, bool)>()?
                 };
                 let who = cache.who(text.to_str()?.as_bytes(), || text.clone());
+                slow_text = Some(text);
                 (who, time, on_duty)
             }
         };
@@ -877,8 +879,12 @@ fn read_batch<'py>(
         if let Some(record_values) = record_values {
             let out = &mut group.records;
             out.push(on_duty as u8);
-            let entry = &cache.entries[who as usize].0;
-            let text = entry.bind(py).to_str()?.as_bytes();
+            // the driver's UTF-8: the value's own bytes on the fast path (ASCII)
+            let text: &[u8] = match (&fast, &slow_text) {
+                (Some((key, _, _)), _) => key,
+                (None, Some(text)) => text.to_str()?.as_bytes(),
+                (None, None) => unreachable!("a counted ping came from one path"),
+            };
             if text.len() > u16::MAX as usize {
                 return Err(PyValueError::new_err("driver id too long for a segment record"));
             }
