@@ -85,7 +85,7 @@ def kafka_mongo_flow(settings: Settings, fingerprint: Fingerprint | None = None)
         status=MongoSink(settings, STATUS),
     )
     return build_flow(spec, source, sinks, progress_seconds=settings.progress_seconds,
-                      reader=settings.reader)
+                      reader=settings.reader, snapshots=recovery_directory() is not None)
 
 
 GC_THRESHOLDS = (50_000, 20, 20)

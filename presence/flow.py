@@ -74,8 +74,9 @@ class PaneLogic(StatefulBatchLogic):
     """The pane step for one driver shard: a thin shell over :class:`ShardState`."""
 
     def __init__(self, spec: WindowSpec, resume: dict | None, clock: Callable[[], float],
-                 reader: str | None = None):
+                 reader: str | None = None, snapshots: bool = True):
         self.state = ShardState(spec, resume, reader)
+        self.snapshots = snapshots
         self.clock = clock
 
     def on_batch(self, parts: list) -> tuple[list[ShardReport], bool]:
@@ -89,7 +90,9 @@ class PaneLogic(StatefulBatchLogic):
         report = self.state.report(self.clock(), final=True)
         return ([report] if report else []), self.RETAIN
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict | None:
+        if not self.snapshots:
+            return None  # no recovery directory: nothing would ever read it
         metrics.snapshot("panes")
         return self.state.snapshot()
 
@@ -104,7 +107,9 @@ class BookLogic(StatefulBatchLogic):
         clock: Callable[[], float],
         progress_seconds: float,
         reader: str | None = None,
+        snapshots: bool = True,
     ):
+        self.snapshots = snapshots
         self.book = RowBook(spec, resume, reader)
         self.clock = clock
         self.progress_seconds = progress_seconds
@@ -142,7 +147,9 @@ class BookLogic(StatefulBatchLogic):
         wait = min(max(0.0, at - self.clock()), self.status_seconds)
         return datetime.now(timezone.utc) + timedelta(seconds=wait)
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict | None:
+        if not self.snapshots:
+            return None  # no recovery directory: nothing would ever read it
         metrics.snapshot("rows")
         return self.book.snapshot()
 
@@ -201,8 +208,13 @@ def build_flow(
     progress_seconds: float = 10.0,
     name: str = "presence",
     reader: str | None = None,
+    snapshots: bool = True,
 ) -> Dataflow:
-    """The dataflow; ``reader`` (PRESENCE_READER) also picks the shards' segment store."""
+    """The dataflow; ``reader`` (PRESENCE_READER) also picks the shards' segment store
+    and the book's tally. ``snapshots=False`` (a run without a recovery directory)
+    makes the pane and row steps answer Bytewax's per-epoch ``snapshot()`` with
+    ``None`` instead of building state nothing will read (Bytewax asks every
+    epoch, recovery or not)."""
     flow = Dataflow(name)
     batches = op.input("pings", flow, source)
 
@@ -211,13 +223,13 @@ def build_flow(
 
     parts = op.flat_map("split_by_shard", batches, _shard_parts)
     reports = op.stateful_batch(
-        "panes", parts, lambda resume: PaneLogic(spec, resume, clock, reader)
+        "panes", parts, lambda resume: PaneLogic(spec, resume, clock, reader, snapshots)
     )
     report_items = op.map("reports", reports, _book_items_from_reports)
     mark_items = op.map("marks", batches, _book_items_from_batch)
     book_items = op.merge("to_book", report_items, mark_items)
     book_out = op.stateful_batch(
-        "rows", book_items, lambda resume: BookLogic(spec, resume, clock, progress_seconds, reader)
+        "rows", book_items, lambda resume: BookLogic(spec, resume, clock, progress_seconds, reader, snapshots)
     )
     split = op.branch("split_output", op.key_rm("unkey", book_out), _is_row)
     op.output("write_rows", split.trues, sinks.rows)

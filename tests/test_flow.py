@@ -175,3 +175,18 @@ def test_the_dataflow_process_tunes_the_garbage_collector() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_without_recovery_the_steps_build_no_snapshots() -> None:
+    """Bytewax asks for snapshot() every epoch, recovery or not; a run without a
+    recovery directory (snapshots=False, as dataflow_from_env passes it) answers
+    None instead of building state nothing will read. With it, the state."""
+    from presence.flow import BookLogic, PaneLogic
+    from presence.core.segments import parse_segments
+
+    spec = WindowSpec(segments=parse_segments("city;h3:8"))
+    clock = lambda: 1_800_000_000.0  # noqa: E731
+    assert PaneLogic(spec, None, clock, snapshots=False).snapshot() is None
+    assert BookLogic(spec, None, clock, 10.0, snapshots=False).snapshot() is None
+    assert PaneLogic(spec, None, clock).snapshot().version >= 1
+    assert BookLogic(spec, None, clock, 10.0).snapshot().version >= 1
