@@ -219,7 +219,8 @@ def segment_doc_id(segment: str, values: Iterable[str], time_bucket: str) -> str
     """The ``_id`` of a ``segment_summary`` document: segment, key values (in the
     definition's field order) and ``timeBucket`` joined by ``|``. A ``|`` or
     ``\\`` inside a value is escaped with ``\\``, so two keys never share an id."""
-    parts = [v.replace("\\", "\\\\").replace("|", "\\|") for v in values]
+    parts = [v.replace("\\", "\\\\").replace("|", "\\|") if "|" in v or "\\" in v else v
+             for v in values]
     return "|".join([segment, *parts, time_bucket])
 
 

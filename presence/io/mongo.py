@@ -337,8 +337,8 @@ def segment_row_update(row: SegmentRow, now: datetime) -> UpdateOne:
         "segment": row.segment,
         "key": row.key,
         "timeBucket": time_bucket,
-        "windowStart": utc(row.window_start),
-        "windowEnd": utc(row.window_end),
+        "windowStart": _utc_shared(row.window_start),
+        "windowEnd": _utc_shared(row.window_end),
     }
     if row.overflow:
         fields["overflow"] = True
@@ -476,6 +476,20 @@ class _MongoPartition(StatelessSinkPartition):
 SEGMENT_BATCH = 1000
 """Segment documents per insert or upsert command: an h3 bucket has tens of thousands."""
 
+_UTC: dict[float, datetime] = {}
+"""``utc`` of recent window bounds: tens of thousands of segment rows share a few."""
+
+
+def _utc_shared(epoch_seconds: float) -> datetime:
+    """:func:`utc`, the same (immutable) object for the same instant."""
+    out = _UTC.get(epoch_seconds)
+    if out is None:
+        if len(_UTC) >= 4096:
+            _UTC.clear()
+        out = _UTC[epoch_seconds] = utc(epoch_seconds)
+    return out
+
+
 def segment_doc(row: SegmentRow, now: datetime) -> dict[str, Any]:
     """The whole ``segment_summary`` document of a row (what :func:`segment_row_update` makes)."""
     doc: dict[str, Any] = {
@@ -483,8 +497,8 @@ def segment_doc(row: SegmentRow, now: datetime) -> dict[str, Any]:
         "segment": row.segment,
         "key": row.key,
         "timeBucket": row.time_bucket,
-        "windowStart": utc(row.window_start),
-        "windowEnd": utc(row.window_end),
+        "windowStart": _utc_shared(row.window_start),
+        "windowEnd": _utc_shared(row.window_end),
         "driversOnlineCount": row.online,
         "driversAvailableCount": row.available,
         "revision": row.revision,
