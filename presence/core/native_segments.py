@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from presence.core.segment_panes import SNAPSHOT_VERSION, unpack_partial
+from presence.core.segment_panes import SNAPSHOT_VERSION, check_snapshot, unpack_partial
 from presence.core.segment_records import dimension_kinds, encode_key, encode_records
 from presence.core.segments import SegmentDefinition
 from presence.core.windows import WindowSpec
@@ -151,12 +151,7 @@ class NativeSegmentPanes:
         snap: dict,
         max_values: int | None = None,
     ) -> "NativeSegmentPanes":
-        names = tuple(d.name for d in definitions)
-        if snap.get("version") != SNAPSHOT_VERSION or tuple(snap["definitions"]) != names:
-            raise ValueError(
-                f"segment state was made with segments {';'.join(snap.get('definitions', ()))!r}, "
-                f"not {';'.join(names)!r}"
-            )
+        check_snapshot(snap, definitions)
         panes = cls(spec, definitions, snap["max_values"] if max_values is None else max_values)
         kinds = panes.kinds
         ids = [(d.encode("utf-8", "surrogatepass"), d) for d in snap["ids"]]

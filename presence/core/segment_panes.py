@@ -279,6 +279,18 @@ def remap(container: int | bytes, renumber: Mapping[int, int]) -> int | bytes:
 # --- the panes of one shard ---------------------------------------------------
 
 
+def check_snapshot(snap: dict, definitions: Sequence[SegmentDefinition]) -> tuple[str, ...]:
+    """The definitions' names, if ``snap`` (either store's snapshot) was made
+    with them and in this layout; else ``ValueError`` with one line."""
+    names = tuple(d.name for d in definitions)
+    if snap.get("version") != SNAPSHOT_VERSION or tuple(snap["definitions"]) != names:
+        raise ValueError(
+            f"segment state was made with segments {';'.join(snap.get('definitions', ()))!r}, "
+            f"not {';'.join(names)!r}"
+        )
+    return names
+
+
 class SegmentPanes:
     """Segment pane state of one driver shard, for every definition."""
 
@@ -762,12 +774,7 @@ class SegmentPanes:
         snap: dict,
         max_values: int | None = None,
     ) -> "SegmentPanes":
-        names = tuple(d.name for d in definitions)
-        if snap.get("version") != SNAPSHOT_VERSION or tuple(snap["definitions"]) != names:
-            raise ValueError(
-                f"segment state was made with segments {';'.join(snap.get('definitions', ()))!r}, "
-                f"not {';'.join(names)!r}"
-            )
+        names = check_snapshot(snap, definitions)
         panes = cls(spec, definitions, snap["max_values"] if max_values is None else max_values)
         panes.index = DriverIndex(snap["ids"])
         panes._last_pane = array("q")
