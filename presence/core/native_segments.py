@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 from presence.core.segment_panes import SNAPSHOT_VERSION, check_snapshot, unpack_partial
-from presence.core.segment_records import dimension_kinds, encode_key, encode_records
+from presence.core.segment_records import dimension_kinds, encode_key
 from presence.core.segments import SegmentDefinition
 from presence.core.windows import WindowSpec
 
