@@ -96,6 +96,19 @@ def raise_for_write_concern(details: dict) -> None:
     raise WriteConcernError(message, code, first)
 
 
+DUPLICATE_KEY = 11000
+"""MongoDB's error code for a duplicate key."""
+
+
+def duplicate_key_errors(exc: BulkWriteError) -> list[dict]:
+    """The write errors of ``exc`` when every one is a duplicate key (a replay, or
+    a race with another writer of the same ``_id``); any other error raises ``exc``."""
+    errors = exc.details.get("writeErrors") or []
+    if any(e.get("code") != DUPLICATE_KEY for e in errors):
+        raise exc
+    return errors
+
+
 def upsert_bulk(collection, updates: list[UpdateOne], what: str,
                 sleep: Callable[[float], None] = time.sleep) -> None:
     """``bulk_write`` of upserts with :func:`with_retry`. An upsert racing another
@@ -107,9 +120,7 @@ def upsert_bulk(collection, updates: list[UpdateOne], what: str,
         try:
             collection.bulk_write(updates, ordered=False)
         except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors") or []
-            if any(e.get("code") != 11000 for e in errors):
-                raise
+            errors = duplicate_key_errors(exc)
             if errors and again:
                 attempt(again=False)
                 return
@@ -562,9 +573,7 @@ def _insert_new(coll, docs: list[dict], sleep: Callable[[float], None]) -> list[
         try:
             coll.insert_many(docs, ordered=False)
         except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors") or []
-            if any(e.get("code") != 11000 for e in errors):
-                raise
+            errors = duplicate_key_errors(exc)
             raise_for_write_concern(exc.details)
             clashes.extend(docs[e["index"]] for e in errors)
 
@@ -620,9 +629,7 @@ def insert_dead_letters(collection, docs: list[dict],
         try:
             collection.insert_many(docs, ordered=False)
         except BulkWriteError as exc:
-            others = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
-            if others:
-                raise
+            duplicate_key_errors(exc)  # replayed dead letters: already stored
             raise_for_write_concern(exc.details)
 
     with_retry(f"writing {len(docs)} dead letters", attempt, sleep=sleep)
