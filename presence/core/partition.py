@@ -41,6 +41,7 @@ Its :meth:`PartitionReader.snapshot` is the partition's recovery state.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Protocol, Sequence
@@ -88,26 +89,21 @@ def native_reader_built() -> bool:
     return _native is not None
 
 
-_CELL_OF: list = []
-
-
+@functools.cache
 def native_cell_of():
     """What the compiled reader calls for H3 cells: the C function behind h3-py's
     ``latlng_to_cell`` (its Cython capsule: the same code, no Python call) when
     it is there and agrees with the Python call, else that Python function."""
-    if not _CELL_OF:
-        chosen = cell_of
-        try:
-            from h3._cy import latlng
+    try:
+        from h3._cy import latlng
 
-            capsule = latlng.__pyx_capi__["latlng_to_cell"]
-            if all(_native.h3_cell_py(capsule, lat, lng, r) == cell_of(lat, lng, r)
-                   for lat, lng, r in ((22.3, 114.17, 8), (-33.9, 151.2, 15), (0.0, 0.0, 0))):
-                chosen = capsule
-        except Exception:  # noqa: BLE001 - another h3 layout: the Python function
-            pass
-        _CELL_OF.append(chosen)
-    return _CELL_OF[0]
+        capsule = latlng.__pyx_capi__["latlng_to_cell"]
+        if all(_native.h3_cell_py(capsule, lat, lng, r) == cell_of(lat, lng, r)
+               for lat, lng, r in ((22.3, 114.17, 8), (-33.9, 151.2, 15), (0.0, 0.0, 0))):
+            return capsule
+    except Exception:  # noqa: BLE001 - another h3 layout: the Python function
+        pass
+    return cell_of
 
 
 def native_store_built() -> bool:

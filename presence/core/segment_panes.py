@@ -38,7 +38,7 @@ from array import array
 from typing import Iterable, Mapping, Sequence
 
 from presence.core.panes import DriverIndex, positions_of
-from presence.core.segment_records import decode_records, dimension_kinds, encode_key
+from presence.core.segment_records import decode_records, dimension_kinds, partial_key
 from presence.core.segments import OTHER, SegmentDefinition
 from presence.core.windows import WindowSpec
 
@@ -641,7 +641,7 @@ class SegmentPanes:
 
     def take_keyed_partials(self, watermark: float | None = None) -> dict[int, dict[bytes, int]]:
         """:meth:`take_row_partials` with each value named by its partial key
-        (:func:`presence.core.segment_tally.partial_key`), as the row book takes them."""
+        (:func:`presence.core.segment_records.partial_key`), as the row book takes them."""
         keys = self._partial_keys
         if len(keys) > 200_000:
             keys.clear()
@@ -652,8 +652,7 @@ class SegmentPanes:
             for key, packed in by_key.items():
                 pkey = keys.get(key)
                 if pkey is None:
-                    number, value = key
-                    pkey = keys[key] = number.to_bytes(2, "little") + encode_key(value, kinds[number])
+                    pkey = keys[key] = partial_key(key[0], key[1], kinds)
                 keyed[pkey] = packed
         return out
 

@@ -97,6 +97,18 @@ def _read_key(data: memoryview, at: int, kinds: tuple[int, ...]) -> tuple[tuple,
     return tuple(parts), at
 
 
+def partial_key(number: int, value: tuple, kinds: Sequence[tuple[int, ...]]) -> bytes:
+    """The *partial key* of definition ``number``'s value: the number as two bytes,
+    then the value's key bytes (how shards and the row book name a value)."""
+    return number.to_bytes(2, "little") + encode_key(value, kinds[number])
+
+
+def split_partial_key(key: bytes, kinds: Sequence[tuple[int, ...]]) -> tuple[int, tuple]:
+    """``(definition number, value)`` of a partial key."""
+    number = key[0] | key[1] << 8
+    return number, decode_key(key[2:], kinds[number])
+
+
 def encode_record(driver: str, on_duty: bool, values: Sequence[tuple | None],
                   kinds: Sequence[tuple[int, ...]]) -> bytes:
     """One ping's record (``values`` as ``ValueExtractor.values`` gives them: real

@@ -29,7 +29,9 @@ from itertools import repeat
 from typing import Iterable, Mapping, Sequence
 
 from presence.core.segment_panes import _AVAILABLE_SHIFT, _COUNT_MASK, _OVERFLOW_MASK, _PARTIAL_SHIFT
-from presence.core.segment_records import OTHER_KEY, decode_key, dimension_kinds, encode_key
+from presence.core.segment_records import (  # noqa: F401  (partial keys: re-exported)
+    OTHER_KEY, decode_key, dimension_kinds, partial_key, split_partial_key,
+)
 from presence.core.segments import OTHER
 
 _HEAD = struct.Struct("<qH")
@@ -75,17 +77,6 @@ def decode_row(blob: bytes) -> list[Entry]:
         out.append((key, (online, available, revision) if revision else None, bool(pending),
                     parts))
     return out
-
-
-def partial_key(number: int, value: tuple, kinds: Sequence[tuple[int, ...]]) -> bytes:
-    """The partial key of definition ``number``'s value."""
-    return number.to_bytes(2, "little") + encode_key(value, kinds[number])
-
-
-def split_partial_key(key: bytes, kinds: Sequence[tuple[int, ...]]) -> tuple[int, tuple]:
-    """``(definition number, value)`` of a partial key."""
-    number = key[0] | key[1] << 8
-    return number, decode_key(key[2:], kinds[number])
 
 
 def key_fields(definitions) -> list[list[tuple[str, int]]]:
