@@ -253,6 +253,9 @@ def test_unknown_snapshot_versions_are_refused() -> None:
         ShardState(SPEC, ShardSnapshot(**{**snap.__dict__, "version": 9}))
     with pytest.raises(ValueError, match="not a book snapshot"):
         RowBook(SPEC, ["nonsense"])
+    book = RowBook(SPEC).snapshot()
+    with pytest.raises(ValueError, match="segment layout 7 is not known"):
+        RowBook(SPEC, dataclasses.replace(book, segment_parts_layout=7))
 
 
 def test_book_segment_state_is_compact() -> None:

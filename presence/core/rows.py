@@ -50,10 +50,10 @@ _COUNT_MASK = (1 << _COUNT_BITS) - 1
 _SEGMENT_PARTS_LAYOUT = 3
 """``BookSnapshot.segment_parts_layout``: 3 is the tally's snapshot,
 ``{row: bytes}`` (:func:`presence.core.segment_tally.encode_row`: partial keys,
-each shard's partial, what was written, pending); 1 and 2 (earlier presence:
-dicts keyed by ``(definition number, value)``, with ``segment_written`` and
-``segment_pending``; 1 with ``(shard number, packed, ...)`` tuples) are
-converted when restored."""
+each shard's partial, what was written, pending); 1 (earlier presence: dicts
+keyed by ``(definition number, value)`` of ``(shard number, packed, ...)``
+tuples, with ``segment_written`` and ``segment_pending``) is converted when
+restored. (2 never left development.)"""
 
 
 def _pack_written(online: int, available: int, revision: int) -> int:
@@ -83,9 +83,9 @@ class BookSnapshot(VersionedState):
     segment_parts: dict | None = None
     """``{row: bytes}``: the segment tally's snapshot (``segment_parts_layout`` 3)."""
     segment_written: dict | None = None
-    """Layouts 1 and 2 only: ``{row: {(definition number, value): packed written}}``."""
+    """Layout 1 only: ``{row: {(definition number, value): packed written}}``."""
     segment_pending: dict | None = None
-    """Layouts 1 and 2 only: ``{row: tuple of (definition number, value)}``."""
+    """Layout 1 only: ``{row: tuple of (definition number, value)}``."""
     other_pings: dict | None = None
     """``{shard: (pings under other, per definition)}`` (cumulative, as reported)."""
     segment_rows_written: tuple = ()
@@ -143,8 +143,13 @@ class RowBook:
         fields = key_fields(self.definitions)
         if snap.segment_parts_layout == _SEGMENT_PARTS_LAYOUT:
             self.tally = tally.restore(fields, snap.segment_parts or {})
-        else:
+        elif snap.segment_parts_layout == 1:
             self.tally = tally.restore(fields, self._converted(snap))
+        else:
+            raise ValueError(
+                f"row book segment layout {snap.segment_parts_layout} is not known to this "
+                f"presence (it reads {_SEGMENT_PARTS_LAYOUT} and 1)"
+            )
         self.other_pings: dict[str, tuple[int, ...]] = dict(snap.other_pings or {})
         self.segment_rows_written: list[int] = list(snap.segment_rows_written) or [0] * count
         self.segment_overflow_rows: list[int] = list(snap.segment_overflow_rows) or [0] * count
@@ -155,7 +160,7 @@ class RowBook:
             )
 
     def _converted(self, snap: BookSnapshot) -> dict[int, bytes]:
-        """The tally's snapshot of a book snapshot of layout 1 or 2 (keys
+        """The tally's snapshot of a book snapshot of layout 1 (keys
         ``(definition number, value)``, packed written ints)."""
         kinds = self._kinds
         keys: dict[tuple, bytes] = {}
@@ -172,11 +177,6 @@ class RowBook:
             return rows.setdefault(row, {}).setdefault(key_of(key), [None, False, []])
 
         for row, by in (snap.segment_parts or {}).items():
-            if snap.segment_parts_layout == 2:  # {shard number: {key: packed}}
-                for number, packed_by_key in by.items():
-                    for key, packed in packed_by_key.items():
-                        entry(row, key)[2].append((_slot_of(number), packed))
-                continue
             for key, pairs in by.items():  # {key: (shard number, old packed, ...)}
                 for at in range(0, len(pairs), 2):
                     old = pairs[at + 1]  # online << 33 | available << 1 | overflow
