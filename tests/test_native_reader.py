@@ -14,7 +14,6 @@ module is missing (a broken build must not pass as "skipped").
 from __future__ import annotations
 
 import dataclasses
-from unittest import mock
 import math
 import os
 import shutil
@@ -542,19 +541,17 @@ def _segment_types(batch: PartitionBatch) -> list:
 @given(SPECS, SEGMENT_TEXTS,
        st.lists(st.tuples(segment_ping_value(), KAFKA_MS), min_size=1, max_size=40),
        st.lists(st.integers(0, 40), max_size=3), st.one_of(st.none(), st.integers(0, 3)),
-       st.booleans(), st.booleans())
+       st.booleans())
 def test_native_reader_with_segments_is_the_python_reader(spec, text, items, cuts,
-                                                          resume_at, sane, records) -> None:
+                                                          resume_at, sane) -> None:
     """With segments the compiled reader gives the same batches (segment lists of
     ``(driver, on_duty, values)`` per shard and bucket too), unlocated count and snapshot."""
     spec = dataclasses.replace(spec, segments=parse_segments(text))
     batches = _batches([v for v, _ in items], _sane([s for _, s in items], sane), cuts)
     expected = read_all("python", spec, batches, resume_at)
-    # ``records``: the segment values computed in the compiled loop and sent as
-    # packed records (as when the compiled segment store is built), else Python's
-    with mock.patch.object(partition_module, "native_store_built", lambda: records):
-        got_batches, got_snapshot = read_all("native", spec, batches, resume_at)
-    assert all(type(blob) is (bytes if records else list) for b in got_batches
+    # the segment values computed in the compiled loop and sent as packed records
+    got_batches, got_snapshot = read_all("native", spec, batches, resume_at)
+    assert all(type(blob) is bytes for b in got_batches
                for shard in b.segments for blob in shard.values()) or not sane
     assert all(b.segments is not None for b in got_batches)
     got = (_decoded(got_batches, spec), got_snapshot)
@@ -582,7 +579,6 @@ def test_segment_pings_stay_on_the_compiled_path(monkeypatch) -> None:
         values.append(orjson.dumps(ping))
     values.append(b'{"driver_id":3,"timestamp":%d,"on_duty":1,"city":"S\\u00e3o"}' % BASE)
     messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
-    monkeypatch.setattr(partition_module, "native_store_built", lambda: True)
     reader = PartitionReader("t", 0, 1, spec, NOW, reader="native")
     assert reader.reader == "native"
     judged = []

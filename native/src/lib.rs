@@ -248,7 +248,8 @@ impl<'a> Cursor<'a> {
 enum Field<'a> {
     Absent,
     Null,
-    Bool(bool),
+    /// true or false: neither a string nor a coordinate
+    Bool,
     Int(i64),
     Float(f64),
     Str(&'a [u8]),
@@ -266,8 +267,7 @@ impl<'a> Cursor<'a> {
         match *v.get(self.p)? {
             b'"' => self.plain_string().map(Field::Str),
             b't' | b'f' | b'n' => Some(match self.literal()? {
-                Literal::True => Field::Bool(true),
-                Literal::False => Field::Bool(false),
+                Literal::True | Literal::False => Field::Bool,
                 Literal::Null => Field::Null,
             }),
             b'-' | b'0'..=b'9' => {
@@ -286,19 +286,6 @@ impl<'a> Cursor<'a> {
             }
             _ => None,
         }
-    }
-}
-
-impl<'a> Field<'a> {
-    fn to_py<'py>(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        Ok(match self {
-            Field::Absent | Field::Null => py.None().into_bound(py),
-            Field::Bool(b) => pyo3::types::PyBool::new(py, b).to_owned().into_any(),
-            Field::Int(i) => i.into_pyobject(py)?.into_any(),
-            Field::Float(f) => pyo3::types::PyFloat::new(py, f).into_any(),
-            // ASCII, checked by plain_string
-            Field::Str(s) => PyString::new(py, std::str::from_utf8(s).unwrap_or("")).into_any(),
-        })
     }
 }
 
@@ -610,9 +597,7 @@ struct Group {
     /// driver index -> on duty at least once in this bucket
     members: FxHashMap<u32, bool>,
     pings: u64,
-    /// with segments: `(driver, on_duty, values)` of each counted ping, in order
-    segments: Vec<Py<PyAny>>,
-    /// with segment records: the packed records of each counted ping, in order
+    /// with segments: the packed records of each counted ping, in order
     records: Vec<u8>,
 }
 
@@ -752,15 +737,17 @@ fn push_values(
 /// `(grouped, max_event, too_late, late)`, `grouped` as the Python loop
 /// builds it: per shard `{bucket start: [online set, online - on duty, pings]}`.
 ///
-/// With segments (`values_of`, `ValueExtractor.values`), the fast path also
-/// reads the optional fields (`Field`), `slow(i)` gives them as a fourth item
-/// (the 4-tuple the Python reader would give `values_of`), and each counted
-/// ping's `(driver, on_duty, values_of(city, vehicle_type, lat, lng))` goes
-/// into `segments` (per shard `{bucket start: [...]}`, as the Python loop
-/// builds them); `unlocated` counts those with a None value when `located`.
-/// Returns `(grouped, max_event, too_late, late, segments or None, unlocated)`.
+/// With segments (`record_kinds`: per definition its dimensions, see
+/// `CITY_KIND`), the fast path also reads the optional fields (`Field`) and
+/// values them itself (`push_values`, H3 through `cell_of`); `slow(i)` gives
+/// them as a fourth item (the 4-tuple `ValueExtractor.values` takes), valued
+/// by `record_values`. Each counted ping's packed record (see
+/// `presence/core/segment_records.py`) goes into `segments` (per shard
+/// `{bucket start: bytes}`); `unlocated` counts those without a location a
+/// definition needs. Returns `(grouped, max_event, too_late, late, segments
+/// or None, unlocated)`.
 #[pyfunction]
-#[pyo3(signature = (messages, latest_allowed, max_event, lateness, horizon, shards, bucket, slow, too_late, drivers, values_of=None, located=false, record_kinds=None, record_values=None, cell_of=None))]
+#[pyo3(signature = (messages, latest_allowed, max_event, lateness, horizon, shards, bucket, slow, too_late, drivers, located=false, record_kinds=None, record_values=None, cell_of=None))]
 #[allow(clippy::too_many_arguments)]
 fn read_batch<'py>(
     py: Python<'py>,
@@ -774,7 +761,6 @@ fn read_batch<'py>(
     slow: &Bound<'py, PyAny>,
     too_late: &Bound<'py, PyAny>,
     drivers: &Bound<'py, Drivers>,
-    values_of: Option<&Bound<'py, PyAny>>,
     located: bool,
     record_kinds: Option<Vec<Vec<u8>>>,
     record_values: Option<&Bound<'py, PyAny>>,
@@ -793,16 +779,15 @@ fn read_batch<'py>(
     let mut slots: Vec<FxHashMap<i64, usize>> = (0..shards).map(|_| FxHashMap::default()).collect();
     let mut groups: Vec<Vec<Group>> = (0..shards).map(|_| Vec::new()).collect();
     let value_name = intern!(py, "value");
-    let recorded = record_kinds.is_some();
-    if recorded && (values_of.is_some() || record_values.is_none() || cell_of.is_none()) {
-        return Err(PyValueError::new_err("record_kinds takes record_values and cell_of, no values_of"));
+    let segmented = record_kinds.is_some();
+    if segmented && (record_values.is_none() || cell_of.is_none()) {
+        return Err(PyValueError::new_err("record_kinds takes record_values and cell_of"));
     }
     let kinds = record_kinds.unwrap_or_default();
     let cell_of = match cell_of {
         Some(f) => Some(CellOf::of(f)?),
         None => None,
     };
-    let segmented = values_of.is_some() || recorded;
     let mut n_unlocated: u64 = 0;
 
     for i in 0..n {
@@ -902,22 +887,6 @@ fn read_batch<'py>(
             if unlocated {
                 n_unlocated += 1;
             }
-        } else if let Some(values_of) = values_of {
-            let values = match slow_fields {
-                Some(raw) => values_of.call1(raw.cast_into::<pyo3::types::PyTuple>()?)?,
-                None => values_of.call1((
-                    fields[0].to_py(py)?,
-                    fields[1].to_py(py)?,
-                    fields[2].to_py(py)?,
-                    fields[3].to_py(py)?,
-                ))?,
-            };
-            if located && values.contains(py.None())? {
-                n_unlocated += 1;
-            }
-            let driver = cache.entries[who as usize].0.bind(py);
-            let item = (driver, on_duty, values).into_pyobject(py)?;
-            group.segments.push(item.into_any().unbind());
         }
     }
 
@@ -927,10 +896,8 @@ fn read_batch<'py>(
         let dict = PyDict::new(py);
         let seg_dict = PyDict::new(py);
         for group in shard_groups {
-            if recorded {
+            if segmented {
                 seg_dict.set_item(group.start, PyBytes::new(py, &group.records))?;
-            } else if segmented {
-                seg_dict.set_item(group.start, PyList::new(py, &group.segments)?)?;
             }
             let online =
                 PySet::new(py, group.members.keys().map(|&w| cache.entries[w as usize].0.bind(py)))?;

@@ -32,8 +32,11 @@ gives it a batch, and it hands back to this module's code, by index and in
 offset order, every message it is not sure of and every too-late ping, so
 the outcome is :meth:`PartitionReader._read_python`'s
 (``tests/test_native_reader.py``). With segments it also reads the optional
-fields it is sure of and gives each counted ping's to the same
-:class:`ValueExtractor`, building the same per-shard segment lists.
+fields it is sure of, values them by :class:`ValueExtractor`'s rules itself
+(H3 through h3-py's own C function, :func:`native_cell_of`) and sends each
+shard and bucket the same pings as packed records
+(:mod:`presence.core.segment_records`); a ping it hands back is valued by
+:class:`ValueExtractor`.
 
 Pure logic, no I/O: the Kafka shell in :mod:`presence.io.source` feeds it.
 Its :meth:`PartitionReader.snapshot` is the partition's recovery state.
@@ -107,8 +110,8 @@ def native_cell_of():
 
 
 def native_store_built() -> bool:
-    """True if the compiled segment store (``_native.SegmentStore``) is built too: then
-    the compiled reader sends segment pings as packed records, which it reads."""
+    """True if the compiled segment store (``_native.SegmentStore``) is built (it is
+    part of every build of ABI 5, with the compiled reader)."""
     return _native is not None and hasattr(_native, "SegmentStore")
 
 
@@ -239,7 +242,7 @@ class PartitionReader:
         """The compiled reader's driver texts and CRC-32s (``_native.Drivers``)."""
         self._record_kinds = None
         self._record_values = None
-        if self.extractor is not None and self.reader == "native" and native_store_built():
+        if self.extractor is not None and self.reader == "native":
             # The compiled reader computes the segment values itself and sends
             # them as packed records (presence.core.segment_records).
             self._record_kinds = [
@@ -420,7 +423,6 @@ class PartitionReader:
         grouped, max_event, too_late_count, late, segments, unlocated = _native.read_batch(
             messages, latest_allowed, self.max_event, spec.lateness_s, spec.horizon_s,
             spec.shards, spec.bucket_s, slow, too_late, drivers,
-            None if extractor is None or kinds is not None else extractor.values,
             extractor is not None and extractor.located,
             kinds, self._record_values, None if kinds is None else native_cell_of(),
         )
