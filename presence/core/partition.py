@@ -109,12 +109,6 @@ def native_cell_of():
     return cell_of
 
 
-def native_store_built() -> bool:
-    """True if the compiled segment store (``_native.SegmentStore``) is built (it is
-    part of every build of ABI 5, with the compiled reader)."""
-    return _native is not None and hasattr(_native, "SegmentStore")
-
-
 def reader_in_use(setting: str, spec: WindowSpec | None = None) -> str:
     """``native`` or ``python``: which reader ``PRESENCE_READER=setting`` runs.
 

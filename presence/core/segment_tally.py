@@ -262,12 +262,11 @@ class SegmentTally:
 
 
 def tally_class(reader: str | None = None) -> type:
-    """The compiled tally when it is built, unless ``reader`` is ``python``."""
+    """The compiled tally when the compiled reader runs (:func:`presence.core.
+    partition.reader_in_use` of ``reader``, PRESENCE_READER; None: the default),
+    else :class:`SegmentTally`."""
     from presence.core import partition
 
-    if reader is None:
-        reader = partition.DEFAULT_READER
-    native = partition._native
-    if reader == "python" or native is None or not hasattr(native, "SegmentTally"):
-        return SegmentTally
-    return native.SegmentTally
+    if partition.reader_in_use(reader or partition.DEFAULT_READER) == "native":
+        return partition._native.SegmentTally
+    return SegmentTally

@@ -32,7 +32,6 @@ from presence.core.model import (
 )
 from presence.core.panes import ShardPanes
 from presence.core import partition
-from presence.core.partition import native_store_built
 from presence.core.segment_panes import SegmentPanes
 
 try:  # the compiled twin of SegmentPanes (native/, built with the compiled reader)
@@ -83,15 +82,14 @@ class ShardSnapshot(VersionedState):
 
 def segment_store_class(reader: str | None = None) -> type:
     """The segment pane store a shard keeps: the compiled one
-    (:class:`presence.core.native_segments.NativeSegmentPanes`) when it is built
-    and usable, unless ``reader`` (PRESENCE_READER) is ``python``. Both give the
-    same counts and the same snapshot layout, so either restores the other's state.
-    ``None``: the readers' default (:data:`presence.core.partition.DEFAULT_READER`)."""
-    if reader is None:
-        reader = partition.DEFAULT_READER
-    if reader == "python" or NativeSegmentPanes is None or not native_store_built():
-        return SegmentPanes
-    return NativeSegmentPanes
+    (:class:`presence.core.native_segments.NativeSegmentPanes`) when the compiled
+    reader runs (:func:`presence.core.partition.reader_in_use` of ``reader``,
+    PRESENCE_READER; None: the default), else :class:`SegmentPanes`. Both give
+    the same counts and the same snapshot layout, so either restores the other's state."""
+    if (NativeSegmentPanes is not None
+            and partition.reader_in_use(reader or partition.DEFAULT_READER) == "native"):
+        return NativeSegmentPanes
+    return SegmentPanes
 
 
 class ShardState:
