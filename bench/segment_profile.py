@@ -75,14 +75,14 @@ def run(spec: WindowSpec, batches, partitions: int, rows_every: int = 4, parts: 
         book.add_mark(batch.mark)
         if n % rows_every == 0:
             rows += book.take_rows()
-            seg_rows += book.take_segment_rows()
+            seg_rows.append(book.take_segment_batch())
         spent["book"] += clock() - t0
     for key, state in shards.items():
         report = state.report(NOW, final=True)
         if report is not None:
             book.add_report(key, report)
     rows += book.take_rows(final=True)
-    seg_rows += book.take_segment_rows(final=True)
+    seg_rows.append(book.take_segment_batch(final=True))
     if parts is not None:
         parts.update(spent)
     return rows, seg_rows
@@ -90,7 +90,7 @@ def run(spec: WindowSpec, batches, partitions: int, rows_every: int = 4, parts: 
 
 def latest(seg_rows) -> dict:
     out = {}
-    for r in seg_rows:
+    for r in (row for batch in seg_rows for row in batch):
         key = (r.segment, tuple(r.key.values()), r.bucket)
         out[key] = (r.online, r.available)
     return out
@@ -138,7 +138,7 @@ def main() -> None:
     off, on = best["without"] / n * 1e6, best["with"] / n * 1e6
     print(f"{n:,} pings of {args.drivers:,} drivers, batches of {args.batch}: "
           f"without segments {off:.2f} us/ping, with {args.segments!r} {on:.2f} us/ping "
-          f"(core only; ratio of pings/CPU-s {off / on:.3f}); {len(out[1]):,} segment row writes")
+          f"(core only; ratio of pings/CPU-s {off / on:.3f}); {sum(map(len, out[1])):,} segment row writes")
     for name, spent in stages.items():
         print(f"  {name}: " + ", ".join(f"{k} {v / n * 1e6:.2f}" for k, v in spent.items())
               + " us/ping")

@@ -29,7 +29,7 @@ from bytewax.outputs import Sink
 
 from presence import metrics
 from presence.core.model import (
-    BookItem, MarkSeen, PartitionBatch, Row, SegmentRow, ShardReport, ShardReported, Status,
+    BookItem, MarkSeen, PartitionBatch, Row, SegmentRows, ShardReport, ShardReported, Status,
 )
 from presence.core.rows import RowBook
 from presence.core.shard import ShardState
@@ -134,7 +134,7 @@ class BookLogic(StatefulBatchLogic):
 
     def on_eof(self) -> tuple[list, bool]:
         out: list[Any] = self.book.take_rows(final=True)
-        out += self.book.take_segment_rows(final=True)
+        self._segment_rows(out, final=True)
         out.append(self._status())
         self.progress.log(self.book.totals(), self.clock(), final=True)
         return out, self.RETAIN
@@ -153,6 +153,13 @@ class BookLogic(StatefulBatchLogic):
         metrics.snapshot("rows")
         return self.book.snapshot()
 
+    def _segment_rows(self, out: list, final: bool = False) -> None:
+        """The segment rows due, as one :class:`SegmentRows` item (if any)."""
+        if self.book.definitions:
+            batch = self.book.take_segment_batch(final)
+            if batch.taken:
+                out.append(batch)
+
     def _status(self) -> Status:
         return Status(tuple(self.book.marks.values()), self.book.totals())
 
@@ -168,7 +175,7 @@ class BookLogic(StatefulBatchLogic):
         if (book.pending or book.segment_pending) and due(now, self._next_rows, ROW_FLUSH_SECONDS):
             self._next_rows = now + ROW_FLUSH_SECONDS
             out += book.take_rows()
-            out += book.take_segment_rows()
+            self._segment_rows(out)
         if due(now, self._next_status, self.status_seconds):
             self._next_status = now + self.status_seconds
             out.append(self._status())
@@ -197,7 +204,7 @@ def _shard_parts(batch: PartitionBatch) -> Iterable:
 
 def _is_row(item: Any) -> bool:
     """Rows of both collections (report_summary and segment_summary) go to the rows sink."""
-    return isinstance(item, (Row, SegmentRow))
+    return isinstance(item, (Row, SegmentRows))
 
 
 def build_flow(

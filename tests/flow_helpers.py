@@ -14,14 +14,27 @@ from presence.flow import Sinks, build_flow
 from presence.io.memory import MemoryTopic
 from presence.io.source import PingSource
 from presence.core.windows import WindowSpec
-from presence.core.model import Row, SegmentRow
+from presence.core.model import Row, SegmentRow, SegmentRows
 from tests.oracle import P
 from tests.segment_oracle import SP
 
 
+class RowList(list):
+    """The rows sink's list (``TestingSink`` adds with ``+=``): a
+    :class:`SegmentRows` batch is kept as its :class:`SegmentRow` s."""
+
+    def __iadd__(self, items):
+        for item in items:
+            if type(item) is SegmentRows:
+                self.extend(item)
+            else:
+                self.append(item)
+        return self
+
+
 @dataclass
 class Outputs:
-    rows: list = field(default_factory=list)
+    rows: list = field(default_factory=RowList)
     dead: list = field(default_factory=list)
     status: list = field(default_factory=list)
 

@@ -106,7 +106,7 @@ def run_processes(seed: int, out: Path, processes: int = 2, batch_size: int = 7,
     """Run the flow in ``processes`` processes (one worker each); the outputs.
 
     With ``segments``, over :func:`tests.streams.segment_stream` and those segments."""
-    from tests.flow_helpers import Outputs
+    from tests.flow_helpers import Outputs, RowList
 
     out.mkdir(parents=True, exist_ok=True)
     addresses = ";".join(f"127.0.0.1:{p}" for p in _free_ports(processes))
@@ -129,4 +129,6 @@ def run_processes(seed: int, out: Path, processes: int = 2, batch_size: int = 7,
                 proc.communicate()
     for proc, log in zip(procs, logs):
         assert proc.returncode == 0, f"process exited {proc.returncode}:\n{log[-3000:]}"
-    return Outputs(read_items(out, "rows"), read_items(out, "dead"), read_items(out, "status"))
+    rows = RowList()
+    rows += read_items(out, "rows")
+    return Outputs(rows, read_items(out, "dead"), read_items(out, "status"))

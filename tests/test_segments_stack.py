@@ -110,3 +110,46 @@ def test_segment_writer_is_idempotent_and_keeps_the_max(mongo_uri, unique_name) 
     finally:
         client.drop_database(unique_name)
         client.close()
+
+
+def test_compiled_segment_documents_store_as_the_dicts_do(mongo_uri, unique_name) -> None:
+    """The sink's batches through the compiled encoder (raw BSON inserts, replays
+    and rewrites upserted) leave the same documents as the dict path."""
+    from datetime import datetime, timezone
+
+    from pymongo import MongoClient
+
+    from presence.core import partition
+    from presence.core.model import SegmentRows
+    from presence.io.mongo import ensure_indexes, write_segment_batch, write_segment_rows
+    from tests.constants import T0
+
+    if partition._native is None:
+        pytest.skip("the compiled module is not built (make install with cargo on PATH)")
+    client = MongoClient(mongo_uri, tz_aware=True)
+    db = client[unique_name]
+    try:
+        ensure_indexes(db)
+        now = datetime.now(timezone.utc)
+        names = ("city", "city,vehicle_type", "h3:8")
+
+        def batch(revision: int, online: int, cells: range) -> SegmentRows:
+            taken = [(T0, 2, {"h3": f"88{c:013x}"}, online, online - 1, revision, c % 7 == 0)
+                     for c in cells]
+            taken.append((T0 - 60, 1, {"city": "Hong Kong", "vehicle_type": "v|an\\"}, online,
+                          online, revision, False))
+            return SegmentRows(names, 60, 300, taken)
+
+        # first writes (more than one command's worth), their replay, rewrites, an older replay
+        batches = [batch(1, 2, range(2500)), batch(1, 2, range(2500)), batch(2, 5, range(0, 2500, 3)),
+                   batch(1, 2, range(10))]
+        for b in batches:
+            write_segment_batch(db.compiled, b, now, partition._native.encode_segment_docs)
+            write_segment_rows(db.plain, list(b), now)
+        compiled = {d["_id"]: d for d in db.compiled.find()}
+        assert len(compiled) == 2501
+        assert compiled == {d["_id"]: d for d in db.plain.find()}
+        assert sum(d["driversOnlineCount"] == 5 for d in compiled.values()) == 835
+    finally:
+        client.drop_database(unique_name)
+        client.close()

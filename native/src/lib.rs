@@ -23,6 +23,7 @@ use std::ffi::c_int;
 use rustc_hash::FxHashMap;
 
 mod segment_store;
+mod segment_docs;
 
 const EPOCH_MS_THRESHOLD: f64 = 1e11;
 const MIN_EVENT_TIME: f64 = 946_684_800.0;
@@ -959,7 +960,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(usual_iso_instant_py, m)?)?;
     m.add_function(wrap_pyfunction!(floor_div_py, m)?)?;
     m.add_function(wrap_pyfunction!(h3_cell_py, m)?)?;
-    m.add("ABI", 5)?;
+    m.add_function(wrap_pyfunction!(segment_docs::encode_segment_docs, m)?)?;
+    m.add("ABI", 6)?;
     Ok(())
 }
 

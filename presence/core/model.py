@@ -228,6 +228,17 @@ _BUCKET_TEXT: dict[int, str] = {}
 """``format_instant`` of recent segment row buckets."""
 
 
+def bucket_text(bucket: int) -> str:
+    """A segment row's ``timeBucket``: :func:`format_instant`, kept for the recent
+    buckets (tens of thousands of segment rows share a few)."""
+    text = _BUCKET_TEXT.get(bucket)
+    if text is None:
+        if len(_BUCKET_TEXT) >= 4096:
+            _BUCKET_TEXT.clear()
+        text = _BUCKET_TEXT[bucket] = format_instant(bucket)
+    return text
+
+
 @dataclass(slots=True)
 class SegmentRow:
     """One ``segment_summary`` document (one segment value in one row).
@@ -251,12 +262,7 @@ class SegmentRow:
 
     @property
     def time_bucket(self) -> str:
-        text = _BUCKET_TEXT.get(self.bucket)
-        if text is None:  # tens of thousands of segment rows share a few buckets
-            if len(_BUCKET_TEXT) >= 4096:
-                _BUCKET_TEXT.clear()
-            text = _BUCKET_TEXT[self.bucket] = format_instant(self.bucket)
-        return text
+        return bucket_text(self.bucket)
 
     @property
     def doc_id(self) -> str:
@@ -268,6 +274,42 @@ class SegmentRow:
             f"segment {self.segment} {key} | bucket {self.time_bucket} | online {self.online} | "
             f"available {self.available} | revision {self.revision}"
         )
+
+
+Taken = tuple
+"""One segment row as the row book's tally takes it: ``(bucket, definition
+number, key document, online, available, revision, overflow)``."""
+
+
+@dataclass(slots=True)
+class SegmentRows:
+    """The segment rows of one take of the row book, as one item.
+
+    An H3 definition makes tens of thousands of rows per bucket: one Bytewax
+    item and one :class:`SegmentRow` each would cost more than counting them.
+    The batch keeps the tally's tuples; iterating it gives :class:`SegmentRow` s
+    (for tests and in-memory sinks), and the MongoDB sink encodes its
+    documents straight from :attr:`taken`.
+    """
+
+    names: tuple[str, ...]
+    """Definition names by number."""
+    bucket_s: int
+    window_s: int
+    taken: list[Taken]
+
+    def __len__(self) -> int:
+        return len(self.taken)
+
+    def __iter__(self) -> Iterator[SegmentRow]:
+        names, bucket, window = self.names, self.bucket_s, self.window_s
+        for row, number, key, online, available, revision, overflow in self.taken:
+            yield SegmentRow(names[number], key, row, row + bucket - window, row + bucket,
+                             online, available, revision, overflow)
+
+    def buckets(self) -> list[int]:
+        """The distinct buckets of the rows, in order of first appearance."""
+        return list(dict.fromkeys(t[0] for t in self.taken))
 
 
 @dataclass(frozen=True, slots=True)

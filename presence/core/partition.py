@@ -70,7 +70,7 @@ try:  # the optional compiled reader (native/, built by `make install` when carg
 except ImportError:  # not built: the pure-Python reader
     _native = None
 else:
-    if getattr(_native, "ABI", None) != 5:  # a stale build: not trusted
+    if getattr(_native, "ABI", None) != 6:  # a stale build: not trusted
         _native = None
 
 _RECORD_DIMENSION = {CITY: 0, VEHICLE_TYPE: 1}

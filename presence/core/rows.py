@@ -27,12 +27,13 @@ The recovery state is a :class:`BookSnapshot` (plain data, with a
 from __future__ import annotations
 
 import zlib
-
+from collections import Counter
 from dataclasses import dataclass
 from typing import ClassVar
 
 from presence.core.model import (  # noqa: F401
-    NO_EVENT, PartitionMark, Row, SegmentRow, SegmentTotals, ShardReport, Totals, VersionedState,
+    NO_EVENT, PartitionMark, Row, SegmentRow, SegmentRows, SegmentTotals, ShardReport, Totals,
+    VersionedState,
 )
 from presence.core.segment_panes import pack_partial
 from presence.core.segment_records import dimension_kinds
@@ -137,6 +138,7 @@ class RowBook:
         self.flush: dict[str, float] = {}
         # Segment rows, per row: see the module's docstring.
         self.definitions = tuple(spec.segments)
+        self.segment_names = tuple(d.name for d in self.definitions)
         count = len(self.definitions)
         self._kinds = dimension_kinds(self.definitions)
         tally = tally_class(reader)
@@ -284,27 +286,27 @@ class RowBook:
 
     def take_segment_rows(self, final: bool = False) -> list[SegmentRow]:
         """Segment rows to (re)write now, as :meth:`take_rows` (call it after it)."""
+        return list(self.take_segment_batch(final))
+
+    def take_segment_batch(self, final: bool = False) -> SegmentRows:
+        """:meth:`take_segment_rows` as one :class:`SegmentRows` (what the flow sends
+        on: no Python object per row beyond the tally's tuple)."""
         tally = self.tally
-        if not tally.has_pending():
-            return []
         spec = self.spec
+        batch = SegmentRows(self.segment_names, spec.bucket_s, spec.window_s, [])
+        if not tally.has_pending():
+            return batch
         watermark = self.flush_watermark
         ready = sorted(r for r in tally.pending_rows() if final or spec.row_end(r) <= watermark)
-        names = [d.name for d in self.definitions]
+        taken = batch.taken = tally.take(ready)
         rows_written = self.segment_rows_written
+        for number, count in Counter(t[1] for t in taken).items():
+            rows_written[number] += count
         overflow_rows = self.segment_overflow_rows
-        bucket, window = spec.bucket_s, spec.window_s
-        out: list[SegmentRow] = []
-        for row, number, key, online, available, revision, overflow in tally.take(ready):
-            out.append(SegmentRow(
-                names[number], key, row, row + bucket - window, row + bucket,
-                online, available, revision, overflow,
-            ))
-            rows_written[number] += 1
-            if overflow:
-                overflow_rows[number] += 1
+        for number, count in Counter(t[1] for t in taken if t[6]).items():
+            overflow_rows[number] += count
         self._forget_final_rows()
-        return out
+        return batch
 
     def _forget_final_rows(self) -> None:
         """Rows before the oldest countable bucket can never change again."""

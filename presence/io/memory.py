@@ -120,9 +120,9 @@ class MemoryStore:
         self.segments: dict[str, dict] = {}
 
     def write(self, items: list) -> None:
-        from presence.core.model import Row, SegmentRow
+        from presence.core.model import Row, SegmentRow, SegmentRows
 
-        for item in items:
+        for item in _flat(items, SegmentRows):
             if type(item) is Row:
                 doc = self.reports.setdefault(item.time_bucket, {"timeBucket": item.time_bucket})
             elif type(item) is SegmentRow:
@@ -137,6 +137,17 @@ class MemoryStore:
                                 ("driversAvailableCount", item.available),
                                 ("revision", item.revision)):
                 doc[name] = max(doc.get(name, value), value)
+
+
+def _flat(items: list, batch: type) -> list:
+    """``items`` with each ``batch`` item (:class:`SegmentRows`) replaced by its rows."""
+    out: list = []
+    for item in items:
+        if type(item) is batch:
+            out.extend(item)
+        else:
+            out.append(item)
+    return out
 
 
 class _StorePartition(StatelessSinkPartition):

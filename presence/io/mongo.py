@@ -23,6 +23,7 @@ is taken as written.
 from __future__ import annotations
 
 import atexit
+import calendar
 import logging
 import sys
 import threading
@@ -31,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, TypeVar
 
+from bson import decode_all
+from bson.raw_bson import DEFAULT_RAW_BSON_OPTIONS, RawBSONDocument
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from pymongo import MongoClient, UpdateOne
 from pymongo.database import Database
@@ -40,7 +43,9 @@ from pymongo.errors import (
 )
 
 from presence import metrics
-from presence.core.model import DeadLetter, PartitionMark, Row, SegmentRow, Status, Totals
+from presence.core.model import (
+    DeadLetter, PartitionMark, Row, SegmentRow, SegmentRows, Status, Totals, bucket_text,
+)
 from presence.core.pings import bucket_epoch
 from presence.settings import Settings, mongo_hosts
 
@@ -471,6 +476,7 @@ class _MongoPartition(StatelessSinkPartition):
         self.collection = self.db[collection]
         self.write = write
         self.next_prune = 0.0  # monotonic time of the next dead-letter clean-up
+        self.segment_encoder = segment_encoder(settings.reader)
 
     def write_batch(self, items: list) -> None:
         if items:
@@ -559,14 +565,87 @@ def write_segment_rows(coll, rows: list[SegmentRow], now: datetime,
         rewrites = [d for d in chunk if d["revision"] > 1]
         firsts = [d for d in chunk if d["revision"] == 1]
         if firsts:
-            rewrites += _insert_new(coll, firsts, sleep)
+            rewrites += [firsts[n] for n in _insert_new(coll, firsts, sleep)]
         if rewrites:
             _upsert(coll, rewrites, sleep)
 
 
-def _insert_new(coll, docs: list[dict], sleep: Callable[[float], None]) -> list[dict]:
-    """Insert; the documents that existed already (to merge) come back."""
-    clashes: list[dict] = []
+SegmentEncoder = Callable[..., bytes]
+"""``presence._native.encode_segment_docs``: :func:`segment_doc` s as BSON, from a
+:class:`SegmentRows` batch's tuples."""
+
+
+def segment_encoder(reader: str) -> SegmentEncoder | None:
+    """The compiled document encoder when ``PRESENCE_READER=reader`` runs the
+    compiled pieces (:func:`presence.core.partition.reader_in_use`), else None."""
+    from presence.core import partition
+
+    if partition.reader_in_use(reader) == "native":
+        return partition._native.encode_segment_docs
+    return None
+
+
+def _millis(moment: datetime) -> int:
+    """A datetime as BSON stores it (pymongo's rule: milliseconds, truncated)."""
+    offset = moment.utcoffset()
+    if offset is not None:
+        moment = moment - offset
+    return calendar.timegm(moment.timetuple()) * 1000 + moment.microsecond // 1000
+
+
+def raw_segment_docs(batch: SegmentRows, taken: list, now: datetime,
+                     encode: SegmentEncoder) -> list[RawBSONDocument]:
+    """:func:`segment_doc` of each of ``taken`` (tuples of ``batch``), encoded by
+    the compiled ``encode``: the same bytes as pymongo's encoding of the dicts
+    (tests/test_segment_docs.py), with no dict per row. Raises where it does
+    not apply (then the caller builds the dicts)."""
+    bucket, window = batch.bucket_s, batch.window_s
+    texts = {}
+    for row in dict.fromkeys(t[0] for t in taken):
+        # a bucket beyond datetime's range raises here, as segment_doc does
+        _utc_shared(row + bucket - window), _utc_shared(row + bucket)
+        texts[row] = bucket_text(row)
+    blob = encode(taken, list(batch.names), texts, bucket, window, _millis(now))
+    return decode_all(blob, DEFAULT_RAW_BSON_OPTIONS)
+
+
+def write_segment_batch(coll, batch: SegmentRows, now: datetime,
+                        encode: SegmentEncoder | None = None,
+                        sleep: Callable[[float], None] = time.sleep) -> None:
+    """Write one :class:`SegmentRows` batch, as :func:`write_segment_rows` writes its rows.
+
+    Its rows have distinct ``_id`` s (one take of the row book), so there is
+    nothing to merge. With ``encode`` (the compiled encoder), first writes go
+    as raw BSON; rewrites, and first writes that exist already (a replay),
+    are upserts built from their rows. Without it, or where it does not
+    apply, :func:`write_segment_rows`.
+    """
+    if encode is None:
+        write_segment_rows(coll, list(batch), now, sleep)
+        return
+    taken = batch.taken
+    for at in range(0, len(taken), SEGMENT_BATCH):
+        chunk = taken[at:at + SEGMENT_BATCH]
+        firsts = [t for t in chunk if t[5] == 1]
+        rewrites = [t for t in chunk if t[5] != 1]
+        if firsts:
+            try:
+                raws = raw_segment_docs(batch, firsts, now, encode)
+            except (ValueError, TypeError, OverflowError, UnicodeError):
+                write_segment_rows(coll, list(_rows(batch, chunk)), now, sleep)
+                continue
+            rewrites += [firsts[n] for n in _insert_new(coll, raws, sleep)]
+        if rewrites:
+            _upsert(coll, [segment_doc(row, now) for row in _rows(batch, rewrites)], sleep)
+
+
+def _rows(batch: SegmentRows, taken: list) -> SegmentRows:
+    return SegmentRows(batch.names, batch.bucket_s, batch.window_s, taken)
+
+
+def _insert_new(coll, docs: list, sleep: Callable[[float], None]) -> list[int]:
+    """Insert; the indexes of the documents that existed already (to merge)."""
+    clashes: list[int] = []
 
     def attempt() -> None:
         clashes.clear()
@@ -575,7 +654,7 @@ def _insert_new(coll, docs: list[dict], sleep: Callable[[float], None]) -> list[
         except BulkWriteError as exc:
             errors = duplicate_key_errors(exc)
             raise_for_write_concern(exc.details)
-            clashes.extend(docs[e["index"]] for e in errors)
+            clashes.extend(e["index"] for e in errors)
 
     with_retry(f"writing {len(docs)} segment rows", attempt, sleep=sleep)
     return clashes
@@ -595,15 +674,21 @@ def _upsert(coll, docs: list[dict], sleep: Callable[[float], None]) -> None:
 
 
 def _write_rows(part: _MongoPartition, items: list) -> None:
-    """Global rows to ``report_summary``, segment rows (if any) to ``segment_summary``."""
+    """Global rows to ``report_summary``, segment rows (if any) to ``segment_summary``:
+    each :class:`SegmentRows` batch in turn (a later batch may rewrite a row of
+    an earlier one), a loose :class:`SegmentRow` (tests) with the others."""
     now = datetime.now(timezone.utc)
     rows = [r for r in items if type(r) is Row]
-    segment_rows = [r for r in items if type(r) is SegmentRow] if len(rows) < len(items) else []
     if rows:
         part.bulk(f"writing {len(rows)} rows", [row_update(r, now) for r in rows])
         metrics.rows_written(len(rows))
-    if segment_rows:
-        write_segment_rows(part.db[SEGMENTS], segment_rows, now)
+    if len(rows) < len(items):
+        segments = part.db[SEGMENTS]
+        for batch in (b for b in items if type(b) is SegmentRows):
+            write_segment_batch(segments, batch, now, part.segment_encoder)
+        loose = [r for r in items if type(r) is SegmentRow]
+        if loose:
+            write_segment_rows(segments, loose, now)
     if part.settings.log_rows:
         for row in rows:
             row_log.info(row.log_line())
