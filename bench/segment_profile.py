@@ -8,9 +8,10 @@ batches as the Kafka source would give them, interleaved by send time; every
 batch goes to the 16 driver shards (:class:`ShardState`: apply, then report,
 as the pane step does per batch) and the row book (:class:`RowBook`), which
 takes rows every few batches and every row at the end. No Kafka, no Bytewax,
-no MongoDB: what is left is the per-ping cost of the core, once without
-segments and once with ``city;city,vehicle_type;h3:8`` (``--segments``), on
-the same messages, interleaved ``--repeat`` times. ``--check`` compares the
+no MongoDB, and CPython's collector tuned as the dataflow tunes it
+(:func:`presence.app.tune_gc`): what is left is the per-ping cost of the
+core, once without segments and once with ``city;city,vehicle_type;h3:8``
+(``--segments``), on the same messages, interleaved ``--repeat`` times. ``--check`` compares the
 segment rows with :func:`bench.workload.segment_oracle_rows`. ``--profile``
 prints cProfile's top functions of one run with segments.
 """
@@ -23,6 +24,7 @@ import pstats
 import time
 
 from bench import workload as wl
+from presence.app import tune_gc
 from presence.core.partition import PartitionReader, RawMessage
 from presence.core.rows import RowBook
 from presence.core.segments import parse_segments
@@ -109,6 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     w = wl.generate(args.pings, args.drivers, cities=True)
     batches = messages(w, args.batch)
+    tune_gc()  # as the dataflow process does
     parts = len(w.drivers)
     plain = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=3600)
     seg = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=3600,

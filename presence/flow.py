@@ -7,7 +7,8 @@
       |-- split_by_shard -> panes (per driver shard) --\\
       |-- marks ---------------------------------------+-> rows (row book)
                                                             |-- report rows -> report_summary
-                                                            |   (and segment rows -> segment_summary)
+                                                            |   (segment rows, one SegmentRows
+                                                            |    item per take -> segment_summary)
                                                             \\-- status -----> pipeline_status
 
 Step ids are part of the recovery state: renaming one silently drops its

@@ -21,13 +21,19 @@ from tests.segment_oracle import SP
 
 class RowList(list):
     """The rows sink's list (``TestingSink`` adds with ``+=``): a
-    :class:`SegmentRows` batch is kept as its :class:`SegmentRow` s."""
+    :class:`SegmentRows` batch is kept as its :class:`SegmentRow` s, and counted."""
+
+    segment_batches = 0
+    loose_segment_rows = 0
+    """Segment rows that reached the sink one item each (the flow batches them)."""
 
     def __iadd__(self, items):
         for item in items:
             if type(item) is SegmentRows:
+                self.segment_batches += 1
                 self.extend(item)
             else:
+                self.loose_segment_rows += type(item) is SegmentRow
                 self.append(item)
         return self
 

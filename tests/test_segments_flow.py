@@ -45,7 +45,11 @@ def test_segment_rows_equal_the_oracle(workers: int) -> None:
     partitions = segment_stream(21)
     out = run_flow(memory_topic(partitions), SPEC, workers=workers)
     check(out, partitions)
-    assert all(r.revision >= 1 for r in out.rows if type(r) is SegmentRow)
+    segment_rows = [r for r in out.rows if type(r) is SegmentRow]
+    assert all(r.revision >= 1 for r in segment_rows)
+    # one item per take of the row book, not one per row
+    assert out.rows.loose_segment_rows == 0
+    assert 0 < out.rows.segment_batches < len(segment_rows) / 10
 
 
 def test_segments_off_leaves_global_rows_dead_letters_and_totals_alone() -> None:
