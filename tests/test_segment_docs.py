@@ -131,3 +131,9 @@ def test_the_sink_falls_back_to_dicts_where_the_encoder_does_not_apply() -> None
     mongo.write_segment_batch(coll, SegmentRows(NAMES, 60, 300, taken[:1]), now,
                               native.encode_segment_docs)
     assert coll.inserted == [encoded(SegmentRows(NAMES, 60, 300, taken[:1]), now)]
+
+
+def test_presence_reader_picks_the_encoder() -> None:
+    assert mongo.segment_encoder("python") is None
+    assert mongo.segment_encoder("auto") is native.encode_segment_docs
+    assert mongo.segment_encoder("native") is native.encode_segment_docs
