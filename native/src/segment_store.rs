@@ -37,6 +37,8 @@ const NO_PANE: i64 = i64::MIN;
 const DENSE_MIN: usize = 32;
 /// `SegmentPanes._compact_index`: renumber drivers only past this many.
 const COMPACT_MIN: usize = 1024;
+/// `Set::merge` of at most this many positions into a sorted set: in place, no new vector.
+const SMALL_ADD: usize = 8;
 
 // --- sets of positions --------------------------------------------------------
 
@@ -136,6 +138,24 @@ impl Set {
                 true
             }
             Set::Sparse(v) => {
+                if add.len() <= SMALL_ADD {
+                    // the usual case (a driver's pings in its own pane): positions
+                    // found by binary search, a missing one inserted in place
+                    let missing = add.iter().filter(|p| v.binary_search(p).is_err()).count();
+                    if missing == 0 {
+                        return false;
+                    }
+                    v.reserve_exact(missing);
+                    for &p in add {
+                        if let Err(i) = v.binary_search(&p) {
+                            v.insert(i, p);
+                        }
+                    }
+                    if v.len() >= DENSE_MIN {
+                        *self = Set::from_sorted(std::mem::take(v));
+                    }
+                    return true;
+                }
                 let merged = merge_sorted(v, add);
                 if merged.len() == v.len() {
                     return false;
@@ -143,6 +163,15 @@ impl Set {
                 *self = Set::from_sorted(merged);
                 true
             }
+        }
+    }
+
+    #[inline]
+    fn contains(&self, p: u32) -> bool {
+        match self {
+            Set::One(x) => *x == p,
+            Set::Sparse(v) => v.binary_search(&p).is_ok(),
+            Set::Dense(words, _) => words.get((p >> 6) as usize).is_some_and(|w| w & (1u64 << (p & 63)) != 0),
         }
     }
 
@@ -253,6 +282,19 @@ impl Dirty {
     }
 }
 
+/// True if every position of `on_add` not in `av_add` (both sorted, `av_add` a subset) is in `on`.
+fn off_duty_online(on: &Set, on_add: &[u32], av_add: &[u32]) -> bool {
+    let mut j = 0;
+    for &p in on_add {
+        if j < av_add.len() && av_add[j] == p {
+            j += 1;
+        } else if !on.contains(p) {
+            return false;
+        }
+    }
+    true
+}
+
 /// One value in one pane: the drivers online, and those available when not all of them.
 #[derive(Clone)]
 struct Entry {
@@ -266,7 +308,9 @@ impl Entry {
     fn add(&mut self, on_add: &[u32], av_add: &[u32]) -> bool {
         match &mut self.av {
             None => {
-                if av_add.len() == on_add.len() {
+                if av_add.len() == on_add.len() || off_duty_online(&self.on, on_add, av_add) {
+                    // every off-duty position added is online already (so available):
+                    // every online driver stays available
                     return self.on.merge(on_add);
                 }
                 let mut av = self.on.clone();
