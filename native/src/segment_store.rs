@@ -259,6 +259,66 @@ fn union_len(sets: &[&Set], words: &mut Vec<u64>, list: &mut Vec<u32>) -> u32 {
     list.len() as u32
 }
 
+// --- byte-string keys -----------------------------------------------------------
+
+/// Byte-string keys (driver ids, value keys) to numbers. A key of 8 bytes (an
+/// H3 cell) or of at most 7 (a short id, with its length in the top byte) is
+/// held as one word: hashed and compared as an integer, no heap key.
+#[derive(Default)]
+struct KeyMap {
+    eight: FxHashMap<u64, u32>,
+    short: FxHashMap<u64, u32>,
+    long: FxHashMap<Box<[u8]>, u32>,
+}
+
+enum Word<'a> {
+    Eight(u64),
+    Short(u64),
+    Long(&'a [u8]),
+}
+
+#[inline]
+fn word_of(key: &[u8]) -> Word<'_> {
+    match key.len() {
+        8 => Word::Eight(u64::from_le_bytes(key.try_into().unwrap())),
+        n if n < 8 => {
+            let mut w = (n as u64) << 56;
+            for (i, &b) in key.iter().enumerate() {
+                w |= (b as u64) << (8 * i);
+            }
+            Word::Short(w)
+        }
+        _ => Word::Long(key),
+    }
+}
+
+impl KeyMap {
+    #[inline]
+    fn get(&self, key: &[u8]) -> Option<u32> {
+        match word_of(key) {
+            Word::Eight(w) => self.eight.get(&w).copied(),
+            Word::Short(w) => self.short.get(&w).copied(),
+            Word::Long(k) => self.long.get(k).copied(),
+        }
+    }
+
+    fn insert(&mut self, key: &[u8], value: u32) {
+        match word_of(key) {
+            Word::Eight(w) => self.eight.insert(w, value),
+            Word::Short(w) => self.short.insert(w, value),
+            Word::Long(k) => self.long.insert(k.into(), value),
+        };
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        match word_of(key) {
+            Word::Eight(w) => self.eight.remove(&w),
+            Word::Short(w) => self.short.remove(&w),
+            Word::Long(k) => self.long.remove(k),
+        };
+    }
+}
+
 /// The changed `number << 32 | code` keys of one row: appended, sorted and
 /// made distinct when read (or when they double), so marking is no hashing.
 #[derive(Default)]
@@ -418,7 +478,7 @@ fn decode_table(py: Python<'_>, blob: &Bound<'_, PyBytes>) -> PyResult<FxHashMap
 /// One definition's values and panes.
 struct Def {
     kinds: Vec<u8>,
-    codes: FxHashMap<Box<[u8]>, u32>,
+    codes: KeyMap,
     /// per code: its key (None: free)
     keys: Vec<Option<Box<[u8]>>>,
     /// per code: the value's Python tuple and `(number, value)`, made when first needed
@@ -435,7 +495,7 @@ impl Def {
     fn new(kinds: Vec<u8>) -> Def {
         Def {
             kinds,
-            codes: FxHashMap::default(),
+            codes: KeyMap::default(),
             keys: Vec::new(),
             tuples: Vec::new(),
             code_last: Vec::new(),
@@ -461,7 +521,7 @@ impl Def {
                 (self.keys.len() - 1) as u32
             }
         };
-        self.codes.insert(key.into(), code);
+        self.codes.insert(key, code);
         code
     }
 
@@ -695,7 +755,7 @@ pub struct SegmentStore {
     window: i64,
     max_values: usize,
     defs: Vec<Def>,
-    index: FxHashMap<Box<[u8]>, u32>,
+    index: KeyMap,
     ids: Vec<Box<[u8]>>,
     /// the Python text of `ids[..id_texts.len()]`, made when first snapshotted
     id_texts: Vec<Py<PyString>>,
@@ -711,13 +771,19 @@ pub struct SegmentStore {
     offsets: Vec<(u32, u32)>,
     scratch_words: Vec<u64>,
     scratch_list: Vec<u32>,
+    /// `add_parsed`'s buffers, kept between calls
+    scratch_valued: Vec<bool>,
+    scratch_positions: Vec<u32>,
+    scratch_keys: Vec<u64>,
+    scratch_on: Vec<u32>,
+    scratch_av: Vec<u32>,
 }
 
 const NONE: u32 = u32::MAX;
 
 impl SegmentStore {
     fn position(&mut self, driver: &[u8], pane: i64) -> u32 {
-        if let Some(&pos) = self.index.get(driver) {
+        if let Some(pos) = self.index.get(driver) {
             let last = &mut self.last_pane[pos as usize];
             if *last < pane {
                 *last = pane;
@@ -726,13 +792,9 @@ impl SegmentStore {
         }
         let pos = self.ids.len() as u32;
         self.ids.push(driver.into());
-        self.index.insert(driver.into(), pos);
+        self.index.insert(driver, pos);
         self.last_pane.push(pane);
         pos
-    }
-
-    fn rows_of_pane(&self, pane: i64) -> impl Iterator<Item = i64> {
-        (pane..pane + self.window).step_by(self.bucket as usize)
     }
 
     /// The value tables of the panes of row `row` that exist, in one definition.
@@ -791,61 +853,83 @@ impl SegmentStore {
     /// `blob`, keys at `self.offsets`; true if any set grew.
     fn add_parsed(&mut self, py: Python<'_>, pane: i64, blob: &[u8], pings: &[(u32, u32, bool)]) -> PyResult<bool> {
         let ndef = self.defs.len();
+        // the definitions some ping has a value of
+        let mut valued = std::mem::take(&mut self.scratch_valued);
+        valued.clear();
+        valued.resize(ndef, false);
+        for (i, &(off, _)) in self.offsets.iter().enumerate() {
+            if off != NONE {
+                valued[i % ndef] = true;
+            }
+        }
         for number in 0..ndef {
-            if (0..pings.len()).any(|i| self.offsets[i * ndef + number].0 != NONE) {
+            if valued[number] {
                 if let Some(p) = self.defs[number].panes.get_mut(&pane) {
                     p.thaw(py)?;
                 }
             }
         }
-        let mut positions = Vec::with_capacity(pings.len());
+        let mut positions = std::mem::take(&mut self.scratch_positions);
+        positions.clear();
         for &(start, size, _) in pings {
             let driver = &blob[start as usize..(start + size) as usize];
             positions.push(self.position(driver, pane));
         }
         let mut changed_any = false;
         let max_values = self.max_values;
-        let rows: Vec<i64> = self.rows_of_pane(pane).collect();
-        let mut changed_keys: Vec<u64> = Vec::new();
+        let bucket = self.bucket;
+        let mut changed_keys = std::mem::take(&mut self.scratch_keys);
+        let mut on_add = std::mem::take(&mut self.scratch_on);
+        let mut av_add = std::mem::take(&mut self.scratch_av);
         for number in 0..ndef {
-            if !(0..pings.len()).any(|i| self.offsets[i * ndef + number].0 != NONE) {
+            if !valued[number] {
                 continue;
             }
             let def = &mut self.defs[number];
             let mut table = def.panes.remove(&pane).unwrap_or_else(Pane::new);
             self.stage.clear();
+            // no ping can overflow the pane (each adds at most one value): no check per ping
+            let roomy = table.table.len() + pings.len() <= max_values;
             for (i, &(_, _, on)) in pings.iter().enumerate() {
                 let (off, n) = self.offsets[i * ndef + number];
                 if off == NONE {
                     continue;
                 }
                 let mut key = &blob[off as usize..(off + n) as usize];
-                let mut code = def.codes.get(key).copied();
-                let present = code.is_some_and(|c| table.table.contains_key(&c));
-                let fits = present || table.table.len() < max_values;
-                // a new value in a full pane goes to OTHER (unless it is OTHER)
-                if !fits && key != OTHER_KEY {
-                    def.overflow.insert(pane);
-                    def.other_pings += 1;
-                    key = OTHER_KEY;
-                    code = def.codes.get(key).copied();
+                let mut code = def.codes.get(key);
+                if !roomy {
+                    let present = code.is_some_and(|c| table.table.contains_key(&c));
+                    let fits = present || table.table.len() < max_values;
+                    // a new value in a full pane goes to OTHER (unless it is OTHER)
+                    if !fits && key != OTHER_KEY {
+                        def.overflow.insert(pane);
+                        def.other_pings += 1;
+                        key = OTHER_KEY;
+                        code = def.codes.get(key);
+                    }
+                    if !present {
+                        let c = match code {
+                            Some(c) => c,
+                            None => def.allocate(key),
+                        };
+                        code = Some(c);
+                        table.table.entry(c).or_insert_with(|| Entry { on: Set::empty(), av: None });
+                    }
                 }
                 let code = match code {
                     Some(c) => c,
                     None => def.allocate(key),
                 };
+                if roomy {
+                    table.table.entry(code).or_insert_with(|| Entry { on: Set::empty(), av: None });
+                }
                 let last = &mut def.code_last[code as usize];
                 if *last < pane {
                     *last = pane;
                 }
-                if !present {
-                    table.table.entry(code).or_insert_with(|| Entry { on: Set::empty(), av: None });
-                }
                 self.stage.push(((code as u64) << 33) | ((positions[i] as u64) << 1) | on as u64);
             }
             self.stage.sort_unstable();
-            let mut on_add: Vec<u32> = Vec::new();
-            let mut av_add: Vec<u32> = Vec::new();
             let mut i = 0;
             let stage = &self.stage;
             while i < stage.len() {
@@ -862,7 +946,7 @@ impl SegmentStore {
                     }
                     i += 1;
                 }
-                let entry = table.table.get_mut(&code).unwrap();
+                let entry = table.table.get_mut(&code).expect("entered above");
                 if entry.add(&on_add, &av_add) {
                     changed_keys.push(((number as u64) << 32) | code as u64);
                 }
@@ -870,8 +954,10 @@ impl SegmentStore {
             let changed = !changed_keys.is_empty();
             if changed {
                 self.touched.insert((number, pane));
-                for &row in &rows {
+                let mut row = pane;
+                while row < pane + self.window {
                     self.dirty.entry(row).or_default().extend(&changed_keys);
+                    row += bucket;
                 }
                 changed_keys.clear();
                 table.blob = None;
@@ -879,6 +965,11 @@ impl SegmentStore {
             }
             def.panes.insert(pane, table);
         }
+        self.scratch_valued = valued;
+        self.scratch_positions = positions;
+        self.scratch_keys = changed_keys;
+        self.scratch_on = on_add;
+        self.scratch_av = av_add;
         Ok(changed_any)
     }
 
@@ -934,7 +1025,7 @@ impl SegmentStore {
             window,
             max_values,
             defs: kinds.into_iter().map(Def::new).collect(),
-            index: FxHashMap::default(),
+            index: KeyMap::default(),
             ids: Vec::new(),
             id_texts: Vec::new(),
             last_pane: Vec::new(),
@@ -944,6 +1035,11 @@ impl SegmentStore {
             offsets: Vec::new(),
             scratch_words: Vec::new(),
             scratch_list: Vec::new(),
+            scratch_valued: Vec::new(),
+            scratch_positions: Vec::new(),
+            scratch_keys: Vec::new(),
+            scratch_on: Vec::new(),
+            scratch_av: Vec::new(),
         })
     }
 
@@ -1029,7 +1125,7 @@ impl SegmentStore {
 
     /// (online, available) of a value (by its key) in a row.
     fn row_counts(&mut self, py: Python<'_>, number: usize, key: &[u8], row: i64) -> PyResult<(u32, u32)> {
-        match self.defs[number].codes.get(key).copied() {
+        match self.defs[number].codes.get(key) {
             None => Ok((0, 0)),
             Some(code) => {
                 self.thaw_row(py, number, row)?;
@@ -1240,7 +1336,7 @@ impl SegmentStore {
         }
         for (i, (key, text)) in ids.into_iter().enumerate() {
             let key: Box<[u8]> = key.as_bytes().into();
-            self.index.insert(key.clone(), i as u32);
+            self.index.insert(&key, i as u32);
             self.ids.push(key);
             self.id_texts.push(text.unbind());
         }
@@ -1252,7 +1348,7 @@ impl SegmentStore {
                     Some((key, value)) => {
                         let pair = PyTuple::new(py, [number.into_pyobject(py)?.into_any(), value.clone().into_any()])?;
                         let key: Box<[u8]> = key.as_bytes().into();
-                        def.codes.insert(key.clone(), code as u32);
+                        def.codes.insert(&key, code as u32);
                         def.keys.push(Some(key));
                         def.tuples.push(Some((value.unbind(), pair.unbind())));
                         def.code_last.push(NO_PANE);
@@ -1283,7 +1379,7 @@ impl SegmentStore {
                 return Err(PyValueError::new_err("segment state: dirty key of an unknown definition"));
             }
             let def = &mut self.defs[number];
-            let code = match def.codes.get(key.as_bytes()).copied() {
+            let code = match def.codes.get(key.as_bytes()) {
                 Some(c) => c,
                 None => {
                     // no pane holds it (SegmentPanes reports it as 0, 0): a code that
@@ -1329,7 +1425,10 @@ impl SegmentStore {
             Vec::new()
         };
         self.last_pane = kept.iter().map(|&p| self.last_pane[p]).collect();
-        self.index = ids.iter().enumerate().map(|(i, d)| (d.clone(), i as u32)).collect();
+        self.index = KeyMap::default();
+        for (i, d) in ids.iter().enumerate() {
+            self.index.insert(d, i as u32);
+        }
         self.ids = ids;
         self.id_texts = texts;
         for def in &mut self.defs {
