@@ -211,16 +211,16 @@ fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
     out
 }
 
-/// How many distinct positions the sets hold together.
-fn union_len(sets: &[&Set], words: &mut Vec<u64>, list: &mut Vec<u32>) -> u32 {
-    match sets.len() {
-        0 => return 0,
-        1 => return sets[0].len() as u32,
-        _ => {}
+/// How many distinct positions the entries' online sets (`available`: their
+/// available sets) hold together.
+fn union_len(entries: &[&Entry], available: bool, words: &mut Vec<u64>, list: &mut Vec<u32>) -> u32 {
+    let sets = entries.iter().map(|e| if available { e.available() } else { &e.on });
+    if entries.len() < 2 {
+        return sets.map(|s| s.len() as u32).sum();
     }
-    if sets.iter().any(|s| matches!(s, Set::Dense(..))) {
+    if sets.clone().any(|s| matches!(s, Set::Dense(..))) {
         words.clear();
-        for s in sets {
+        for s in sets.clone() {
             if let Set::Dense(w, _) = s {
                 if w.len() > words.len() {
                     words.resize(w.len(), 0);
@@ -262,32 +262,39 @@ fn union_len(sets: &[&Set], words: &mut Vec<u64>, list: &mut Vec<u32>) -> u32 {
 // --- byte-string keys -----------------------------------------------------------
 
 /// Byte-string keys (driver ids, value keys) to numbers. A key of 8 bytes (an
-/// H3 cell) or of at most 7 (a short id, with its length in the top byte) is
-/// held as one word: hashed and compared as an integer, no heap key.
+/// H3 cell), of at most 7 (with its length in the top byte) or of 9 to 16 (its
+/// first and last 8 bytes, and its length) is held in words: hashed and
+/// compared as integers, no heap key, no memcmp. Longer keys are boxed.
 #[derive(Default)]
 struct KeyMap {
     eight: FxHashMap<u64, u32>,
     short: FxHashMap<u64, u32>,
+    two: FxHashMap<(u64, u64, u8), u32>,
     long: FxHashMap<Box<[u8]>, u32>,
 }
 
 enum Word<'a> {
     Eight(u64),
     Short(u64),
+    Two((u64, u64, u8)),
     Long(&'a [u8]),
 }
 
 #[inline]
 fn word_of(key: &[u8]) -> Word<'_> {
-    match key.len() {
-        8 => Word::Eight(u64::from_le_bytes(key.try_into().unwrap())),
-        n if n < 8 => {
+    let n = key.len();
+    let word = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().unwrap());
+    match n {
+        8 => Word::Eight(word(0)),
+        0..=7 => {
             let mut w = (n as u64) << 56;
             for (i, &b) in key.iter().enumerate() {
                 w |= (b as u64) << (8 * i);
             }
             Word::Short(w)
         }
+        // the two words overlap below 16 bytes: with the length, they are the key
+        9..=16 => Word::Two((word(0), word(n - 8), n as u8)),
         _ => Word::Long(key),
     }
 }
@@ -298,6 +305,7 @@ impl KeyMap {
         match word_of(key) {
             Word::Eight(w) => self.eight.get(&w).copied(),
             Word::Short(w) => self.short.get(&w).copied(),
+            Word::Two(w) => self.two.get(&w).copied(),
             Word::Long(k) => self.long.get(k).copied(),
         }
     }
@@ -306,6 +314,7 @@ impl KeyMap {
         match word_of(key) {
             Word::Eight(w) => self.eight.insert(w, value),
             Word::Short(w) => self.short.insert(w, value),
+            Word::Two(w) => self.two.insert(w, value),
             Word::Long(k) => self.long.insert(k.into(), value),
         };
     }
@@ -314,6 +323,7 @@ impl KeyMap {
         match word_of(key) {
             Word::Eight(w) => self.eight.remove(&w),
             Word::Short(w) => self.short.remove(&w),
+            Word::Two(w) => self.two.remove(&w),
             Word::Long(k) => self.long.remove(k),
         };
     }
@@ -716,34 +726,28 @@ fn decode_positions(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     Ok(out)
 }
 
-/// (online, available): sizes of the unions of one code's sets over these panes' tables.
-fn counts_in(tables: &[&FxHashMap<u32, Entry>], code: u32, words: &mut Vec<u64>, list: &mut Vec<u32>) -> (u32, u32) {
-    let mut first: Option<&Entry> = None;
-    let mut more: Vec<&Entry> = Vec::new();
-    for t in tables {
-        if let Some(e) = t.get(&code) {
-            match first {
-                None => first = Some(e),
-                Some(f) => {
-                    if more.is_empty() {
-                        more.push(f);
-                    }
-                    more.push(e);
-                }
+/// (online, available): sizes of the unions of one code's sets over these
+/// panes' tables; `found`: a buffer (for the entries holding the code).
+fn counts_in<'a>(
+    tables: &[&'a FxHashMap<u32, Entry>],
+    code: u32,
+    found: &mut Vec<&'a Entry>,
+    words: &mut Vec<u64>,
+    list: &mut Vec<u32>,
+) -> (u32, u32) {
+    found.clear();
+    found.extend(tables.iter().filter_map(|t| t.get(&code)));
+    match found.len() {
+        0 => (0, 0),
+        1 => (found[0].on.len() as u32, found[0].available().len() as u32),
+        _ => {
+            let online = union_len(found, false, words, list);
+            if found.iter().all(|e| e.av.is_none()) {
+                return (online, online);
             }
+            (online, union_len(found, true, words, list))
         }
     }
-    let Some(first) = first else { return (0, 0) };
-    if more.is_empty() {
-        return (first.on.len() as u32, first.available().len() as u32);
-    }
-    let on: Vec<&Set> = more.iter().map(|e| &e.on).collect();
-    let online = union_len(&on, words, list);
-    if more.iter().all(|e| e.av.is_none()) {
-        return (online, online);
-    }
-    let av: Vec<&Set> = more.iter().map(|e| e.available()).collect();
-    (online, union_len(&av, words, list))
 }
 
 // --- the store ------------------------------------------------------------------
@@ -828,7 +832,7 @@ impl SegmentStore {
     fn counts(&mut self, number: usize, code: u32, row: i64) -> (u32, u32) {
         let mut words = std::mem::take(&mut self.scratch_words);
         let mut list = std::mem::take(&mut self.scratch_list);
-        let out = counts_in(&self.row_tables(number, row), code, &mut words, &mut list);
+        let out = counts_in(&self.row_tables(number, row), code, &mut Vec::new(), &mut words, &mut list);
         self.scratch_words = words;
         self.scratch_list = list;
         out
@@ -1111,8 +1115,10 @@ impl SegmentStore {
     /// `row:i64 key_len:u16 key packed:u64` per partial, the key a partial key:
     /// `number:u16` and the value's key bytes), no Python object per partial.
     fn take_packed_partials<'py>(&mut self, py: Python<'py>, watermark: Option<f64>) -> PyResult<Bound<'py, PyBytes>> {
-        let mut out: Vec<u8> = Vec::new();
-        for (row, number, code, packed) in self.closed_partials(py, watermark)? {
+        let parts = self.closed_partials(py, watermark)?;
+        // row, key length, number, a key (mostly at most 16 bytes), packed
+        let mut out: Vec<u8> = Vec::with_capacity(parts.len() * 36);
+        for (row, number, code, packed) in parts {
             let key = self.defs[number].keys[code as usize].as_deref().unwrap_or(OTHER_KEY);
             out.extend_from_slice(&row.to_le_bytes());
             out.extend_from_slice(&((key.len() + 2) as u16).to_le_bytes());
@@ -1473,8 +1479,9 @@ impl SegmentStore {
                 let overflow = self.row_overflow(number, row) as u64;
                 self.thaw_row(py, number, row)?;
                 let tables = self.row_tables(number, row);
+                let mut found = Vec::with_capacity(tables.len());
                 for &k in &keys[at..end] {
-                    let (online, available) = counts_in(&tables, k as u32, &mut words, &mut list);
+                    let (online, available) = counts_in(&tables, k as u32, &mut found, &mut words, &mut list);
                     let packed = ((online as u64) << PARTIAL_SHIFT) | ((available as u64) << AVAILABLE_SHIFT) | overflow;
                     out.push((row, number, k as u32, packed));
                 }
