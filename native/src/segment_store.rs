@@ -329,26 +329,56 @@ impl KeyMap {
     }
 }
 
-/// The changed `number << 32 | code` keys of one row: appended, sorted and
-/// made distinct when read (or when they double), so marking is no hashing.
+/// The changed `number << 32 | code` keys of one row: per definition, a
+/// bitset over its codes (codes are small and dense), so marking is one bit,
+/// no hashing, and the keys come out distinct and sorted with no sorting.
 #[derive(Default)]
 struct Dirty {
-    keys: Vec<u64>,
-    settled: usize,
+    bits: Vec<Vec<u64>>,
+    count: usize,
 }
 
 impl Dirty {
     fn extend(&mut self, keys: &[u64]) {
-        self.keys.extend_from_slice(keys);
-        if self.keys.len() > 2 * self.settled + 1024 {
-            self.settle();
+        for &k in keys {
+            let (number, code) = ((k >> 32) as usize, k as u32);
+            if number >= self.bits.len() {
+                self.bits.resize_with(number + 1, Vec::new);
+            }
+            let words = &mut self.bits[number];
+            let w = (code >> 6) as usize;
+            if w >= words.len() {
+                words.resize(w + 1, 0);
+            }
+            let bit = 1u64 << (code & 63);
+            if words[w] & bit == 0 {
+                words[w] |= bit;
+                self.count += 1;
+            }
         }
     }
 
-    fn settle(&mut self) {
-        self.keys.sort_unstable();
-        self.keys.dedup();
-        self.settled = self.keys.len();
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Append the keys, ascending.
+    fn keys_into(&self, out: &mut Vec<u64>) {
+        for (number, words) in self.bits.iter().enumerate() {
+            for (i, &w) in words.iter().enumerate() {
+                let mut w = w;
+                while w != 0 {
+                    out.push(((number as u64) << 32) | ((i as u64) << 6) | w.trailing_zeros() as u64);
+                    w &= w - 1;
+                }
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.count);
+        self.keys_into(&mut out);
+        out
     }
 }
 
@@ -1167,14 +1197,13 @@ impl SegmentStore {
     }
 
     fn first_dirty_row(&self) -> Option<i64> {
-        self.dirty.iter().find(|(_, d)| !d.keys.is_empty()).map(|(r, _)| *r)
+        self.dirty.iter().find(|(_, d)| !d.is_empty()).map(|(r, _)| *r)
     }
 
     /// `[(number, value, row)]` whose counts may have changed.
     fn dirty_keys<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let mut out = Vec::new();
-        self.dirty.values_mut().for_each(Dirty::settle);
-        let all: Vec<(i64, u64)> = self.dirty.iter().flat_map(|(r, d)| d.keys.iter().map(move |k| (*r, *k))).collect();
+        let all: Vec<(i64, u64)> = self.dirty.iter().flat_map(|(r, d)| d.keys().into_iter().map(move |k| (*r, k))).collect();
         for (row, k) in all {
             let number = (k >> 32) as usize;
             let (value, _) = self.defs[number].tuples_of(py, number, k as u32)?;
@@ -1291,8 +1320,7 @@ impl SegmentStore {
             other.append(def.other_pings)?;
         }
         let dirty = PyDict::new(py);
-        self.dirty.values_mut().for_each(Dirty::settle);
-        let rows: Vec<(i64, Vec<u64>)> = self.dirty.iter().map(|(r, d)| (*r, d.keys.clone())).collect();
+        let rows: Vec<(i64, Vec<u64>)> = self.dirty.iter().map(|(r, d)| (*r, d.keys())).collect();
         for (row, ks) in rows {
             let mut keys = Vec::with_capacity(ks.len());
             for k in ks {
@@ -1468,10 +1496,9 @@ impl SegmentStore {
         let mut words: Vec<u64> = Vec::new();
         let mut list: Vec<u32> = Vec::new();
         for row in closed {
-            let mut dirty = self.dirty.remove(&row).unwrap();
-            dirty.settle();
+            let dirty = self.dirty.remove(&row).unwrap();
             keys.clear();
-            keys.extend(dirty.keys);
+            dirty.keys_into(&mut keys);
             let mut at = 0;
             while at < keys.len() {
                 let number = (keys[at] >> 32) as usize;
