@@ -42,10 +42,18 @@ const SMALL_ADD: usize = 8;
 
 // --- sets of positions --------------------------------------------------------
 
+// an inline set costs no more than a vector
+const _: () = assert!(std::mem::size_of::<Set>() == 32);
+
+/// A set of at most this many positions is held in itself (no vector to reach).
+const FEW: usize = 5;
+
 #[derive(Clone)]
 enum Set {
     One(u32),
-    /// sorted, distinct (may be empty only while an entry is being filled)
+    /// 2 to `FEW` sorted, distinct positions (the count, then the positions)
+    Few(u8, [u32; FEW]),
+    /// more than `FEW` sorted, distinct (may be empty only while an entry is being filled)
     Sparse(Vec<u32>),
     /// bit words, count of set bits
     Dense(Vec<u64>, u32),
@@ -60,15 +68,29 @@ impl Set {
     fn len(&self) -> usize {
         match self {
             Set::One(_) => 1,
+            Set::Few(n, _) => *n as usize,
             Set::Sparse(v) => v.len(),
             Set::Dense(_, n) => *n as usize,
         }
     }
 
+    /// The set of these sorted, distinct positions (at least one), no vector if they are few.
+    fn from_slice(v: &[u32]) -> Set {
+        match v.len() {
+            1 => Set::One(v[0]),
+            n @ 2..=FEW => {
+                let mut p = [0u32; FEW];
+                p[..n].copy_from_slice(v);
+                Set::Few(n as u8, p)
+            }
+            _ => Set::from_sorted(v.to_vec()),
+        }
+    }
+
     /// The set of these sorted, distinct positions, in its smaller form.
     fn from_sorted(v: Vec<u32>) -> Set {
-        if v.len() == 1 {
-            return Set::One(v[0]);
+        if (1..=FEW).contains(&v.len()) {
+            return Set::from_slice(&v);
         }
         if v.len() >= DENSE_MIN {
             let top = *v.last().unwrap() as usize;
@@ -87,6 +109,7 @@ impl Set {
     fn positions(&self) -> Vec<u32> {
         match self {
             Set::One(p) => vec![*p],
+            Set::Few(n, p) => p[..*n as usize].to_vec(),
             Set::Sparse(v) => v.clone(),
             Set::Dense(words, n) => {
                 let mut out = Vec::with_capacity(*n as usize);
@@ -129,12 +152,14 @@ impl Set {
                 if add.len() == 1 && add[0] == x {
                     return false;
                 }
-                let merged = merge_sorted(&[x], add);
-                *self = Set::from_sorted(merged);
-                true
+                self.merge_few(&[x], add)
+            }
+            Set::Few(n, p) => {
+                let (n, p) = (*n as usize, *p);
+                self.merge_few(&p[..n], add)
             }
             Set::Sparse(v) if v.is_empty() => {
-                *self = if add.len() == 1 { Set::One(add[0]) } else { Set::from_sorted(add.to_vec()) };
+                *self = Set::from_slice(add);
                 true
             }
             Set::Sparse(v) => {
@@ -166,10 +191,31 @@ impl Set {
         }
     }
 
+    /// `merge` into a set of the `cur` positions (at most `FEW`): no vector
+    /// unless the result has more than `FEW`.
+    fn merge_few(&mut self, cur: &[u32], add: &[u32]) -> bool {
+        if add.len() <= FEW {
+            let mut buf = [0u32; 2 * FEW];
+            let m = merge_into(cur, add, &mut buf);
+            if m == cur.len() {
+                return false;
+            }
+            *self = Set::from_slice(&buf[..m]);
+            return true;
+        }
+        let merged = merge_sorted(cur, add);
+        if merged.len() == cur.len() {
+            return false;
+        }
+        *self = Set::from_sorted(merged);
+        true
+    }
+
     #[inline]
     fn contains(&self, p: u32) -> bool {
         match self {
             Set::One(x) => *x == p,
+            Set::Few(n, v) => v[..*n as usize].contains(&p),
             Set::Sparse(v) => v.binary_search(&p).is_ok(),
             Set::Dense(words, _) => words.get((p >> 6) as usize).is_some_and(|w| w & (1u64 << (p & 63)) != 0),
         }
@@ -182,11 +228,32 @@ impl Set {
 
     fn heap_bytes(&self) -> usize {
         match self {
-            Set::One(_) => 0,
+            Set::One(_) | Set::Few(..) => 0,
             Set::Sparse(v) => v.capacity() * 4,
             Set::Dense(w, _) => w.capacity() * 8,
         }
     }
+}
+
+/// `merge_sorted` into `out` (room for both); returns the length.
+fn merge_into(a: &[u32], b: &[u32], out: &mut [u32]) -> usize {
+    let (mut i, mut j, mut k) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        out[k] = x.min(y);
+        i += (x <= y) as usize;
+        j += (y <= x) as usize;
+        k += 1;
+    }
+    for &x in &a[i..] {
+        out[k] = x;
+        k += 1;
+    }
+    for &y in &b[j..] {
+        out[k] = y;
+        k += 1;
+    }
+    k
 }
 
 fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
@@ -240,6 +307,7 @@ fn union_len(entries: &[&Entry], available: bool, words: &mut Vec<u64>, list: &m
             };
             match s {
                 Set::One(p) => set(*p),
+                Set::Few(n, v) => v[..*n as usize].iter().for_each(|&p| set(p)),
                 Set::Sparse(v) => v.iter().for_each(|&p| set(p)),
                 Set::Dense(..) => {}
             }
@@ -250,6 +318,7 @@ fn union_len(entries: &[&Entry], available: bool, words: &mut Vec<u64>, list: &m
     for s in sets {
         match s {
             Set::One(p) => list.push(*p),
+            Set::Few(n, v) => list.extend_from_slice(&v[..*n as usize]),
             Set::Sparse(v) => list.extend_from_slice(v),
             Set::Dense(..) => unreachable!(),
         }
