@@ -468,8 +468,9 @@ fn off_duty_online(on: &Set, on_add: &[u32], av_add: &[u32]) -> bool {
 #[derive(Clone)]
 struct Entry {
     on: Set,
-    /// None: every online driver is available
-    av: Option<Set>,
+    /// None: every online driver is available (boxed: most entries have none,
+    /// and a table slot is then 48 bytes, not 72)
+    av: Option<Box<Set>>,
 }
 
 impl Entry {
@@ -486,7 +487,7 @@ impl Entry {
                 av.merge(av_add);
                 let grew = self.on.merge(on_add);
                 if av.len() != self.on.len() {
-                    self.av = Some(av);
+                    self.av = Some(Box::new(av));
                 }
                 grew
             }
@@ -502,7 +503,7 @@ impl Entry {
     }
 
     fn available(&self) -> &Set {
-        self.av.as_ref().unwrap_or(&self.on)
+        self.av.as_deref().unwrap_or(&self.on)
     }
 }
 
@@ -574,7 +575,7 @@ fn decode_table(py: Python<'_>, blob: &Bound<'_, PyBytes>) -> PyResult<FxHashMap
             if av.len() == on.len() {
                 Entry { on, av: None }
             } else {
-                Entry { on, av: Some(av) }
+                Entry { on, av: Some(Box::new(av)) }
             }
         } else {
             Entry { on: Set::from_sorted(decode_positions(&entry)?), av: None }
@@ -1318,7 +1319,7 @@ impl SegmentStore {
                 }
                 total += pane.table.capacity() * entry;
                 for e in pane.table.values() {
-                    total += e.on.heap_bytes() + e.av.as_ref().map_or(0, |s| s.heap_bytes());
+                    total += e.on.heap_bytes() + e.av.as_ref().map_or(0, |s| std::mem::size_of::<Set>() + s.heap_bytes());
                 }
             }
         }
@@ -1539,7 +1540,7 @@ impl SegmentStore {
                 for e in pane.table.values_mut() {
                     e.on = e.on.remap(&renumber);
                     if let Some(av) = &e.av {
-                        e.av = Some(av.remap(&renumber));
+                        e.av = Some(Box::new(av.remap(&renumber)));
                     }
                 }
                 pane.blob = None;
