@@ -8,14 +8,17 @@
 //!
 //! Layout: drivers are numbered (positions, `u32`) in the order first seen;
 //! values are numbered per definition (codes, reused once no pane holds them).
-//! A pane maps codes to an `Entry`: the online `Set` and, only when it
-//! differs, the available one (a subset). A set is one position, a sorted
-//! `Vec<u32>` (an H3 cell: one or two drivers), or a bitset once that is
-//! smaller (a city: thousands). Row counts are the sizes of unions over the
-//! row's panes. The snapshot is `SegmentPanes.snapshot()`'s plain data; each
-//! pane's pickle is kept until the pane changes, and `freeze_closed` keeps a
-//! closed pane as that pickle alone (about 4 bytes per driver, bucket and
-//! value instead of about 26) until a late ping or a report thaws it.
+//! Driver ids and value keys of at most 16 bytes are looked up as integers
+//! (`KeyMap`). A pane maps codes to an `Entry`: the online `Set` and, only
+//! when it differs, the available one (a subset, boxed). A set is one
+//! position, up to `FEW` held in the entry (an H3 cell: one or two drivers),
+//! a sorted `Vec<u32>`, or a bitset once that is smaller (a city:
+//! thousands). A row's changed values are a bitset over codes. Row counts
+//! are the sizes of unions over the row's panes. The snapshot is
+//! `SegmentPanes.snapshot()`'s plain data; each pane's pickle is kept until
+//! the pane changes, and `freeze_closed` keeps a closed pane as that pickle
+//! alone (about 4 bytes per driver, bucket and value instead of about 20)
+//! until a late ping or a report thaws it.
 
 use std::collections::BTreeMap;
 
