@@ -4,15 +4,18 @@
 
 Runs :mod:`bench.segment_profile`'s core (cities workload, 16 shards,
 ``city;city,vehicle_type;h3:8``) once, recording every call its shards make
-to their ``SegmentPanes`` (``add_pings``, ``take_row_partials``,
-``first_dirty_row``, ``drop_before``, ``freeze_closed``), then replays the
-calls on fresh ``SegmentPanes`` and on fresh ``NativeSegmentPanes`` (pings as
-packed records, encoded before the clock starts, as the compiled reader hands
-them over), checks that every answer is the same, and prints the time per
-(ping, definition) of adding, per partial of reporting, and the compiled
-store's memory per (driver, bucket, value) at its peak and at the end, once
-``freeze_closed`` has turned every pane into its snapshot bytes (the state
-of the panes kept for the correction horizon once their rows closed).
+to their segment store (``add_records``, as the compiled reader sends pings,
+or ``add_pings``, as the pure-Python one does; ``take_keyed_partials``,
+``take_row_partials``, ``first_dirty_row``, ``drop_before``,
+``freeze_closed``), then replays the calls on fresh ``SegmentPanes`` and on
+fresh ``NativeSegmentPanes`` (pings as packed records, as the compiled reader
+hands them over, and once more as ``(driver, on_duty, values)`` tuples; both
+forms made before the clock starts), checks that every answer is the same,
+and prints the time per (ping, definition) of adding, per partial of
+reporting, and the compiled store's memory per (driver, bucket, value) at
+its peak and at the end, once ``freeze_closed`` has turned every pane into
+its snapshot bytes (the state of the panes kept for the correction horizon
+once their rows closed).
 """
 
 from __future__ import annotations
@@ -27,45 +30,57 @@ from bench import workload as wl
 from presence.core import shard as shard_module
 from presence.core.native_segments import NativeSegmentPanes
 from presence.core.segment_panes import SegmentPanes
-from presence.core.segment_records import dimension_kinds, encode_records
+from presence.core.segment_records import decode_records, dimension_kinds, encode_records
+from presence.core.segment_tally import unpack_partials
 from presence.core.segments import parse_segments
 from presence.core.windows import WindowSpec
 
-CALLS = ("add_pings", "take_row_partials", "first_dirty_row", "drop_before", "freeze_closed")
+CALLS = ("add_pings", "add_records", "take_keyed_partials", "take_row_partials",
+         "first_dirty_row", "drop_before", "freeze_closed")
+ADD = ("add_pings", "add_records")
+TAKE = ("take_keyed_partials", "take_row_partials")
 
 
 def record(spec: WindowSpec, batches, partitions: int) -> list[tuple[int, str, tuple]]:
-    """Every call the shards make to their segment panes: ``(store, method, args)``."""
+    """Every call the shards make to their segment stores: ``(store, method, args)``,
+    whichever store class the shards keep (:func:`shard.segment_store_class`)."""
     log: list[tuple[int, str, tuple]] = []
     stores: dict[int, int] = {}
 
-    class Recording(SegmentPanes):
-        pass
+    def recording(base: type) -> type:
+        def wrap(name):
+            method = getattr(base, name)
 
-    def wrap(name):
-        method = getattr(SegmentPanes, name)
+            def recorded(self, *args):
+                number = stores.setdefault(id(self), len(stores))
+                if name == "add_pings":
+                    args = (args[0], list(args[1]))
+                log.append((number, name, args))
+                return method(self, *args)
+            return recorded
 
-        def recorded(self, *args):
-            number = stores.setdefault(id(self), len(stores))
-            if name == "add_pings":
-                args = (args[0], list(args[1]))
-            log.append((number, name, args))
-            return method(self, *args)
-        return recorded
+        return type("Recording" + base.__name__, (base,), {name: wrap(name) for name in CALLS})
 
-    for name in CALLS:
-        setattr(Recording, name, wrap(name))
-    original = shard_module.SegmentPanes
-    shard_module.SegmentPanes = Recording
+    originals = shard_module.SegmentPanes, shard_module.NativeSegmentPanes
+    shard_module.SegmentPanes = recording(SegmentPanes)
+    if originals[1] is not None:
+        shard_module.NativeSegmentPanes = recording(originals[1])
     try:
         sp.run(spec, batches, partitions)
     finally:
-        shard_module.SegmentPanes = original
+        shard_module.SegmentPanes, shard_module.NativeSegmentPanes = originals
     return log
 
 
-def replay(cls, spec, log, records=None):
-    """Replay ``log`` on fresh stores of ``cls``: (answers, seconds per method, peak store sizes)."""
+def as_records(log, kinds) -> list[tuple[int, str, tuple]]:
+    """``log`` with every add as ``add_records`` (pane, packed records)."""
+    return [(n, "add_records", (a[0], encode_records(a[1], kinds))) if name == "add_pings"
+            else (n, name, a) for n, name, a in log]
+
+
+def replay(cls, spec, log, tuples=None, measure=False):
+    """Replay ``log`` on fresh stores of ``cls`` (its adds as records, or as the
+    ``tuples`` given per call index): (answers, seconds per kind of call, peak store sizes)."""
     stores: dict[int, object] = defaultdict(lambda: cls(spec, spec.segments, spec.max_segment_values))
     spent = defaultdict(float)
     answers = []
@@ -73,22 +88,22 @@ def replay(cls, spec, log, records=None):
     clock = time.perf_counter
     for i, (number, name, args) in enumerate(log):
         store = stores[number]
-        if records is not None and name == "add_pings":
-            t0 = clock()
-            answer = store.add_records(args[0], records[i])
-            spent["add"] += clock() - t0
+        if name == "add_records" and tuples is not None:
+            method, args = store.add_pings, (args[0], tuples[i])
         else:
             method = getattr(store, name)
-            t0 = clock()
-            answer = method(*args)
-            spent["add" if name == "add_pings" else name] += clock() - t0
+        t0 = clock()
+        answer = method(*args)
+        spent["add" if name in ADD else "take" if name in TAKE else name] += clock() - t0
+        if name == "take_keyed_partials" and type(answer) is bytes:
+            answer = unpack_partials(answer)
         answers.append(answer)
-        if records is not None and name == "drop_before":
+        if measure and name == "drop_before":
             sizes = [s._store.sizes() for s in stores.values()]
             memory = sum(s._store.memory() for s in stores.values())
             if memory > peak[0]:
                 peak = (memory, sum(e for e, _ in sizes), sum(m for _, m in sizes))
-    if records is not None:  # then every pane closed and frozen
+    if measure:  # then every pane closed and frozen
         for s in stores.values():
             s.freeze_closed(float("inf"))
             s.freeze_closed(float("inf"))  # the panes changed before the first call too
@@ -108,26 +123,29 @@ def main() -> None:
     batches = sp.messages(w, args.batch)
     spec = WindowSpec(bucket_s=60, window_s=300, lateness_s=30, horizon_s=3600,
                       segments=parse_segments(args.segments))
-    log = record(spec, batches, len(w.drivers))
     kinds = dimension_kinds(spec.segments)
-    records = {i: encode_records(a[1], kinds) for i, (_, name, a) in enumerate(log) if name == "add_pings"}
-    pairs = sum(1 for _, name, a in log if name == "add_pings" for p in a[1] for v in p[2] if v is not None)
-    pings = sum(len(a[1]) for _, name, a in log if name == "add_pings")
+    log = as_records(record(spec, batches, len(w.drivers)), kinds)
+    tuples = {i: decode_records(a[1], kinds) for i, (_, name, a) in enumerate(log) if name == "add_records"}
+    pairs = sum(1 for pings in tuples.values() for p in pings for v in p[2] if v is not None)
+    pings = sum(len(p) for p in tuples.values())
+    if not pairs:
+        raise SystemExit("the shards added no segment pings: nothing to compare")
     gc.collect()
     gc.freeze()  # the recorded calls' millions of objects: not traversed by every collection
     py_answers, py_spent, _ = replay(SegmentPanes, spec, log)
-    nat_answers, nat_spent, peak = replay(NativeSegmentPanes, spec, log, records)
-    tup_answers, tup_spent, _ = replay(NativeSegmentPanes, spec, log)
+    nat_answers, nat_spent, peak = replay(NativeSegmentPanes, spec, log, measure=True)
+    tup_answers, tup_spent, _ = replay(NativeSegmentPanes, spec, log, tuples)
     assert nat_answers == py_answers == tup_answers, "the compiled store answered differently"
     partials = sum(len(by) for (_, name, _), out in zip(log, py_answers)
-                   if name == "take_row_partials" for by in out.values())
-    calls = sum(1 for _, name, _ in log if name == "add_pings")
+                   if name in TAKE for by in out.values())
+    calls = len(tuples)
     print(f"{pings:,} pings ({pairs:,} ping-definitions, {calls:,} add calls) of {args.drivers:,} drivers, "
           f"{partials:,} partials, segments {args.segments!r}; same answers from both stores")
     for label, spent in (("SegmentPanes", py_spent), ("NativeSegmentPanes records", nat_spent),
                          ("NativeSegmentPanes tuples", tup_spent)):
         print(f"  {label}: add {spent['add'] / pairs * 1e6:.3f} us/ping-definition, "
-              f"take_row_partials {spent['take_row_partials'] / max(partials, 1) * 1e6:.3f} us/partial, "
+              f"take partials {spent['take'] / max(partials, 1) * 1e6:.3f} us/partial, "
+              f"first_dirty_row {spent['first_dirty_row'] * 1e3:.1f} ms, "
               f"drop_before {spent['drop_before'] * 1e3:.1f} ms, "
               f"freeze_closed {spent['freeze_closed'] * 1e3:.1f} ms in all")
     memory, entries, members, end_memory, end_members = peak

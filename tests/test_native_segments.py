@@ -304,3 +304,82 @@ def test_packed_partials_are_the_keyed_partials(data) -> None:
         watermark = data.draw(st.sampled_from([None, 100.0, 400.0, 1000.0]))
         assert unpack_partials(native.take_keyed_partials(watermark)) == \
             python.take_keyed_partials(watermark)
+
+
+# Texts whose keys (a u16 length, then the utf-8 bytes) fall in each of the
+# compiled key maps' classes: up to 7 bytes, exactly 8, 9 to 16 (its first and
+# last 8 bytes overlap), longer (boxed); some alike but for their length, their
+# zero bytes or one middle byte.
+KEY_TEXTS = ["", "\x00", "\x00\x00", "a", "abcde", "abcdef", "abcdefg", "abcdefgh",
+             "abcdefghi", "abcdefghijklmn", "abcdefgh12345678"[:15], "abcdefghX2345678"[:15],
+             "abcdefgh1234567", "abcdefgh12345678X", "abcdefgh12345678Y", "é" * 9, "\ud800" * 7,
+             "x" * 40, "x" * 39 + "y"]
+
+
+@built
+def test_keys_of_every_length_are_told_apart() -> None:
+    """Driver ids and values of every key length (the compiled store holds short
+    keys as words, long ones boxed) count as SegmentPanes counts them, also
+    once their codes are freed and reused, and through snapshots both ways."""
+    definitions = parse_segments("city;city,vehicle_type;h3:8")
+    spec = WindowSpec(bucket_s=60, window_s=120)
+    ref = SegmentPanes(spec, definitions)
+    native = NativeSegmentPanes(spec, definitions)
+    kinds = dimension_kinds(definitions)
+    texts = KEY_TEXTS
+    for k in range(6):
+        pane = BASE + k * 60
+        # each pane: every driver id, each in a value of a shifting set of texts,
+        # so values leave (their codes freed by drop_before) and come back
+        pings = [(driver, (i + k) % 4 != 0,
+                  ((texts[(i + k) % len(texts)],),
+                   (texts[(i * 3 + k) % len(texts)], texts[(i + 2 * k) % len(texts)]),
+                   (CELL + ((i + k) % 7) * 2**45,)))
+                 for i, driver in enumerate(texts + [t + "!" for t in texts])]
+        pings = pings[k % 3:]  # not every driver every pane
+        assert native.add_records(pane, encode_records(pings, kinds)) == ref.add_pings(pane, pings)
+        assert native.take_row_partials(pane) == ref.take_row_partials(pane)
+        _compare_keys(ref, native, definitions, texts, pane)
+        if k % 2:
+            assert native.drop_before(pane - 60) == ref.drop_before(pane - 60)
+            snap = ref.snapshot() if k == 3 else native.snapshot()
+            ref = SegmentPanes.restore(spec, definitions, pickle.loads(pickle.dumps(snap, 5)))
+            native = NativeSegmentPanes.restore(spec, definitions, pickle.loads(pickle.dumps(snap, 5)))
+    assert native.take_row_partials() == ref.take_row_partials()
+    assert native.snapshot()["values"] == ref.snapshot()["values"]
+    assert native.snapshot()["ids"] == ref.snapshot()["ids"]
+
+
+def _compare_keys(ref, native, definitions, texts, pane) -> None:
+    for row in (pane, pane + 60):
+        for t in texts:
+            for number, value in ((0, (t,)), (1, (t, t)), (1, (t, texts[3]))):
+                assert native.row_counts(number, value, row) == ref.row_counts(number, value, row)
+
+
+@built
+@pytest.mark.parametrize("window", [60, 180])
+def test_sets_growing_and_shrinking_through_every_form(window) -> None:
+    """One value's drivers from 1 to 70 and back (a set of one, a few held in
+    the entry, a sorted vector, a bitset), some off duty: the same counts, of
+    one pane (a window of one bucket: the set's own size) and over three."""
+    definitions = parse_segments("city")
+    spec = WindowSpec(bucket_s=60, window_s=window)
+    ref = SegmentPanes(spec, definitions)
+    native = NativeSegmentPanes(spec, definitions)
+    sizes = [1, 2, 3, 5, 6, 7, 12, 31, 32, 33, 70, 4, 1]
+    for k, size in enumerate(sizes):
+        pane = BASE + k * 60
+        # drivers added a few at a time (small merges, each with one driver
+        # already there) and all at once (large)
+        for at in range(0, size, 1 + k % 4):
+            pings = [(f"d{j * 7 % 71}", j % 5 != k % 5, (("SG",),))
+                     for j in range(max(0, at - 1), min(size, at + 1 + k % 4))]
+            assert native.add_pings(pane, pings) == ref.add_pings(pane, pings)
+        assert native.take_row_partials(pane) == ref.take_row_partials(pane)
+        for row in (pane - 60, pane):
+            assert native.row_counts(0, ("SG",), row) == ref.row_counts(0, ("SG",), row)
+        if k % 4 == 3:
+            native = NativeSegmentPanes.restore(spec, definitions, pickle.loads(pickle.dumps(native.snapshot(), 5)))
+            ref = SegmentPanes.restore(spec, definitions, pickle.loads(pickle.dumps(ref.snapshot(), 5)))
+    assert native.take_row_partials() == ref.take_row_partials()

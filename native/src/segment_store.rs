@@ -8,14 +8,17 @@
 //!
 //! Layout: drivers are numbered (positions, `u32`) in the order first seen;
 //! values are numbered per definition (codes, reused once no pane holds them).
-//! A pane maps codes to an `Entry`: the online `Set` and, only when it
-//! differs, the available one (a subset). A set is one position, a sorted
-//! `Vec<u32>` (an H3 cell: one or two drivers), or a bitset once that is
-//! smaller (a city: thousands). Row counts are the sizes of unions over the
-//! row's panes. The snapshot is `SegmentPanes.snapshot()`'s plain data; each
-//! pane's pickle is kept until the pane changes, and `freeze_closed` keeps a
-//! closed pane as that pickle alone (about 4 bytes per driver, bucket and
-//! value instead of about 26) until a late ping or a report thaws it.
+//! Driver ids and value keys of at most 16 bytes are looked up as integers
+//! (`KeyMap`). A pane maps codes to an `Entry`: the online `Set` and, only
+//! when it differs, the available one (a subset, boxed). A set is one
+//! position, up to `FEW` held in the entry (an H3 cell: one or two drivers),
+//! a sorted `Vec<u32>`, or a bitset once that is smaller (a city:
+//! thousands). A row's changed values are a bitset over codes. Row counts
+//! are the sizes of unions over the row's panes. The snapshot is
+//! `SegmentPanes.snapshot()`'s plain data; each pane's pickle is kept until
+//! the pane changes, and `freeze_closed` keeps a closed pane as that pickle
+//! alone (about 4 bytes per driver, bucket and value instead of about 20)
+//! until a late ping or a report thaws it.
 
 use std::collections::BTreeMap;
 
@@ -37,13 +40,23 @@ const NO_PANE: i64 = i64::MIN;
 const DENSE_MIN: usize = 32;
 /// `SegmentPanes._compact_index`: renumber drivers only past this many.
 const COMPACT_MIN: usize = 1024;
+/// `Set::merge` of at most this many positions into a sorted set: in place, no new vector.
+const SMALL_ADD: usize = 8;
 
 // --- sets of positions --------------------------------------------------------
+
+// an inline set costs no more than a vector
+const _: () = assert!(std::mem::size_of::<Set>() == 32);
+
+/// A set of at most this many positions is held in itself (no vector to reach).
+const FEW: usize = 5;
 
 #[derive(Clone)]
 enum Set {
     One(u32),
-    /// sorted, distinct (may be empty only while an entry is being filled)
+    /// 2 to `FEW` sorted, distinct positions (the count, then the positions)
+    Few(u8, [u32; FEW]),
+    /// more than `FEW` sorted, distinct (may be empty only while an entry is being filled)
     Sparse(Vec<u32>),
     /// bit words, count of set bits
     Dense(Vec<u64>, u32),
@@ -58,15 +71,29 @@ impl Set {
     fn len(&self) -> usize {
         match self {
             Set::One(_) => 1,
+            Set::Few(n, _) => *n as usize,
             Set::Sparse(v) => v.len(),
             Set::Dense(_, n) => *n as usize,
         }
     }
 
+    /// The set of these sorted, distinct positions (at least one), no vector if they are few.
+    fn from_slice(v: &[u32]) -> Set {
+        match v.len() {
+            1 => Set::One(v[0]),
+            n @ 2..=FEW => {
+                let mut p = [0u32; FEW];
+                p[..n].copy_from_slice(v);
+                Set::Few(n as u8, p)
+            }
+            _ => Set::from_sorted(v.to_vec()),
+        }
+    }
+
     /// The set of these sorted, distinct positions, in its smaller form.
     fn from_sorted(v: Vec<u32>) -> Set {
-        if v.len() == 1 {
-            return Set::One(v[0]);
+        if (1..=FEW).contains(&v.len()) {
+            return Set::from_slice(&v);
         }
         if v.len() >= DENSE_MIN {
             let top = *v.last().unwrap() as usize;
@@ -85,6 +112,7 @@ impl Set {
     fn positions(&self) -> Vec<u32> {
         match self {
             Set::One(p) => vec![*p],
+            Set::Few(n, p) => p[..*n as usize].to_vec(),
             Set::Sparse(v) => v.clone(),
             Set::Dense(words, n) => {
                 let mut out = Vec::with_capacity(*n as usize);
@@ -127,15 +155,35 @@ impl Set {
                 if add.len() == 1 && add[0] == x {
                     return false;
                 }
-                let merged = merge_sorted(&[x], add);
-                *self = Set::from_sorted(merged);
-                true
+                self.merge_few(&[x], add)
+            }
+            Set::Few(n, p) => {
+                let (n, p) = (*n as usize, *p);
+                self.merge_few(&p[..n], add)
             }
             Set::Sparse(v) if v.is_empty() => {
-                *self = if add.len() == 1 { Set::One(add[0]) } else { Set::from_sorted(add.to_vec()) };
+                *self = Set::from_slice(add);
                 true
             }
             Set::Sparse(v) => {
+                if add.len() <= SMALL_ADD {
+                    // the usual case (a driver's pings in its own pane): positions
+                    // found by binary search, a missing one inserted in place
+                    let missing = add.iter().filter(|p| v.binary_search(p).is_err()).count();
+                    if missing == 0 {
+                        return false;
+                    }
+                    v.reserve_exact(missing);
+                    for &p in add {
+                        if let Err(i) = v.binary_search(&p) {
+                            v.insert(i, p);
+                        }
+                    }
+                    if v.len() >= DENSE_MIN {
+                        *self = Set::from_sorted(std::mem::take(v));
+                    }
+                    return true;
+                }
                 let merged = merge_sorted(v, add);
                 if merged.len() == v.len() {
                     return false;
@@ -146,6 +194,36 @@ impl Set {
         }
     }
 
+    /// `merge` into a set of the `cur` positions (at most `FEW`): no vector
+    /// unless the result has more than `FEW`.
+    fn merge_few(&mut self, cur: &[u32], add: &[u32]) -> bool {
+        if add.len() <= FEW {
+            let mut buf = [0u32; 2 * FEW];
+            let m = merge_into(cur, add, &mut buf);
+            if m == cur.len() {
+                return false;
+            }
+            *self = Set::from_slice(&buf[..m]);
+            return true;
+        }
+        let merged = merge_sorted(cur, add);
+        if merged.len() == cur.len() {
+            return false;
+        }
+        *self = Set::from_sorted(merged);
+        true
+    }
+
+    #[inline]
+    fn contains(&self, p: u32) -> bool {
+        match self {
+            Set::One(x) => *x == p,
+            Set::Few(n, v) => v[..*n as usize].contains(&p),
+            Set::Sparse(v) => v.binary_search(&p).is_ok(),
+            Set::Dense(words, _) => words.get((p >> 6) as usize).is_some_and(|w| w & (1u64 << (p & 63)) != 0),
+        }
+    }
+
     fn remap(&self, renumber: &[u32]) -> Set {
         // renumbering keeps the order (kept positions are renumbered ascending)
         Set::from_sorted(self.positions().into_iter().map(|p| renumber[p as usize]).collect())
@@ -153,11 +231,32 @@ impl Set {
 
     fn heap_bytes(&self) -> usize {
         match self {
-            Set::One(_) => 0,
+            Set::One(_) | Set::Few(..) => 0,
             Set::Sparse(v) => v.capacity() * 4,
             Set::Dense(w, _) => w.capacity() * 8,
         }
     }
+}
+
+/// `merge_sorted` into `out` (room for both); returns the length.
+fn merge_into(a: &[u32], b: &[u32], out: &mut [u32]) -> usize {
+    let (mut i, mut j, mut k) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        out[k] = x.min(y);
+        i += (x <= y) as usize;
+        j += (y <= x) as usize;
+        k += 1;
+    }
+    for &x in &a[i..] {
+        out[k] = x;
+        k += 1;
+    }
+    for &y in &b[j..] {
+        out[k] = y;
+        k += 1;
+    }
+    k
 }
 
 fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
@@ -182,16 +281,16 @@ fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
     out
 }
 
-/// How many distinct positions the sets hold together.
-fn union_len(sets: &[&Set], words: &mut Vec<u64>, list: &mut Vec<u32>) -> u32 {
-    match sets.len() {
-        0 => return 0,
-        1 => return sets[0].len() as u32,
-        _ => {}
+/// How many distinct positions the entries' online sets (`available`: their
+/// available sets) hold together.
+fn union_len(entries: &[&Entry], available: bool, words: &mut Vec<u64>, list: &mut Vec<u32>) -> u32 {
+    let sets = entries.iter().map(|e| if available { e.available() } else { &e.on });
+    if entries.len() < 2 {
+        return sets.map(|s| s.len() as u32).sum();
     }
-    if sets.iter().any(|s| matches!(s, Set::Dense(..))) {
+    if sets.clone().any(|s| matches!(s, Set::Dense(..))) {
         words.clear();
-        for s in sets {
+        for s in sets.clone() {
             if let Set::Dense(w, _) = s {
                 if w.len() > words.len() {
                     words.resize(w.len(), 0);
@@ -211,6 +310,7 @@ fn union_len(sets: &[&Set], words: &mut Vec<u64>, list: &mut Vec<u32>) -> u32 {
             };
             match s {
                 Set::One(p) => set(*p),
+                Set::Few(n, v) => v[..*n as usize].iter().for_each(|&p| set(p)),
                 Set::Sparse(v) => v.iter().for_each(|&p| set(p)),
                 Set::Dense(..) => {}
             }
@@ -221,6 +321,7 @@ fn union_len(sets: &[&Set], words: &mut Vec<u64>, list: &mut Vec<u32>) -> u32 {
     for s in sets {
         match s {
             Set::One(p) => list.push(*p),
+            Set::Few(n, v) => list.extend_from_slice(&v[..*n as usize]),
             Set::Sparse(v) => list.extend_from_slice(v),
             Set::Dense(..) => unreachable!(),
         }
@@ -230,35 +331,149 @@ fn union_len(sets: &[&Set], words: &mut Vec<u64>, list: &mut Vec<u32>) -> u32 {
     list.len() as u32
 }
 
-/// The changed `number << 32 | code` keys of one row: appended, sorted and
-/// made distinct when read (or when they double), so marking is no hashing.
+// --- byte-string keys -----------------------------------------------------------
+
+/// Byte-string keys (driver ids, value keys) to numbers. A key of 8 bytes (an
+/// H3 cell), of at most 7 (with its length in the top byte) or of 9 to 16 (its
+/// first and last 8 bytes, and its length) is held in words: hashed and
+/// compared as integers, no heap key, no memcmp. Longer keys are boxed.
+#[derive(Default)]
+struct KeyMap {
+    eight: FxHashMap<u64, u32>,
+    short: FxHashMap<u64, u32>,
+    two: FxHashMap<(u64, u64, u8), u32>,
+    long: FxHashMap<Box<[u8]>, u32>,
+}
+
+enum Word<'a> {
+    Eight(u64),
+    Short(u64),
+    Two((u64, u64, u8)),
+    Long(&'a [u8]),
+}
+
+#[inline]
+fn word_of(key: &[u8]) -> Word<'_> {
+    let n = key.len();
+    let word = |at: usize| u64::from_le_bytes(key[at..at + 8].try_into().unwrap());
+    match n {
+        8 => Word::Eight(word(0)),
+        0..=7 => {
+            let mut w = (n as u64) << 56;
+            for (i, &b) in key.iter().enumerate() {
+                w |= (b as u64) << (8 * i);
+            }
+            Word::Short(w)
+        }
+        // the two words overlap below 16 bytes: with the length, they are the key
+        9..=16 => Word::Two((word(0), word(n - 8), n as u8)),
+        _ => Word::Long(key),
+    }
+}
+
+impl KeyMap {
+    #[inline]
+    fn get(&self, key: &[u8]) -> Option<u32> {
+        match word_of(key) {
+            Word::Eight(w) => self.eight.get(&w).copied(),
+            Word::Short(w) => self.short.get(&w).copied(),
+            Word::Two(w) => self.two.get(&w).copied(),
+            Word::Long(k) => self.long.get(k).copied(),
+        }
+    }
+
+    fn insert(&mut self, key: &[u8], value: u32) {
+        match word_of(key) {
+            Word::Eight(w) => self.eight.insert(w, value),
+            Word::Short(w) => self.short.insert(w, value),
+            Word::Two(w) => self.two.insert(w, value),
+            Word::Long(k) => self.long.insert(k.into(), value),
+        };
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        match word_of(key) {
+            Word::Eight(w) => self.eight.remove(&w),
+            Word::Short(w) => self.short.remove(&w),
+            Word::Two(w) => self.two.remove(&w),
+            Word::Long(k) => self.long.remove(k),
+        };
+    }
+}
+
+/// The changed `number << 32 | code` keys of one row: per definition, a
+/// bitset over its codes (codes are small and dense), so marking is one bit,
+/// no hashing, and the keys come out distinct and sorted with no sorting.
 #[derive(Default)]
 struct Dirty {
-    keys: Vec<u64>,
-    settled: usize,
+    bits: Vec<Vec<u64>>,
+    count: usize,
 }
 
 impl Dirty {
     fn extend(&mut self, keys: &[u64]) {
-        self.keys.extend_from_slice(keys);
-        if self.keys.len() > 2 * self.settled + 1024 {
-            self.settle();
+        for &k in keys {
+            let (number, code) = ((k >> 32) as usize, k as u32);
+            if number >= self.bits.len() {
+                self.bits.resize_with(number + 1, Vec::new);
+            }
+            let words = &mut self.bits[number];
+            let w = (code >> 6) as usize;
+            if w >= words.len() {
+                words.resize(w + 1, 0);
+            }
+            let bit = 1u64 << (code & 63);
+            if words[w] & bit == 0 {
+                words[w] |= bit;
+                self.count += 1;
+            }
         }
     }
 
-    fn settle(&mut self) {
-        self.keys.sort_unstable();
-        self.keys.dedup();
-        self.settled = self.keys.len();
+    fn is_empty(&self) -> bool {
+        self.count == 0
     }
+
+    /// Append the keys, ascending.
+    fn keys_into(&self, out: &mut Vec<u64>) {
+        for (number, words) in self.bits.iter().enumerate() {
+            for (i, &w) in words.iter().enumerate() {
+                let mut w = w;
+                while w != 0 {
+                    out.push(((number as u64) << 32) | ((i as u64) << 6) | w.trailing_zeros() as u64);
+                    w &= w - 1;
+                }
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.count);
+        self.keys_into(&mut out);
+        out
+    }
+}
+
+/// True if every position of `on_add` not in `av_add` (both sorted, `av_add` a subset) is in `on`.
+fn off_duty_online(on: &Set, on_add: &[u32], av_add: &[u32]) -> bool {
+    let mut j = 0;
+    for &p in on_add {
+        if j < av_add.len() && av_add[j] == p {
+            j += 1;
+        } else if !on.contains(p) {
+            return false;
+        }
+    }
+    true
 }
 
 /// One value in one pane: the drivers online, and those available when not all of them.
 #[derive(Clone)]
 struct Entry {
     on: Set,
-    /// None: every online driver is available
-    av: Option<Set>,
+    /// None: every online driver is available (boxed: most entries have none,
+    /// and a table slot is then 48 bytes, not 72)
+    av: Option<Box<Set>>,
 }
 
 impl Entry {
@@ -266,14 +481,16 @@ impl Entry {
     fn add(&mut self, on_add: &[u32], av_add: &[u32]) -> bool {
         match &mut self.av {
             None => {
-                if av_add.len() == on_add.len() {
+                if av_add.len() == on_add.len() || off_duty_online(&self.on, on_add, av_add) {
+                    // every off-duty position added is online already (so available):
+                    // every online driver stays available
                     return self.on.merge(on_add);
                 }
                 let mut av = self.on.clone();
                 av.merge(av_add);
                 let grew = self.on.merge(on_add);
                 if av.len() != self.on.len() {
-                    self.av = Some(av);
+                    self.av = Some(Box::new(av));
                 }
                 grew
             }
@@ -289,7 +506,7 @@ impl Entry {
     }
 
     fn available(&self) -> &Set {
-        self.av.as_ref().unwrap_or(&self.on)
+        self.av.as_deref().unwrap_or(&self.on)
     }
 }
 
@@ -361,7 +578,7 @@ fn decode_table(py: Python<'_>, blob: &Bound<'_, PyBytes>) -> PyResult<FxHashMap
             if av.len() == on.len() {
                 Entry { on, av: None }
             } else {
-                Entry { on, av: Some(av) }
+                Entry { on, av: Some(Box::new(av)) }
             }
         } else {
             Entry { on: Set::from_sorted(decode_positions(&entry)?), av: None }
@@ -374,7 +591,7 @@ fn decode_table(py: Python<'_>, blob: &Bound<'_, PyBytes>) -> PyResult<FxHashMap
 /// One definition's values and panes.
 struct Def {
     kinds: Vec<u8>,
-    codes: FxHashMap<Box<[u8]>, u32>,
+    codes: KeyMap,
     /// per code: its key (None: free)
     keys: Vec<Option<Box<[u8]>>>,
     /// per code: the value's Python tuple and `(number, value)`, made when first needed
@@ -391,7 +608,7 @@ impl Def {
     fn new(kinds: Vec<u8>) -> Def {
         Def {
             kinds,
-            codes: FxHashMap::default(),
+            codes: KeyMap::default(),
             keys: Vec::new(),
             tuples: Vec::new(),
             code_last: Vec::new(),
@@ -417,7 +634,7 @@ impl Def {
                 (self.keys.len() - 1) as u32
             }
         };
-        self.codes.insert(key.into(), code);
+        self.codes.insert(key, code);
         code
     }
 
@@ -612,34 +829,28 @@ fn decode_positions(obj: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
     Ok(out)
 }
 
-/// (online, available): sizes of the unions of one code's sets over these panes' tables.
-fn counts_in(tables: &[&FxHashMap<u32, Entry>], code: u32, words: &mut Vec<u64>, list: &mut Vec<u32>) -> (u32, u32) {
-    let mut first: Option<&Entry> = None;
-    let mut more: Vec<&Entry> = Vec::new();
-    for t in tables {
-        if let Some(e) = t.get(&code) {
-            match first {
-                None => first = Some(e),
-                Some(f) => {
-                    if more.is_empty() {
-                        more.push(f);
-                    }
-                    more.push(e);
-                }
+/// (online, available): sizes of the unions of one code's sets over these
+/// panes' tables; `found`: a buffer (for the entries holding the code).
+fn counts_in<'a>(
+    tables: &[&'a FxHashMap<u32, Entry>],
+    code: u32,
+    found: &mut Vec<&'a Entry>,
+    words: &mut Vec<u64>,
+    list: &mut Vec<u32>,
+) -> (u32, u32) {
+    found.clear();
+    found.extend(tables.iter().filter_map(|t| t.get(&code)));
+    match found.len() {
+        0 => (0, 0),
+        1 => (found[0].on.len() as u32, found[0].available().len() as u32),
+        _ => {
+            let online = union_len(found, false, words, list);
+            if found.iter().all(|e| e.av.is_none()) {
+                return (online, online);
             }
+            (online, union_len(found, true, words, list))
         }
     }
-    let Some(first) = first else { return (0, 0) };
-    if more.is_empty() {
-        return (first.on.len() as u32, first.available().len() as u32);
-    }
-    let on: Vec<&Set> = more.iter().map(|e| &e.on).collect();
-    let online = union_len(&on, words, list);
-    if more.iter().all(|e| e.av.is_none()) {
-        return (online, online);
-    }
-    let av: Vec<&Set> = more.iter().map(|e| e.available()).collect();
-    (online, union_len(&av, words, list))
 }
 
 // --- the store ------------------------------------------------------------------
@@ -651,7 +862,7 @@ pub struct SegmentStore {
     window: i64,
     max_values: usize,
     defs: Vec<Def>,
-    index: FxHashMap<Box<[u8]>, u32>,
+    index: KeyMap,
     ids: Vec<Box<[u8]>>,
     /// the Python text of `ids[..id_texts.len()]`, made when first snapshotted
     id_texts: Vec<Py<PyString>>,
@@ -667,13 +878,19 @@ pub struct SegmentStore {
     offsets: Vec<(u32, u32)>,
     scratch_words: Vec<u64>,
     scratch_list: Vec<u32>,
+    /// `add_parsed`'s buffers, kept between calls
+    scratch_valued: Vec<bool>,
+    scratch_positions: Vec<u32>,
+    scratch_keys: Vec<u64>,
+    scratch_on: Vec<u32>,
+    scratch_av: Vec<u32>,
 }
 
 const NONE: u32 = u32::MAX;
 
 impl SegmentStore {
     fn position(&mut self, driver: &[u8], pane: i64) -> u32 {
-        if let Some(&pos) = self.index.get(driver) {
+        if let Some(pos) = self.index.get(driver) {
             let last = &mut self.last_pane[pos as usize];
             if *last < pane {
                 *last = pane;
@@ -682,13 +899,9 @@ impl SegmentStore {
         }
         let pos = self.ids.len() as u32;
         self.ids.push(driver.into());
-        self.index.insert(driver.into(), pos);
+        self.index.insert(driver, pos);
         self.last_pane.push(pane);
         pos
-    }
-
-    fn rows_of_pane(&self, pane: i64) -> impl Iterator<Item = i64> {
-        (pane..pane + self.window).step_by(self.bucket as usize)
     }
 
     /// The value tables of the panes of row `row` that exist, in one definition.
@@ -722,7 +935,7 @@ impl SegmentStore {
     fn counts(&mut self, number: usize, code: u32, row: i64) -> (u32, u32) {
         let mut words = std::mem::take(&mut self.scratch_words);
         let mut list = std::mem::take(&mut self.scratch_list);
-        let out = counts_in(&self.row_tables(number, row), code, &mut words, &mut list);
+        let out = counts_in(&self.row_tables(number, row), code, &mut Vec::new(), &mut words, &mut list);
         self.scratch_words = words;
         self.scratch_list = list;
         out
@@ -747,61 +960,83 @@ impl SegmentStore {
     /// `blob`, keys at `self.offsets`; true if any set grew.
     fn add_parsed(&mut self, py: Python<'_>, pane: i64, blob: &[u8], pings: &[(u32, u32, bool)]) -> PyResult<bool> {
         let ndef = self.defs.len();
+        // the definitions some ping has a value of
+        let mut valued = std::mem::take(&mut self.scratch_valued);
+        valued.clear();
+        valued.resize(ndef, false);
+        for (i, &(off, _)) in self.offsets.iter().enumerate() {
+            if off != NONE {
+                valued[i % ndef] = true;
+            }
+        }
         for number in 0..ndef {
-            if (0..pings.len()).any(|i| self.offsets[i * ndef + number].0 != NONE) {
+            if valued[number] {
                 if let Some(p) = self.defs[number].panes.get_mut(&pane) {
                     p.thaw(py)?;
                 }
             }
         }
-        let mut positions = Vec::with_capacity(pings.len());
+        let mut positions = std::mem::take(&mut self.scratch_positions);
+        positions.clear();
         for &(start, size, _) in pings {
             let driver = &blob[start as usize..(start + size) as usize];
             positions.push(self.position(driver, pane));
         }
         let mut changed_any = false;
         let max_values = self.max_values;
-        let rows: Vec<i64> = self.rows_of_pane(pane).collect();
-        let mut changed_keys: Vec<u64> = Vec::new();
+        let bucket = self.bucket;
+        let mut changed_keys = std::mem::take(&mut self.scratch_keys);
+        let mut on_add = std::mem::take(&mut self.scratch_on);
+        let mut av_add = std::mem::take(&mut self.scratch_av);
         for number in 0..ndef {
-            if !(0..pings.len()).any(|i| self.offsets[i * ndef + number].0 != NONE) {
+            if !valued[number] {
                 continue;
             }
             let def = &mut self.defs[number];
             let mut table = def.panes.remove(&pane).unwrap_or_else(Pane::new);
             self.stage.clear();
+            // no ping can overflow the pane (each adds at most one value): no check per ping
+            let roomy = table.table.len() + pings.len() <= max_values;
             for (i, &(_, _, on)) in pings.iter().enumerate() {
                 let (off, n) = self.offsets[i * ndef + number];
                 if off == NONE {
                     continue;
                 }
                 let mut key = &blob[off as usize..(off + n) as usize];
-                let mut code = def.codes.get(key).copied();
-                let present = code.is_some_and(|c| table.table.contains_key(&c));
-                let fits = present || table.table.len() < max_values;
-                // a new value in a full pane goes to OTHER (unless it is OTHER)
-                if !fits && key != OTHER_KEY {
-                    def.overflow.insert(pane);
-                    def.other_pings += 1;
-                    key = OTHER_KEY;
-                    code = def.codes.get(key).copied();
+                let mut code = def.codes.get(key);
+                if !roomy {
+                    let present = code.is_some_and(|c| table.table.contains_key(&c));
+                    let fits = present || table.table.len() < max_values;
+                    // a new value in a full pane goes to OTHER (unless it is OTHER)
+                    if !fits && key != OTHER_KEY {
+                        def.overflow.insert(pane);
+                        def.other_pings += 1;
+                        key = OTHER_KEY;
+                        code = def.codes.get(key);
+                    }
+                    if !present {
+                        let c = match code {
+                            Some(c) => c,
+                            None => def.allocate(key),
+                        };
+                        code = Some(c);
+                        table.table.entry(c).or_insert_with(|| Entry { on: Set::empty(), av: None });
+                    }
                 }
                 let code = match code {
                     Some(c) => c,
                     None => def.allocate(key),
                 };
+                if roomy {
+                    table.table.entry(code).or_insert_with(|| Entry { on: Set::empty(), av: None });
+                }
                 let last = &mut def.code_last[code as usize];
                 if *last < pane {
                     *last = pane;
                 }
-                if !present {
-                    table.table.entry(code).or_insert_with(|| Entry { on: Set::empty(), av: None });
-                }
                 self.stage.push(((code as u64) << 33) | ((positions[i] as u64) << 1) | on as u64);
             }
             self.stage.sort_unstable();
-            let mut on_add: Vec<u32> = Vec::new();
-            let mut av_add: Vec<u32> = Vec::new();
             let mut i = 0;
             let stage = &self.stage;
             while i < stage.len() {
@@ -818,7 +1053,7 @@ impl SegmentStore {
                     }
                     i += 1;
                 }
-                let entry = table.table.get_mut(&code).unwrap();
+                let entry = table.table.get_mut(&code).expect("entered above");
                 if entry.add(&on_add, &av_add) {
                     changed_keys.push(((number as u64) << 32) | code as u64);
                 }
@@ -826,8 +1061,10 @@ impl SegmentStore {
             let changed = !changed_keys.is_empty();
             if changed {
                 self.touched.insert((number, pane));
-                for &row in &rows {
+                let mut row = pane;
+                while row < pane + self.window {
                     self.dirty.entry(row).or_default().extend(&changed_keys);
+                    row += bucket;
                 }
                 changed_keys.clear();
                 table.blob = None;
@@ -835,6 +1072,11 @@ impl SegmentStore {
             }
             def.panes.insert(pane, table);
         }
+        self.scratch_valued = valued;
+        self.scratch_positions = positions;
+        self.scratch_keys = changed_keys;
+        self.scratch_on = on_add;
+        self.scratch_av = av_add;
         Ok(changed_any)
     }
 
@@ -890,7 +1132,7 @@ impl SegmentStore {
             window,
             max_values,
             defs: kinds.into_iter().map(Def::new).collect(),
-            index: FxHashMap::default(),
+            index: KeyMap::default(),
             ids: Vec::new(),
             id_texts: Vec::new(),
             last_pane: Vec::new(),
@@ -900,6 +1142,11 @@ impl SegmentStore {
             offsets: Vec::new(),
             scratch_words: Vec::new(),
             scratch_list: Vec::new(),
+            scratch_valued: Vec::new(),
+            scratch_positions: Vec::new(),
+            scratch_keys: Vec::new(),
+            scratch_on: Vec::new(),
+            scratch_av: Vec::new(),
         })
     }
 
@@ -971,8 +1218,10 @@ impl SegmentStore {
     /// `row:i64 key_len:u16 key packed:u64` per partial, the key a partial key:
     /// `number:u16` and the value's key bytes), no Python object per partial.
     fn take_packed_partials<'py>(&mut self, py: Python<'py>, watermark: Option<f64>) -> PyResult<Bound<'py, PyBytes>> {
-        let mut out: Vec<u8> = Vec::new();
-        for (row, number, code, packed) in self.closed_partials(py, watermark)? {
+        let parts = self.closed_partials(py, watermark)?;
+        // row, key length, number, a key (mostly at most 16 bytes), packed
+        let mut out: Vec<u8> = Vec::with_capacity(parts.len() * 36);
+        for (row, number, code, packed) in parts {
             let key = self.defs[number].keys[code as usize].as_deref().unwrap_or(OTHER_KEY);
             out.extend_from_slice(&row.to_le_bytes());
             out.extend_from_slice(&((key.len() + 2) as u16).to_le_bytes());
@@ -985,7 +1234,7 @@ impl SegmentStore {
 
     /// (online, available) of a value (by its key) in a row.
     fn row_counts(&mut self, py: Python<'_>, number: usize, key: &[u8], row: i64) -> PyResult<(u32, u32)> {
-        match self.defs[number].codes.get(key).copied() {
+        match self.defs[number].codes.get(key) {
             None => Ok((0, 0)),
             Some(code) => {
                 self.thaw_row(py, number, row)?;
@@ -1021,14 +1270,13 @@ impl SegmentStore {
     }
 
     fn first_dirty_row(&self) -> Option<i64> {
-        self.dirty.iter().find(|(_, d)| !d.keys.is_empty()).map(|(r, _)| *r)
+        self.dirty.iter().find(|(_, d)| !d.is_empty()).map(|(r, _)| *r)
     }
 
     /// `[(number, value, row)]` whose counts may have changed.
     fn dirty_keys<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let mut out = Vec::new();
-        self.dirty.values_mut().for_each(Dirty::settle);
-        let all: Vec<(i64, u64)> = self.dirty.iter().flat_map(|(r, d)| d.keys.iter().map(move |k| (*r, *k))).collect();
+        let all: Vec<(i64, u64)> = self.dirty.iter().flat_map(|(r, d)| d.keys().into_iter().map(move |k| (*r, k))).collect();
         for (row, k) in all {
             let number = (k >> 32) as usize;
             let (value, _) = self.defs[number].tuples_of(py, number, k as u32)?;
@@ -1074,7 +1322,7 @@ impl SegmentStore {
                 }
                 total += pane.table.capacity() * entry;
                 for e in pane.table.values() {
-                    total += e.on.heap_bytes() + e.av.as_ref().map_or(0, |s| s.heap_bytes());
+                    total += e.on.heap_bytes() + e.av.as_ref().map_or(0, |s| std::mem::size_of::<Set>() + s.heap_bytes());
                 }
             }
         }
@@ -1145,8 +1393,7 @@ impl SegmentStore {
             other.append(def.other_pings)?;
         }
         let dirty = PyDict::new(py);
-        self.dirty.values_mut().for_each(Dirty::settle);
-        let rows: Vec<(i64, Vec<u64>)> = self.dirty.iter().map(|(r, d)| (*r, d.keys.clone())).collect();
+        let rows: Vec<(i64, Vec<u64>)> = self.dirty.iter().map(|(r, d)| (*r, d.keys())).collect();
         for (row, ks) in rows {
             let mut keys = Vec::with_capacity(ks.len());
             for k in ks {
@@ -1196,7 +1443,7 @@ impl SegmentStore {
         }
         for (i, (key, text)) in ids.into_iter().enumerate() {
             let key: Box<[u8]> = key.as_bytes().into();
-            self.index.insert(key.clone(), i as u32);
+            self.index.insert(&key, i as u32);
             self.ids.push(key);
             self.id_texts.push(text.unbind());
         }
@@ -1208,7 +1455,7 @@ impl SegmentStore {
                     Some((key, value)) => {
                         let pair = PyTuple::new(py, [number.into_pyobject(py)?.into_any(), value.clone().into_any()])?;
                         let key: Box<[u8]> = key.as_bytes().into();
-                        def.codes.insert(key.clone(), code as u32);
+                        def.codes.insert(&key, code as u32);
                         def.keys.push(Some(key));
                         def.tuples.push(Some((value.unbind(), pair.unbind())));
                         def.code_last.push(NO_PANE);
@@ -1239,7 +1486,7 @@ impl SegmentStore {
                 return Err(PyValueError::new_err("segment state: dirty key of an unknown definition"));
             }
             let def = &mut self.defs[number];
-            let code = match def.codes.get(key.as_bytes()).copied() {
+            let code = match def.codes.get(key.as_bytes()) {
                 Some(c) => c,
                 None => {
                     // no pane holds it (SegmentPanes reports it as 0, 0): a code that
@@ -1285,7 +1532,10 @@ impl SegmentStore {
             Vec::new()
         };
         self.last_pane = kept.iter().map(|&p| self.last_pane[p]).collect();
-        self.index = ids.iter().enumerate().map(|(i, d)| (d.clone(), i as u32)).collect();
+        self.index = KeyMap::default();
+        for (i, d) in ids.iter().enumerate() {
+            self.index.insert(d, i as u32);
+        }
         self.ids = ids;
         self.id_texts = texts;
         for def in &mut self.defs {
@@ -1293,7 +1543,7 @@ impl SegmentStore {
                 for e in pane.table.values_mut() {
                     e.on = e.on.remap(&renumber);
                     if let Some(av) = &e.av {
-                        e.av = Some(av.remap(&renumber));
+                        e.av = Some(Box::new(av.remap(&renumber)));
                     }
                 }
                 pane.blob = None;
@@ -1319,10 +1569,9 @@ impl SegmentStore {
         let mut words: Vec<u64> = Vec::new();
         let mut list: Vec<u32> = Vec::new();
         for row in closed {
-            let mut dirty = self.dirty.remove(&row).unwrap();
-            dirty.settle();
+            let dirty = self.dirty.remove(&row).unwrap();
             keys.clear();
-            keys.extend(dirty.keys);
+            dirty.keys_into(&mut keys);
             let mut at = 0;
             while at < keys.len() {
                 let number = (keys[at] >> 32) as usize;
@@ -1330,8 +1579,9 @@ impl SegmentStore {
                 let overflow = self.row_overflow(number, row) as u64;
                 self.thaw_row(py, number, row)?;
                 let tables = self.row_tables(number, row);
+                let mut found = Vec::with_capacity(tables.len());
                 for &k in &keys[at..end] {
-                    let (online, available) = counts_in(&tables, k as u32, &mut words, &mut list);
+                    let (online, available) = counts_in(&tables, k as u32, &mut found, &mut words, &mut list);
                     let packed = ((online as u64) << PARTIAL_SHIFT) | ((available as u64) << AVAILABLE_SHIFT) | overflow;
                     out.push((row, number, k as u32, packed));
                 }

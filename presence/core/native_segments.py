@@ -120,7 +120,7 @@ class NativeSegmentPanes:
         call, as their snapshot bytes only; returns how many (as
         ``SegmentPanes.freeze_closed``: a late ping or a report of one of
         their rows thaws them). Thawed, a (driver, bucket, value) costs
-        ~26 bytes here; frozen, the snapshot's ~5."""
+        ~20 bytes here; frozen, the snapshot's ~5."""
         return self._store.freeze_closed(watermark)
 
     # -- recovery ------------------------------------------------------------
