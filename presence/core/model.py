@@ -12,6 +12,7 @@ when written: :mod:`presence.partition` is kept as an alias for older ones).
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import MISSING, dataclass, field, fields
 from enum import StrEnum
@@ -224,19 +225,11 @@ def segment_doc_id(segment: str, values: Iterable[str], time_bucket: str) -> str
     return "|".join([segment, *parts, time_bucket])
 
 
-_BUCKET_TEXT: dict[int, str] = {}
-"""``format_instant`` of recent segment row buckets."""
-
-
+@functools.lru_cache(maxsize=4096)
 def bucket_text(bucket: int) -> str:
     """A segment row's ``timeBucket``: :func:`format_instant`, kept for the recent
     buckets (tens of thousands of segment rows share a few)."""
-    text = _BUCKET_TEXT.get(bucket)
-    if text is None:
-        if len(_BUCKET_TEXT) >= 4096:
-            _BUCKET_TEXT.clear()
-        text = _BUCKET_TEXT[bucket] = format_instant(bucket)
-    return text
+    return format_instant(bucket)
 
 
 @dataclass(slots=True)

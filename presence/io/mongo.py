@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import calendar
+import functools
 import logging
 import sys
 import threading
@@ -493,18 +494,11 @@ class _MongoPartition(StatelessSinkPartition):
 SEGMENT_BATCH = 1000
 """Segment documents per insert or upsert command: an h3 bucket has tens of thousands."""
 
-_UTC: dict[float, datetime] = {}
-"""``utc`` of recent window bounds: tens of thousands of segment rows share a few."""
-
-
+@functools.lru_cache(maxsize=4096)
 def _utc_shared(epoch_seconds: float) -> datetime:
-    """:func:`utc`, the same (immutable) object for the same instant."""
-    out = _UTC.get(epoch_seconds)
-    if out is None:
-        if len(_UTC) >= 4096:
-            _UTC.clear()
-        out = _UTC[epoch_seconds] = utc(epoch_seconds)
-    return out
+    """:func:`utc`, the same (immutable) object for the same instant: tens of
+    thousands of segment rows share a few window bounds."""
+    return utc(epoch_seconds)
 
 
 def segment_doc(row: SegmentRow, now: datetime) -> dict[str, Any]:
