@@ -24,7 +24,11 @@ KEYS = st.sampled_from([b"\x00\x00\x05\x00other", b"\x00\x00\x02\x00HK", b"\x02\
                         b"\x02\x00" + b"\xff" * 8, b"\x01\x00\x02\x00HK\x03\x00van",
                         b"\x01\x00\x05\x00other", b"\x02\x00\x05\x00other",
                         b"\x00\x00\x03\x00\xed\xa0\x80",  # a lone surrogate (surrogatepass)
-                        b"\x00\x00\x02\x00\xc3\xa3"])
+                        b"\x00\x00\x02\x00\xc3\xa3",
+                        # 15 and 16 bytes (the compiled tally keeps keys of up to 15 as a
+                        # word), zero bytes, and two keys alike but for a trailing zero
+                        b"\x00\x00\x0b\x00Kowloon Bay", b"\x00\x00\x0c\x00Kowloon Bays",
+                        b"\x00\x00\x01\x00A", b"\x00\x00\x02\x00A\x00", b"\x00\x00\x02\x00\x00\x00"])
 PACKED = st.builds(pack_partial, st.integers(0, 40), st.integers(0, 40), st.booleans())
 PARTIALS = st.dictionaries(ROWS, st.dictionaries(KEYS, PACKED, max_size=5), max_size=3)
 OPS = st.lists(st.one_of(

@@ -28,10 +28,73 @@ struct KeyTally {
     pending: bool,
 }
 
+/// A partial key. Most are short (an H3 cell's is 10 bytes, a city's a few
+/// more): up to 15 bytes it is one integer, its bytes big-endian from the top
+/// and its length in the low byte, so it hashes and compares as a word (no
+/// heap key, no `memcmp`), and two short keys compare as their bytes do (a
+/// shorter key is a zero-padded prefix, then smaller by its length byte).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Short(u128),
+    Long(Box<[u8]>),
+}
+
+/// A key's bytes: on the stack for a short one.
+enum KeyBytes<'a> {
+    Short([u8; 16]),
+    Long(&'a [u8]),
+}
+
+impl KeyBytes<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            KeyBytes::Short(word) => &word[..word[15] as usize],
+            KeyBytes::Long(bytes) => bytes,
+        }
+    }
+}
+
+impl Key {
+    #[inline]
+    fn of(bytes: &[u8]) -> Key {
+        if bytes.len() <= 15 {
+            let mut word = [0u8; 16];
+            word[..bytes.len()].copy_from_slice(bytes);
+            word[15] = bytes.len() as u8;
+            Key::Short(u128::from_be_bytes(word))
+        } else {
+            Key::Long(bytes.into())
+        }
+    }
+
+    fn bytes(&self) -> KeyBytes<'_> {
+        match self {
+            Key::Short(word) => KeyBytes::Short(word.to_be_bytes()),
+            Key::Long(bytes) => KeyBytes::Long(bytes),
+        }
+    }
+}
+
+/// Byte order (the Python tally's `sorted` of bytes).
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self, other) {
+            (Key::Short(a), Key::Short(b)) => a.cmp(b),
+            _ => self.bytes().as_slice().cmp(other.bytes().as_slice()),
+        }
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 #[derive(Default)]
 struct RowTally {
-    keys: FxHashMap<Box<[u8]>, KeyTally>,
-    pending: Vec<Box<[u8]>>,
+    keys: FxHashMap<Key, KeyTally>,
+    pending: Vec<Key>,
     /// the row's part of the last snapshot, until the row changes: a snapshot
     /// every epoch rebuilds only the rows that changed (the latest few, and
     /// those a late ping corrected), not the whole correction horizon's
@@ -42,9 +105,10 @@ impl RowTally {
     #[inline]
     fn add(&mut self, slot: u32, key: &[u8], packed: u64) {
         self.snap = None;
-        let entry = match self.keys.get_mut(key) {
+        let key = Key::of(key);
+        let entry = match self.keys.get_mut(&key) {
             Some(entry) => entry,
-            None => self.keys.entry(key.into()).or_default(),
+            None => self.keys.entry(key.clone()).or_default(),
         };
         match entry.parts.iter_mut().find(|(s, _)| *s == slot) {
             Some(part) => part.1 = packed,
@@ -52,7 +116,7 @@ impl RowTally {
         }
         if !entry.pending {
             entry.pending = true;
-            self.pending.push(key.into());
+            self.pending.push(key);
         }
     }
 }
@@ -130,13 +194,15 @@ fn read_u64(blob: &[u8], at: usize) -> PyResult<u64> {
 /// revision:u32 pending:u8 parts:u16` then per part `slot:u32 packed:u64`;
 /// revision 0: never written), keys in byte order.
 fn row_snapshot<'py>(py: Python<'py>, tally: &RowTally) -> Bound<'py, PyBytes> {
-    let mut keys: Vec<&Box<[u8]>> = tally.keys.keys().collect();
+    let mut keys: Vec<&Key> = tally.keys.keys().collect();
     keys.sort_unstable();
     let mut out: Vec<u8> = Vec::new();
     for key in keys {
         let entry = &tally.keys[key];
-        out.extend_from_slice(&(key.len() as u16).to_le_bytes());
-        out.extend_from_slice(key);
+        let bytes = key.bytes();
+        let bytes = bytes.as_slice();
+        out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        out.extend_from_slice(bytes);
         out.extend_from_slice(&(entry.written.0 as u32).to_le_bytes());
         out.extend_from_slice(&(entry.written.1 as u32).to_le_bytes());
         out.extend_from_slice(&(entry.written.2 as u32).to_le_bytes());
@@ -238,7 +304,7 @@ impl SegmentTally {
                 }
                 let revision = w_revision + 1;
                 entry.written = (online, available, revision);
-                let (number, doc) = key_document(py, &self.fields, &key)?;
+                let (number, doc) = key_document(py, &self.fields, key.bytes().as_slice())?;
                 let item = PyTuple::new(
                     py,
                     [
@@ -301,7 +367,7 @@ impl SegmentTally {
             let mut at = 0;
             while at < blob.len() {
                 let size = read_u16(blob, at)? as usize;
-                let key: Box<[u8]> = blob.get(at + 2..at + 2 + size).ok_or_else(truncated)?.into();
+                let key = Key::of(blob.get(at + 2..at + 2 + size).ok_or_else(truncated)?);
                 at += 2 + size;
                 let written = (
                     read_u32(blob, at)? as u64,
