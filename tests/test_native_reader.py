@@ -594,6 +594,70 @@ def test_segment_pings_stay_on_the_compiled_path(monkeypatch) -> None:
     assert sum(len(p) for s in batch.segments for p in s.values()) == 61
 
 
+# Decimal tokens with more digits than a double holds (what most serializers
+# print for a GPS coordinate or a float timestamp), and the hard cases of
+# correct rounding: halfway between two doubles, the largest and the smallest.
+HARD_NUMBERS = ["9007199254740993", "9007199254740993.0", "22.302711299999998",
+                "114.17712345678901234567890", "0.1000000000000000055511151231257827",
+                "1.7976931348623157e308", "2.2250738585072011e-308", "4.9e-324", "1e-400",
+                "1e400", "179769313486231580793728971405303415079934132710037826936173778980444968"
+                "29057458963565148300000000000.0", "2.5e-324", "13.767756000000000000000001"]
+
+
+@st.composite
+def long_number(draw) -> str:
+    """A JSON number with up to 30 significant digits and an exponent, or a hard case."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(st.sampled_from(HARD_NUMBERS))
+    whole = str(draw(st.integers(0, 10**draw(st.integers(0, 12)))))
+    frac = "".join(draw(st.lists(st.sampled_from("0123456789"), min_size=1, max_size=25)))
+    exp = draw(st.sampled_from(["", "", "", f"e{draw(st.integers(-30, 30))}",
+                                f"E+{draw(st.integers(0, 9))}"]))
+    sign = draw(st.sampled_from(["", "", "-"]))
+    return f"{sign}{whole}.{frac}{exp}"
+
+
+@built
+@SETTINGS
+@given(st.lists(st.tuples(long_number(), long_number(), st.floats(BASE - 100, BASE + 100),
+                          st.integers(0, 9)), min_size=1, max_size=30),
+       st.sampled_from(["h3:8", "city;h3:5", "h3:15"]))
+def test_long_numbers_read_as_python_reads_them(items, text) -> None:
+    """Coordinates and timestamps with more digits than a double holds: the
+    compiled reader's own (correctly rounded) parse gives Python's floats, so the
+    same cells, times and rows."""
+    spec = WindowSpec(shards=4, segments=parse_segments(text))
+    values = [(f'{{"driver_id":{n},"timestamp":{seconds!r},"on_duty":1,"city":"Lima",'
+               f'"lat":{lat},"lng":{lng}}}').encode() for lat, lng, seconds, n in items]
+    values += [(f'{{"driver_id":1,"timestamp":{BASE}.{lat.lstrip("-").replace(".", "")[:25]},'
+                f'"on_duty":0}}').encode() for lat, _, _, _ in items]
+    batches = [[RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]]
+    expected = read_all("python", spec, batches)
+    got_batches, got_snapshot = read_all("native", spec, batches)
+    assert (_decoded(got_batches, spec), got_snapshot) == expected
+
+
+@built
+def test_full_precision_coordinates_stay_on_the_compiled_path(monkeypatch) -> None:
+    """Pings whose lat/lng carry all 17 digits (orjson's, Java's, JavaScript's
+    print of a double) are read in the compiled loop, not handed to Python."""
+    import orjson
+
+    spec = WindowSpec(shards=4, segments=parse_segments("city;city,vehicle_type;h3:8"))
+    values = [orjson.dumps({"driver_id": i, "timestamp": BASE + i / 7, "on_duty": i % 2,
+                            "city": "Bangkok", "vehicle_type": "car",
+                            "lat": 13.7 + i / 977, "lng": 100.5 + i / 1013}) for i in range(1, 81)]
+    assert sum(len(v) > 120 for v in values) > 70  # 16-17 significant digits
+    messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
+    reader = PartitionReader("t", 0, 1, spec, NOW, reader="native")
+    judged = []
+    monkeypatch.setattr(reader, "_fast_segment_ping",
+                        lambda v, t: judged.append(v) or PartitionReader._fast_segment_ping(v, t))
+    (batch,) = _decoded([reader.read(messages, NOW)], spec)
+    assert judged == []
+    assert batch == PartitionReader("t", 0, 1, spec, NOW, reader="python").read(messages, NOW)
+
+
 def test_reader_choice() -> None:
     assert reader_in_use("python") == "python"
     assert reader_in_use("auto") == ("native" if native_reader_built() else "python")

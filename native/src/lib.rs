@@ -185,7 +185,13 @@ impl<'a> Cursor<'a> {
             return None;
         }
         self.p = p;
-        Some(Number { int: &v[start..int_end], frac, exp, is_int: frac.is_empty() && !has_exp })
+        Some(Number {
+            int: &v[start..int_end],
+            frac,
+            exp,
+            is_int: frac.is_empty() && !has_exp,
+            text: &v[start..p],
+        })
     }
 
     /// `true`, `false` or `null`, whole (not the start of a longer token).
@@ -262,7 +268,7 @@ const OPTIONAL: [&[u8]; 4] = [b"city", b"vehicle_type", b"lat", b"lng"];
 impl<'a> Cursor<'a> {
     /// An optional field's value when it is sure of its Python value: a plain
     /// string, `true`, `false`, `null`, an integer of at most 18 digits, or a
-    /// number it reads exactly (`Number::exact_f64`); else None.
+    /// finite number (`Number::to_f64`); else None.
     fn field(&mut self) -> Option<Field<'a>> {
         let v = self.v;
         match *v.get(self.p)? {
@@ -281,7 +287,7 @@ impl<'a> Cursor<'a> {
                     let i = small_int(n.int)?;
                     Some(Field::Int(if negative { -i } else { i }))
                 } else {
-                    let f = n.exact_f64()?;
+                    let f = n.to_f64()?;
                     Some(Field::Float(if negative { -f } else { f }))
                 }
             }
@@ -295,6 +301,8 @@ struct Number<'a> {
     frac: &'a [u8],
     exp: i64,
     is_int: bool,
+    /// the whole token
+    text: &'a [u8],
 }
 
 impl Number<'_> {
@@ -319,6 +327,19 @@ impl Number<'_> {
         } else {
             None
         }
+    }
+
+    /// The double Python's parsers give (msgspec's, orjson's and `float()`
+    /// all round correctly, so they agree on every decimal): Clinger's exact
+    /// case, else Rust's own correctly rounded parse of the token (a GPS
+    /// coordinate or a timestamp printed with all 17 digits, as most
+    /// serializers print a double); None if it is not finite.
+    fn to_f64(&self) -> Option<f64> {
+        if let Some(f) = self.exact_f64() {
+            return Some(f);
+        }
+        let f: f64 = std::str::from_utf8(self.text).ok()?.parse().ok()?;
+        f.is_finite().then_some(f)
     }
 }
 
@@ -480,7 +501,7 @@ fn parse_fields<'a>(
                         // a Python int: exact below 2**53, else rounded as float(int)
                         small_int(n.int)? as f64
                     } else {
-                        n.exact_f64()?
+                        n.to_f64()?
                     };
                     if stamp >= EPOCH_MS_THRESHOLD {
                         stamp / 1000.0
