@@ -490,7 +490,13 @@ FIELD_VALUES = st.one_of(
                      "-6.2088", "106.8456", '"' + "x" * 64 + '"', '"' + "x" * 65 + '"',
                      '"' + "v" * 33 + '"', "1" * 19, "-" + "1" * 18, "12345678901234567890.5",
                      "0.1e-30", "4.5e22", "4.5e23", "1e400", '"S\\u00e3o"', '"S\u00e3o"',
-                     "[1]", '{"x":1}', '"22.3193"']),
+                     "[1]", '{"x":1}', '"22.3193"',
+                     # raw UTF-8 (stays compiled): limits in characters, not bytes; a lone
+                     # surrogate's bytes (not UTF-8); a raw character beside an escape
+                     '"Bogot\u00e1"', '"\u5317\u4eac"', '"\U0001f697"', '"' + "\u00e9" * 64 + '"',
+                     '"' + "\u00e9" * 65 + '"', '"' + "\u00e9" * 32 + '"', '"' + "\u00e9" * 33 + '"',
+                     '"' + "\U0001f600" * 16 + '"', '"' + "\u4eac" * 22 + '"', '"\ud800"',
+                     '"a\udfffb"', '"S\u00e3o\\n"', '"\u00e9\u0301"']),
     st.floats(-200, 200).map(lambda f: f"{f:.6f}"),
     st.floats(allow_nan=False, allow_infinity=False).map(repr),
     st.integers(-200, 200).map(str),
@@ -656,6 +662,30 @@ def test_full_precision_coordinates_stay_on_the_compiled_path(monkeypatch) -> No
     (batch,) = _decoded([reader.read(messages, NOW)], spec)
     assert judged == []
     assert batch == PartitionReader("t", 0, 1, spec, NOW, reader="python").read(messages, NOW)
+
+
+@built
+def test_cities_beyond_ascii_stay_on_the_compiled_path(monkeypatch) -> None:
+    """Raw UTF-8 cities and vehicle types (how orjson, Jackson or JSON.stringify
+    write `São Paulo` or `北京`) are read in the compiled loop, with the Python
+    reader's values: limits counted in characters, not bytes."""
+    import orjson
+
+    spec = WindowSpec(shards=4, segments=parse_segments("city;city,vehicle_type"))
+    cities = ["São Paulo", "Bogotá", "北京", "Zürich", "é" * 64, "é" * 65, "🚗" * 3]
+    values = [orjson.dumps({"driver_id": i, "timestamp": BASE + i, "on_duty": 1,
+                            "city": cities[i % len(cities)], "vehicle_type": "ü" * (31 + i % 3)})
+              for i in range(70)]
+    messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
+    reader = PartitionReader("t", 0, 1, spec, NOW, reader="native")
+    judged = []
+    monkeypatch.setattr(reader, "_fast_segment_ping",
+                        lambda v, t: judged.append(v) or PartitionReader._fast_segment_ping(v, t))
+    (batch,) = _decoded([reader.read(messages, NOW)], spec)
+    assert judged == []
+    assert batch == PartitionReader("t", 0, 1, spec, NOW, reader="python").read(messages, NOW)
+    seen = {v[0][0] for shard in batch.segments for pings in shard.values() for _, _, v in pings}
+    assert seen == set(cities[:5] + cities[6:]) | {"unknown"}
 
 
 def test_reader_choice() -> None:

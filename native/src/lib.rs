@@ -124,6 +124,33 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// A string's content (after the opening quote) with no escapes and no
+    /// control characters: printable ASCII or any UTF-8 (a city such as
+    /// `São Paulo` or `北京`, as every JSON encoder writes it); bytes that are
+    /// not UTF-8: None (the Python reader rejects them).
+    #[inline]
+    fn text_string(&mut self) -> Option<&'a [u8]> {
+        self.eat(b'"')?;
+        let start = self.p;
+        let mut ascii = true;
+        loop {
+            let b = *self.v.get(self.p)?;
+            if b == b'"' {
+                let s = &self.v[start..self.p];
+                if !ascii {
+                    std::str::from_utf8(s).ok()?;
+                }
+                self.p += 1;
+                return Some(s);
+            }
+            if b == b'\\' || b < 0x20 {
+                return None;
+            }
+            ascii &= b < 0x80;
+            self.p += 1;
+        }
+    }
+
     /// A JSON number token, strictly of the grammar, non-negative.
     #[inline]
     fn number(&mut self) -> Option<Number<'a>> {
@@ -272,7 +299,7 @@ impl<'a> Cursor<'a> {
     fn field(&mut self) -> Option<Field<'a>> {
         let v = self.v;
         match *v.get(self.p)? {
-            b'"' => self.plain_string().map(Field::Str),
+            b'"' => self.text_string().map(Field::Str),
             b't' | b'f' | b'n' => Some(match self.literal()? {
                 Literal::True | Literal::False => Field::Bool,
                 Literal::Null => Field::Null,
@@ -631,14 +658,20 @@ const H3_KIND: u8 = 16;
 const UNKNOWN: &[u8] = b"unknown";
 
 /// A string dimension's value as `ValueExtractor.values` makes it: the text if
-/// it is a non-empty string of at most `most` characters (a plain ASCII string
-/// here: bytes are characters), else `unknown`.
+/// it is a non-empty string of at most `most` characters (code points, as
+/// Python's `len`; the text is UTF-8, `Cursor::text_string`), else `unknown`.
 #[inline]
 fn valid_text<'a>(field: Field<'a>, most: usize) -> &'a [u8] {
     match field {
-        Field::Str(s) if !s.is_empty() && s.len() <= most => s,
+        Field::Str(s) if !s.is_empty() && (s.len() <= most || characters(s) <= most) => s,
         _ => UNKNOWN,
     }
+}
+
+/// The code points of UTF-8 text: its bytes that do not continue a character.
+#[inline]
+fn characters(text: &[u8]) -> usize {
+    text.iter().filter(|&&b| (b as i8) >= -0x40).count()
 }
 
 /// A coordinate as `valid_location` takes it: an int or float (not a bool).
