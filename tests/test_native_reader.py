@@ -330,6 +330,9 @@ PLAIN_VALUES = st.one_of(
     st.integers(-10**30, 10**30).map(str),
     st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7f, exclude_characters='"\\'),
             max_size=30).map(lambda t: f'"{t}"'),
+    # any text as raw UTF-8 (a driver's name, an app's locale string)
+    st.text(st.characters(exclude_categories=("Cs", "Cc"), exclude_characters='"\\'),
+            max_size=30).map(lambda t: f'"{t}"'),
 )
 
 

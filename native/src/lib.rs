@@ -2,9 +2,11 @@
 //! `presence.core.partition.PartitionReader.read`, for a batch of messages.
 //!
 //! It reads a value only when it is sure of it (the strict fast path of
-//! `parse_fast`): an ASCII JSON object of at most 64 KiB with the keys
-//! `driver_id`, `timestamp` and `on_duty`, each once, no escapes, numbers it
-//! can read exactly as msgspec and Python do, and a timestamp within
+//! `parse_fast`): a JSON object of at most 64 KiB with the keys
+//! `driver_id`, `timestamp` and `on_duty`, each once, no escapes, numbers
+//! read to the double msgspec and Python give (Clinger's exact case, else
+//! Rust's correctly rounded parser), raw UTF-8 only in other keys' string
+//! values (checked), and a timestamp within
 //! `[MIN_EVENT_TIME, latest_allowed]`; other keys (the SPEC's optional
 //! `city`, `vehicle_type`, `lat`, `lng`, or any other) are skipped when their
 //! value is a plain scalar (`skip_scalar`), which the Python reader ignores
@@ -243,16 +245,17 @@ impl<'a> Cursor<'a> {
 
     /// Skips the value of a key the reader ignores, when it is a scalar that
     /// every Python parser reads (so the Python reader ignores it and judges
-    /// the ping on its three fields alone): a plain string (printable ASCII,
-    /// no escapes), `true`, `false`, `null`, or a number of JSON's grammar of
-    /// at most `MAX_SKIPPED_NUMBER` bytes whose exponent stays within a
-    /// double's range. None (give the value to Python) for anything else:
-    /// arrays, objects, escapes, non-ASCII, odd numbers.
+    /// the ping on its three fields alone): a string without escapes or
+    /// control characters (printable ASCII or checked UTF-8), `true`, `false`,
+    /// `null`, or a number of JSON's grammar of at most `MAX_SKIPPED_NUMBER`
+    /// bytes whose exponent stays within a double's range. None (give the
+    /// value to Python) for anything else: arrays, objects, escapes, bytes
+    /// that are not UTF-8, odd numbers.
     #[inline]
     fn skip_scalar(&mut self) -> Option<()> {
         let v = self.v;
         match *v.get(self.p)? {
-            b'"' => self.plain_string().map(|_| ()),
+            b'"' => self.text_string().map(|_| ()),
             b't' | b'f' | b'n' => self.literal().map(|_| ()),
             b'-' | b'0'..=b'9' => {
                 let start = self.p;
