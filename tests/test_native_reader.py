@@ -649,6 +649,20 @@ def test_long_numbers_read_as_python_reads_them(items, text) -> None:
     assert (_decoded(got_batches, spec), got_snapshot) == expected
 
 
+def read_compiled_only(spec: WindowSpec, values: list[bytes], monkeypatch) -> PartitionBatch:
+    """One batch of ``values`` through the compiled reader, asserting that none of
+    them was handed to Python and that the batch is the Python reader's."""
+    messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
+    reader = PartitionReader("t", 0, 1, spec, NOW, reader="native")
+    judged = []
+    monkeypatch.setattr(reader, "_fast_segment_ping",
+                        lambda v, t: judged.append(v) or PartitionReader._fast_segment_ping(v, t))
+    (batch,) = _decoded([reader.read(messages, NOW)], spec)
+    assert judged == []
+    assert batch == PartitionReader("t", 0, 1, spec, NOW, reader="python").read(messages, NOW)
+    return batch
+
+
 @built
 def test_full_precision_coordinates_stay_on_the_compiled_path(monkeypatch) -> None:
     """Pings whose lat/lng carry all 17 digits (orjson's, Java's, JavaScript's
@@ -660,14 +674,7 @@ def test_full_precision_coordinates_stay_on_the_compiled_path(monkeypatch) -> No
                             "city": "Bangkok", "vehicle_type": "car",
                             "lat": 13.7 + i / 977, "lng": 100.5 + i / 1013}) for i in range(1, 81)]
     assert sum(len(v) > 120 for v in values) > 70  # 16-17 significant digits
-    messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
-    reader = PartitionReader("t", 0, 1, spec, NOW, reader="native")
-    judged = []
-    monkeypatch.setattr(reader, "_fast_segment_ping",
-                        lambda v, t: judged.append(v) or PartitionReader._fast_segment_ping(v, t))
-    (batch,) = _decoded([reader.read(messages, NOW)], spec)
-    assert judged == []
-    assert batch == PartitionReader("t", 0, 1, spec, NOW, reader="python").read(messages, NOW)
+    read_compiled_only(spec, values, monkeypatch)
 
 
 @built
@@ -682,14 +689,7 @@ def test_cities_beyond_ascii_stay_on_the_compiled_path(monkeypatch) -> None:
     values = [orjson.dumps({"driver_id": i, "timestamp": BASE + i, "on_duty": 1,
                             "city": cities[i % len(cities)], "vehicle_type": "ü" * (31 + i % 3)})
               for i in range(70)]
-    messages = [RawMessage(i, v, (BASE + 100) * 1000) for i, v in enumerate(values)]
-    reader = PartitionReader("t", 0, 1, spec, NOW, reader="native")
-    judged = []
-    monkeypatch.setattr(reader, "_fast_segment_ping",
-                        lambda v, t: judged.append(v) or PartitionReader._fast_segment_ping(v, t))
-    (batch,) = _decoded([reader.read(messages, NOW)], spec)
-    assert judged == []
-    assert batch == PartitionReader("t", 0, 1, spec, NOW, reader="python").read(messages, NOW)
+    batch = read_compiled_only(spec, values, monkeypatch)
     seen = {v[0][0] for shard in batch.segments for pings in shard.values() for _, _, v in pings}
     assert seen == set(cities[:5] + cities[6:]) | {"unknown"}
 
