@@ -110,20 +110,7 @@ impl<'a> Cursor<'a> {
     /// A string's content (after the opening quote): printable ASCII, no escapes.
     #[inline]
     fn plain_string(&mut self) -> Option<&'a [u8]> {
-        self.eat(b'"')?;
-        let start = self.p;
-        loop {
-            let b = *self.v.get(self.p)?;
-            if b == b'"' {
-                let s = &self.v[start..self.p];
-                self.p += 1;
-                return Some(s);
-            }
-            if b == b'\\' || b < 0x20 || b >= 0x80 {
-                return None;
-            }
-            self.p += 1;
-        }
+        self.string(false)
     }
 
     /// A string's content (after the opening quote) with no escapes and no
@@ -132,6 +119,12 @@ impl<'a> Cursor<'a> {
     /// not UTF-8: None (the Python reader rejects them).
     #[inline]
     fn text_string(&mut self) -> Option<&'a [u8]> {
+        self.string(true)
+    }
+
+    /// `plain_string` (`utf8` false: ASCII only) or `text_string`.
+    #[inline]
+    fn string(&mut self, utf8: bool) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let start = self.p;
         let mut ascii = true;
@@ -145,7 +138,7 @@ impl<'a> Cursor<'a> {
                 self.p += 1;
                 return Some(s);
             }
-            if b == b'\\' || b < 0x20 {
+            if b == b'\\' || b < 0x20 || (b >= 0x80 && !utf8) {
                 return None;
             }
             ascii &= b < 0x80;

@@ -137,13 +137,7 @@ impl Set {
             Set::Dense(words, count) => {
                 let mut grew = false;
                 for &p in add {
-                    let w = (p >> 6) as usize;
-                    if w >= words.len() {
-                        words.resize(w + 1, 0);
-                    }
-                    let bit = 1u64 << (p & 63);
-                    if words[w] & bit == 0 {
-                        words[w] |= bit;
+                    if set_bit(words, p) {
                         *count += 1;
                         grew = true;
                     }
@@ -281,6 +275,19 @@ fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
     out
 }
 
+/// Set bit `p` of a bitset that grows as needed; true if it was not set.
+#[inline]
+fn set_bit(words: &mut Vec<u64>, p: u32) -> bool {
+    let w = (p >> 6) as usize;
+    if w >= words.len() {
+        words.resize(w + 1, 0);
+    }
+    let bit = 1u64 << (p & 63);
+    let new = words[w] & bit == 0;
+    words[w] |= bit;
+    new
+}
+
 /// How many distinct positions the entries' online sets (`available`: their
 /// available sets) hold together.
 fn union_len(entries: &[&Entry], available: bool, words: &mut Vec<u64>, list: &mut Vec<u32>) -> u32 {
@@ -302,11 +309,7 @@ fn union_len(entries: &[&Entry], available: bool, words: &mut Vec<u64>, list: &m
         }
         for s in sets {
             let mut set = |p: u32| {
-                let w = (p >> 6) as usize;
-                if w >= words.len() {
-                    words.resize(w + 1, 0);
-                }
-                words[w] |= 1u64 << (p & 63);
+                set_bit(words, p);
             };
             match s {
                 Set::One(p) => set(*p),
@@ -417,14 +420,7 @@ impl Dirty {
             if number >= self.bits.len() {
                 self.bits.resize_with(number + 1, Vec::new);
             }
-            let words = &mut self.bits[number];
-            let w = (code >> 6) as usize;
-            if w >= words.len() {
-                words.resize(w + 1, 0);
-            }
-            let bit = 1u64 << (code & 63);
-            if words[w] & bit == 0 {
-                words[w] |= bit;
+            if set_bit(&mut self.bits[number], code) {
                 self.count += 1;
             }
         }
