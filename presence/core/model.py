@@ -300,10 +300,6 @@ class SegmentRows:
             yield SegmentRow(names[number], key, row, row + bucket - window, row + bucket,
                              online, available, revision, overflow)
 
-    def buckets(self) -> list[int]:
-        """The distinct buckets of the rows, in order of first appearance."""
-        return list(dict.fromkeys(t[0] for t in self.taken))
-
 
 @dataclass(frozen=True, slots=True)
 class SegmentTotals:

@@ -57,10 +57,6 @@ tuples, with ``segment_written`` and ``segment_pending``) is converted when
 restored. (2 never left development.)"""
 
 
-def _pack_written(online: int, available: int, revision: int) -> int:
-    return (revision << (2 * _COUNT_BITS)) | (online << _COUNT_BITS) | available
-
-
 def _unpack_written(packed: int) -> tuple[int, int, int]:
     return (packed >> _COUNT_BITS) & _COUNT_MASK, packed & _COUNT_MASK, packed >> (2 * _COUNT_BITS)
 

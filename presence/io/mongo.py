@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import calendar
+import dataclasses
 import functools
 import logging
 import sys
@@ -626,15 +627,12 @@ def write_segment_batch(coll, batch: SegmentRows, now: datetime,
             try:
                 raws = raw_segment_docs(batch, firsts, now, encode)
             except (ValueError, TypeError, OverflowError, UnicodeError):
-                write_segment_rows(coll, list(_rows(batch, chunk)), now, sleep)
+                write_segment_rows(coll, list(dataclasses.replace(batch, taken=chunk)), now, sleep)
                 continue
             rewrites += [firsts[n] for n in _insert_new(coll, raws, sleep)]
         if rewrites:
-            _upsert(coll, [segment_doc(row, now) for row in _rows(batch, rewrites)], sleep)
-
-
-def _rows(batch: SegmentRows, taken: list) -> SegmentRows:
-    return SegmentRows(batch.names, batch.bucket_s, batch.window_s, taken)
+            rows = dataclasses.replace(batch, taken=rewrites)
+            _upsert(coll, [segment_doc(row, now) for row in rows], sleep)
 
 
 def _insert_new(coll, docs: list, sleep: Callable[[float], None]) -> list[int]:
@@ -670,7 +668,7 @@ def _upsert(coll, docs: list[dict], sleep: Callable[[float], None]) -> None:
 def _write_rows(part: _MongoPartition, items: list) -> None:
     """Global rows to ``report_summary``, segment rows (if any) to ``segment_summary``:
     each :class:`SegmentRows` batch in turn (a later batch may rewrite a row of
-    an earlier one), a loose :class:`SegmentRow` (tests) with the others."""
+    an earlier one)."""
     now = datetime.now(timezone.utc)
     rows = [r for r in items if type(r) is Row]
     if rows:
@@ -680,9 +678,6 @@ def _write_rows(part: _MongoPartition, items: list) -> None:
         segments = part.db[SEGMENTS]
         for batch in (b for b in items if type(b) is SegmentRows):
             write_segment_batch(segments, batch, now, part.segment_encoder)
-        loose = [r for r in items if type(r) is SegmentRow]
-        if loose:
-            write_segment_rows(segments, loose, now)
     if part.settings.log_rows:
         for row in rows:
             row_log.info(row.log_line())
